@@ -1,0 +1,173 @@
+"""ModelConfig: one description for every model family lmforge runs.
+
+Qwen2, Llama, GPT-2, ModernBERT and BERT differ by flags and sizes, not by classes (litgpt's
+lesson): adding a family is adding a preset. Field names follow the Hugging Face configs where
+one exists, so the mapping in ``model/hf.py`` stays a table.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from lmforge.config import Section
+
+
+class ModelConfig(Section):
+    # --- shape -------------------------------------------------------------------------
+    vocab_size: int = 8192
+    n_layer: int = 6
+    n_embd: int = 384
+    n_head: int = 6
+    # Grouped-query attention: n_head query heads share n_kv_head key/value heads.
+    # None means n_kv_head = n_head (multi-head attention).
+    n_kv_head: int | None = None
+    # None means n_embd // n_head.
+    head_dim: int | None = None
+    intermediate_size: int = 1024
+    max_seq_len: int = 256
+
+    # --- behaviour flags -----------------------------------------------------------------
+    causal: bool = True  # decoder (next token) or encoder (bidirectional, masked tokens)
+    pos_embedding: Literal["rope", "learned"] = "rope"
+    rope_theta: float = 10000.0
+    # ModernBERT: local-window layers use their own RoPE base.
+    rope_theta_local: float | None = None
+    # Context extension (mid-training): "none", base scaling ("ntk") or position interpolation.
+    rope_scaling: Literal["none", "linear", "ntk"] = "none"
+    rope_scaling_factor: float = 1.0
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_eps: float = 1e-5
+    norm_bias: bool = False  # LayerNorm bias (GPT-2 and BERT have it, ModernBERT does not)
+    post_norm: bool = False  # BERT normalises after the residual add
+    final_norm: bool = True  # a norm after the last block (not in BERT)
+    embed_norm: bool = False  # a norm right after the embeddings (BERT, ModernBERT)
+    mlp: Literal["swiglu", "geglu", "gelu"] = "swiglu"
+    activation: Literal["silu", "gelu", "gelu_tanh"] = "silu"
+    attn_qkv_bias: bool = False  # Qwen2 has biases on q/k/v only
+    attn_out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    type_vocab_size: int = 0  # BERT's token-type embeddings; 0 means none
+    # ModernBERT-style alternating attention: every `global_every`-th layer (0, N, 2N, ...)
+    # attends globally, the others within +-local_window/2 tokens. 0 disables windows.
+    global_every: int = 0
+    local_window: int = 0
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    # --- special tokens the model itself must know about ----------------------------------
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    # --- provenance --------------------------------------------------------------------
+    family: str = "lmforge"  # "llama", "qwen2", "gpt2", "modernbert", "bert", "lmforge"
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        kv = self.kv_heads
+        if self.n_head % kv != 0:
+            raise ValueError(
+                f"n_head ({self.n_head}) must be a multiple of n_kv_head ({kv}) for grouped-query attention"
+            )
+        if self.head_dim is None and self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) is not divisible by n_head ({self.n_head}); set head_dim explicitly"
+            )
+        if self.pos_embedding == "rope" and self.dim_per_head % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {self.dim_per_head}")
+        if self.global_every and not self.local_window:
+            raise ValueError("global_every is set but local_window is 0; set both or neither")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    def is_global_layer(self, i: int) -> bool:
+        return not self.global_every or i % self.global_every == 0
+
+    def flops_per_token(self, seq_len: int | None = None, non_embedding_params: int | None = None) -> float:
+        """Training FLOPs per token: 6N plus attention's 12 * L * H * Q * T (PaLM, App. B).
+
+        N counts non-embedding parameters plus the output projection (it is a matmul that runs
+        for every token); H * Q is the attention width; T the sequence length.
+        """
+        t = seq_len or self.max_seq_len
+        n = non_embedding_params if non_embedding_params is not None else self.count_params()["matmul"]
+        return 6 * n + 12 * self.n_layer * self.n_head * self.dim_per_head * t
+
+    def count_params(self) -> dict[str, int]:
+        """Parameter counts from the shape alone (no model needed)."""
+        d, hd, L = self.n_embd, self.dim_per_head, self.n_layer
+        q, kv = self.n_head * hd, self.kv_heads * hd
+        attn = d * q + 2 * d * kv + q * d
+        attn += (q + 2 * kv) * self.attn_qkv_bias + d * self.attn_out_bias
+        n_mats = 3 if self.mlp in ("swiglu", "geglu") else 2
+        mlp = n_mats * d * self.intermediate_size
+        if self.mlp_bias:
+            mlp += self.intermediate_size * (n_mats - 1) + d
+        norm_p = d * (2 if self.norm == "layernorm" and self.norm_bias else 1)
+        block = attn + mlp + 2 * norm_p
+        embed = self.vocab_size * d
+        if self.pos_embedding == "learned":
+            embed += self.max_seq_len * d
+        embed += self.type_vocab_size * d
+        extra = norm_p * (int(self.final_norm) + int(self.embed_norm))
+        backbone = L * block + embed + extra
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return {
+            "total": backbone + head,  # with an LM head; encoders without one subtract it
+            "embedding": embed,
+            "non_embedding": L * block + extra,
+            # what runs as a matmul per token: blocks + the output projection
+            "matmul": L * block + self.vocab_size * d,
+        }
+
+
+def preset_from_depth(depth: int, vocab_size: int = 8192, max_seq_len: int = 256, **overrides) -> ModelConfig:
+    """nanochat's one dial: width = 64 * depth, heads of 64, SwiGLU hidden ~ 8/3 width.
+
+    depth 6 gives the 16.9M-parameter demo decoder (width 384, 6 heads, FFN 1024).
+    """
+    width = 64 * depth
+    ffn = int(round(8 / 3 * width / 64)) * 64
+    cfg = dict(
+        vocab_size=vocab_size,
+        n_layer=depth,
+        n_embd=width,
+        n_head=max(1, width // 64),
+        intermediate_size=ffn,
+        max_seq_len=max_seq_len,
+        name=f"lmforge-d{depth}",
+    )
+    cfg.update(overrides)
+    return ModelConfig(**cfg)
+
+
+PRESETS: dict[str, dict] = {
+    # decoders built by depth (width 64*d); the demo uses d6.
+    **{f"lmforge-d{d}": {"depth": d} for d in (2, 3, 4, 6, 8, 10, 12)},
+}
+
+
+def from_preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        import difflib
+
+        from lmforge.errors import ConfigError
+
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown model preset '{name}'.{hint} Known presets: {', '.join(PRESETS)}")
+    spec = dict(PRESETS[name])
+    if "depth" in spec:
+        return preset_from_depth(spec.pop("depth"), **{**spec, **overrides})
+    return ModelConfig(**{**spec, **overrides, "name": name})

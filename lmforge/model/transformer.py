@@ -1,0 +1,350 @@
+"""One Transformer for every family: causal or bidirectional, RoPE or learned positions,
+RMSNorm or LayerNorm, SwiGLU / GeGLU / GELU, grouped-query attention, local/global windows,
+and a KV cache for generation.
+
+Parameter names follow Hugging Face's Llama/Qwen2 modules (``model.layers.0.self_attn.q_proj``),
+so importing those checkpoints is a rename-free copy and PEFT adapter keys line up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.model.config import ModelConfig
+
+# --------------------------------------------------------------------------------------------
+# Positions
+# --------------------------------------------------------------------------------------------
+
+
+def rope_frequencies(cfg: ModelConfig, theta: float) -> torch.Tensor:
+    """Inverse frequencies for RoPE (Su et al. 2021), with optional context-extension scaling.
+
+    "linear" is position interpolation (Chen et al. 2023): positions are divided by the factor.
+    "ntk" raises the base (theta * s^(d/(d-2)), bloc97 / Code Llama style) so high frequencies
+    are kept and low ones stretched.
+    """
+    dim = cfg.dim_per_head
+    s = cfg.rope_scaling_factor
+    if cfg.rope_scaling == "ntk" and s != 1.0:
+        theta = theta * s ** (dim / (dim - 2))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    if cfg.rope_scaling == "linear" and s != 1.0:
+        inv_freq = inv_freq / s
+    return inv_freq.float()
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (T, head_dim), halves duplicated (HF's rotate_half layout)."""
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (T, D). Rotates the two halves of D (rotate_half convention)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos + rotated * sin
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 and cast back, as Llama/Qwen2 do: bf16 squares lose too much.
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.n_embd, cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.norm_bias)
+
+
+def activation(name: str):
+    if name == "silu":
+        return F.silu
+    if name == "gelu":
+        return F.gelu
+    return lambda x: F.gelu(x, approximate="tanh")
+
+
+@dataclass
+class KVCache:
+    """Pre-allocated keys and values for every layer: (n_layer, B, n_kv_head, max_len, head_dim)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
+        shape = (cfg.n_layer, batch, cfg.kv_heads, max_len, cfg.dim_per_head)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.dim_per_head
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.q_proj = nn.Linear(cfg.n_embd, q_dim, bias=cfg.attn_qkv_bias)
+        self.k_proj = nn.Linear(cfg.n_embd, kv_dim, bias=cfg.attn_qkv_bias)
+        self.v_proj = nn.Linear(cfg.n_embd, kv_dim, bias=cfg.attn_qkv_bias)
+        self.o_proj = nn.Linear(q_dim, cfg.n_embd, bias=cfg.attn_out_bias)
+        self.is_global = cfg.is_global_layer(layer_idx)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            start = cache.length
+            cache.k[self.layer_idx, :, :, start : start + T] = k
+            cache.v[self.layer_idx, :, :, start : start + T] = v
+            k = cache.k[self.layer_idx, :, :, : start + T]
+            v = cache.v[self.layer_idx, :, :, : start + T]
+        # With no mask and a causal model, SDPA's is_causal lets it pick the fused kernel.
+        is_causal = mask is None and self.cfg.causal and T > 1
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.cfg.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gated = cfg.mlp in ("swiglu", "geglu")
+        self.act = activation(cfg.activation)
+        if self.gated:
+            self.gate_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:  # SwiGLU / GeGLU (Shazeer 2020)
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.post_norm = cfg.post_norm
+        self.input_layernorm = make_norm(cfg)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, mask, cache=None):
+        if self.post_norm:  # BERT: normalise after each residual add
+            x = self.input_layernorm(x + self.drop(self.self_attn(x, rope, mask, cache)))
+            return self.post_attention_layernorm(x + self.drop(self.mlp(x)))
+        x = x + self.drop(self.self_attn(self.input_layernorm(x), rope, mask, cache))
+        return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
+
+
+# --------------------------------------------------------------------------------------------
+# The backbone
+# --------------------------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    """Embeddings -> blocks -> final norm. Returns hidden states (B, T, n_embd)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.pos_embedding == "learned":
+            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
+        if cfg.type_vocab_size:
+            self.embed_token_types = nn.Embedding(cfg.type_vocab_size, cfg.n_embd)
+        if cfg.embed_norm:
+            self.embed_norm = make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        if cfg.final_norm:
+            self.norm = make_norm(cfg)
+        if cfg.pos_embedding == "rope":
+            self.register_buffer("inv_freq", rope_frequencies(cfg, cfg.rope_theta), persistent=False)
+            local_theta = cfg.rope_theta_local or cfg.rope_theta
+            self.register_buffer("inv_freq_local", rope_frequencies(cfg, local_theta), persistent=False)
+
+    def reset_rope(self) -> None:
+        """Recompute RoPE frequencies after the config's theta or scaling changed."""
+        if self.cfg.pos_embedding == "rope":
+            dev = self.inv_freq.device
+            self.inv_freq = rope_frequencies(self.cfg, self.cfg.rope_theta).to(dev)
+            local = self.cfg.rope_theta_local or self.cfg.rope_theta
+            self.inv_freq_local = rope_frequencies(self.cfg, local).to(dev)
+
+    def _masks(self, T: int, start: int, total: int, attention_mask, device):
+        """Boolean SDPA masks (True = attend), one for global and one for local layers.
+
+        Returns (None, None) when the plain causal/full pattern applies, so SDPA can use
+        its fused kernels.
+        """
+        cfg = self.cfg
+        needs_local = bool(cfg.global_every and cfg.local_window)
+        needs_causal_offset = cfg.causal and start > 0 and T > 1
+        if attention_mask is None and not needs_local and not needs_causal_offset:
+            return None, None
+        q_pos = torch.arange(start, start + T, device=device)[:, None]
+        k_pos = torch.arange(total, device=device)[None, :]
+        base = torch.ones(T, total, dtype=torch.bool, device=device)
+        if cfg.causal:
+            base = k_pos <= q_pos
+        base = base[None, None]  # (1, 1, T, S)
+        if attention_mask is not None:  # (B, S) with 1 for real tokens
+            base = base & attention_mask[:, None, None, :total].bool()
+        local = None
+        if needs_local:
+            half = cfg.local_window // 2
+            local = base & ((k_pos - q_pos).abs() <= half)[None, None]
+        return base, local
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        total = start + T
+        if total > self.cfg.max_seq_len and self.cfg.pos_embedding == "learned":
+            raise ValueError(
+                f"sequence of {total} tokens exceeds the model's max_seq_len {self.cfg.max_seq_len}"
+            )
+        x = self.embed_tokens(input_ids)
+        positions = torch.arange(start, total, device=input_ids.device)
+        if self.cfg.pos_embedding == "learned":
+            x = x + self.embed_positions(positions)[None]
+        if self.cfg.type_vocab_size:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.embed_token_types(token_type_ids)
+        if self.cfg.embed_norm:
+            x = self.embed_norm(x)
+        x = self.drop(x)
+
+        rope_global = rope_local = None
+        if self.cfg.pos_embedding == "rope":
+            cos, sin = rope_cos_sin(self.inv_freq, positions)
+            rope_global = (cos.to(x.dtype), sin.to(x.dtype))
+            rope_local = rope_global
+            if self.cfg.rope_theta_local and self.cfg.global_every:
+                cos_l, sin_l = rope_cos_sin(self.inv_freq_local, positions)
+                rope_local = (cos_l.to(x.dtype), sin_l.to(x.dtype))
+        if attention_mask is not None and cache is not None and attention_mask.shape[1] < total:
+            raise ValueError("attention_mask must cover cached and new tokens")
+        mask_global, mask_local = self._masks(T, start, total, attention_mask, input_ids.device)
+
+        for i, layer in enumerate(self.layers):
+            is_global = self.cfg.is_global_layer(i)
+            rope = rope_global if is_global else rope_local
+            mask = mask_global if is_global or mask_local is None else mask_local
+            x = layer(x, rope, mask, cache)
+        if cache is not None:
+            cache.length = total
+        if self.cfg.final_norm:
+            x = self.norm(x)
+        return x
+
+
+class LanguageModel(nn.Module):
+    """Transformer + LM head. State-dict keys match HF's *ForCausalLM (``model.*``, ``lm_head``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Transformer(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's
+        # variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab)."""
+        return self.lm_head(self.model(input_ids, attention_mask=attention_mask, cache=cache))
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy over targets != -100 (computed in fp32)."""
+        logits = self(input_ids)
+        return F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+        )
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        p = next(self.parameters())
+        return KVCache.empty(self.cfg, batch, max_len or self.cfg.max_seq_len, p.device, p.dtype)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Unique parameters (tied weights counted once): total, trainable, embedding, non-embedding."""
+    seen, total, trainable, embed = set(), 0, 0, 0
+    for name, p in model.named_parameters(remove_duplicate=True):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+        if "embed_" in name:
+            embed += p.numel()
+    return {"total": total, "trainable": trainable, "embedding": embed, "non_embedding": total - embed}
