@@ -345,6 +345,6 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         seen.add(id(p))
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
-        if "embed_" in name:
+        if "embed_" in name or name.startswith("lm_head"):  # input and output embeddings (Kaplan)
             embed += p.numel()
     return {"total": total, "trainable": trainable, "embedding": embed, "non_embedding": total - embed}
