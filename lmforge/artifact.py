@@ -1,0 +1,75 @@
+"""Artifact directories: what every stage writes and every later stage (and ``lmforge.load``) reads.
+
+    <dir>/model.safetensors   weights (never pickles)
+    <dir>/model.json          {"kind": "causal_lm", "model": ModelConfig}
+    <dir>/tokenizer.json      the tokenizer
+    <dir>/config.yaml         the resolved stage config that produced it
+    <dir>/summary.json        the stage's headline numbers
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmforge.errors import CheckpointError
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import LanguageModel
+from lmforge.train.checkpoint import load_weights, save_weights
+from lmforge.utils import read_json, write_json
+
+KINDS = {"causal_lm": LanguageModel}
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    tokenizer: Any
+    config: ModelConfig
+    kind: str
+    path: Path
+
+
+def save_model_artifact(out_dir: str | os.PathLike, model: nn.Module, kind: str = "causal_lm") -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(model, out_dir / "model.safetensors", metadata={"format": "pt", "lmforge_kind": kind})
+    write_json(out_dir / "model.json", {"kind": kind, "model": model.cfg.model_dump(mode="json")})
+
+
+def read_model_config(path: str | os.PathLike) -> tuple[str, ModelConfig]:
+    path = Path(path)
+    meta_path = path / "model.json"
+    if not meta_path.is_file():
+        hint = ""
+        if (path / "config.json").is_file():
+            hint = " It looks like a Hugging Face checkpoint (config.json); convert it with `lmforge convert --from-hf`."
+        raise CheckpointError(f"{path} is not an lmforge artifact: {meta_path.name} is missing.{hint}")
+    try:
+        meta = read_json(meta_path)
+        return meta.get("kind", "causal_lm"), ModelConfig.model_validate(meta["model"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{meta_path} is damaged or from an incompatible lmforge version: {e}") from None
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Loaded:
+    """The model, tokenizer and config of an artifact directory, ready for inference."""
+    from lmforge.tokenizer import Tokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory; give the output directory of an lmforge stage")
+    kind, cfg = read_model_config(path)
+    if kind not in KINDS:
+        raise CheckpointError(f"{path}: unknown model kind '{kind}' (known: {', '.join(KINDS)})")
+    model = KINDS[kind](cfg)
+    load_weights(model, path / "model.safetensors")
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    tokenizer = Tokenizer.load(path) if (path / "tokenizer.json").is_file() else None
+    return Loaded(model=model, tokenizer=tokenizer, config=cfg, kind=kind, path=path)

@@ -1,0 +1,118 @@
+"""Sampling with a KV cache: greedy, temperature, top-k, top-p, stop strings, streaming."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 100
+    temperature: float = 0.8  # 0 means greedy
+    top_k: int | None = 50
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Mask all but the top-k tokens, then all beyond the top-p probability mass (Holtzman et al. 2020)."""
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass before it already reaches top_p (the first always stays)
+        drop = probs.cumsum(-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    return logits
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V) -> next token ids (B,)."""
+    if cfg.temperature <= 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: nn.Module, prompt_ids: list[int], cfg: SamplingConfig, use_cache: bool = True
+) -> Iterator[int]:
+    """Yield new token ids one at a time. Stops at a stop token, max_new_tokens, or the context end.
+
+    ``use_cache=False`` recomputes the whole sequence every step: slower, and the reference
+    the cached path is tested against.
+    """
+    if not prompt_ids:
+        raise ValueError("the prompt is empty; give at least one token (e.g. the BOS token)")
+    model.eval()
+    device = next(model.parameters()).device
+    max_len = model.cfg.max_seq_len
+    pos_learned = model.cfg.pos_embedding == "learned"
+    ids = list(prompt_ids)
+    if len(ids) >= max_len and pos_learned:
+        ids = ids[-(max_len - 1) :]  # learned positions end at max_len: keep the most recent context
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    stop_ids = set(cfg.stop_token_ids)
+    total = len(ids) + cfg.max_new_tokens
+    if pos_learned:
+        total = min(total, max_len)
+    cache = model.new_cache(1, total) if use_cache else None
+    x = torch.tensor([ids], device=device)
+    for _ in range(cfg.max_new_tokens):
+        if len(ids) >= total:
+            return
+        logits = model(x, cache=cache)[:, -1]
+        nxt = int(sample_next(logits, cfg, generator)[0])
+        if nxt in stop_ids:
+            return
+        yield nxt
+        ids.append(nxt)
+        x = torch.tensor([[nxt]], device=device) if use_cache else torch.tensor([ids], device=device)
+
+
+def stream_text(model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, add_bos: bool = True) -> Iterator[str]:
+    """Yield text pieces as they are generated, cut at the first stop string.
+
+    Byte-level tokens can end mid-character, so text is released only once it decodes cleanly,
+    and held back while it could still be the start of a stop string.
+    """
+    prompt_ids = tokenizer.encode(prompt, add_bos=add_bos)
+    if tokenizer.eos_id is not None and tokenizer.eos_id not in cfg.stop_token_ids:
+        cfg = SamplingConfig(**{**cfg.__dict__, "stop_token_ids": [*cfg.stop_token_ids, tokenizer.eos_id]})
+    new: list[int] = []
+    emitted = 0
+    for tok in generate_tokens(model, prompt_ids, cfg):
+        new.append(tok)
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):
+            continue  # an incomplete UTF-8 sequence: wait for its other bytes
+        cut = min((i for s in cfg.stop if (i := text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            if cut > emitted:
+                yield text[emitted:cut]
+            return
+        # keep back a tail that might grow into a stop string
+        hold = max((len(s) - 1 for s in cfg.stop), default=0)
+        safe = len(text) - hold
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+    text = tokenizer.decode(new)
+    if len(text) > emitted:
+        yield text[emitted:]
+
+
+def generate_text(model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, add_bos: bool = True) -> str:
+    return "".join(stream_text(model, tokenizer, prompt, cfg, add_bos=add_bos))

@@ -1,0 +1,178 @@
+"""Pre-training recipe: corpus -> token shards -> decoder -> next-token prediction -> artifact.
+
+    lmforge pretrain --config configs/demo/pretrain.yaml trainer.max_steps=50 model.n_layer=2
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from pydantic import Field, model_validator
+
+from lmforge.artifact import load, save_model_artifact
+from lmforge.config import Section, save_config
+from lmforge.data.shards import PackedLoader, ShardDataset, build_shards, iter_eval_batches, shards_match
+from lmforge.errors import ConfigError
+from lmforge.infer.generate import SamplingConfig, generate_text
+from lmforge.model.config import ModelConfig, from_preset
+from lmforge.model.transformer import LanguageModel, count_parameters
+from lmforge.tokenizer import Tokenizer, token_byte_lengths
+from lmforge.train.objectives import clm_loss, lm_eval
+from lmforge.train.plots import plot_training_curves
+from lmforge.train.trainer import Trainer, TrainerConfig
+from lmforge.utils import seed_everything, write_json
+
+
+class PretrainData(Section):
+    path: str = "data/default"  # txt / jsonl / parquet / csv file or directory
+    text_column: str = "text"
+    # Token shards: built from `path` into <out_dir>/shards unless this names a built directory.
+    shards: str | None = None
+    val_fraction: float = Field(0.01, gt=0, lt=1)
+    seq_len: int = 256
+    eval_batches: int = 20
+
+
+class SampleConfig(Section):
+    prompts: list[str] = ["The meaning of", "A dictionary is", "In the beginning"]
+    max_new_tokens: int = 60
+    temperature: float = 0.8
+    top_k: int = 50
+    seed: int = 0
+
+
+class PretrainConfig(Section):
+    out_dir: str = "runs/demo/pretrain"
+    tokenizer: str = "runs/demo/tokenizer"
+    # A preset name (lmforge-d6, ...) fills `model`; keys under `model` override the preset.
+    preset: str | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    # Start from an earlier artifact's weights instead of a random init (mid-training).
+    init: str | None = None
+    data: PretrainData = Field(default_factory=PretrainData)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    samples: SampleConfig = Field(default_factory=SampleConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        # The preset fills `model`; keys the user sets under `model` win over it.
+        if isinstance(data, dict) and data.get("preset"):
+            model = data.get("model") or {}
+            if not isinstance(model, dict):
+                model = model.model_dump()
+            data = {**data, "model": {**from_preset(data["preset"]).model_dump(), **model}}
+        return data
+
+
+def check_inputs(cfg: PretrainConfig) -> None:
+    """Fail on bad input before anything is written."""
+    if not Path(cfg.tokenizer).exists():
+        raise ConfigError(
+            f"tokenizer '{cfg.tokenizer}' does not exist. Train one first: "
+            f"lmforge tokenizer train --data {cfg.data.path} --out {cfg.tokenizer}"
+        )
+    if cfg.data.shards is None and not Path(cfg.data.path).exists():
+        raise ConfigError(
+            f"data.path '{cfg.data.path}' does not exist. Build the default corpus with "
+            f"`lmforge data build --out {cfg.data.path}` or point data.path at your own text."
+        )
+    if cfg.data.seq_len < 2:
+        raise ConfigError("data.seq_len must be at least 2")
+    if cfg.init is None and cfg.data.seq_len > cfg.model.max_seq_len:
+        raise ConfigError(
+            f"data.seq_len ({cfg.data.seq_len}) exceeds model.max_seq_len ({cfg.model.max_seq_len}); "
+            "lower data.seq_len or raise model.max_seq_len"
+        )
+
+
+def model_config_for(cfg: PretrainConfig, tokenizer: Tokenizer) -> ModelConfig:
+    """The recipe's model, with the vocabulary and special tokens the tokenizer dictates."""
+    return cfg.model.model_copy(
+        update=dict(
+            vocab_size=tokenizer.vocab_size,
+            bos_token_id=tokenizer.bos_id,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
+    )
+
+
+def run(cfg: PretrainConfig) -> dict:
+    check_inputs(cfg)
+    out = Path(cfg.out_dir)
+    t_start = time.perf_counter()
+    seed_everything(cfg.trainer.seed)
+
+    tokenizer = Tokenizer.load(cfg.tokenizer)
+    init = load(cfg.init) if cfg.init else None
+    mcfg = init.config if init else model_config_for(cfg, tokenizer)
+    if init and mcfg.vocab_size != tokenizer.vocab_size:
+        raise ConfigError(f"init model {cfg.init} has vocab {mcfg.vocab_size} but the tokenizer has {tokenizer.vocab_size}")
+    cfg.model = mcfg
+
+    # 1. Data: token shards (reused when they match the corpus and tokenizer).
+    shards_dir = Path(cfg.data.shards) if cfg.data.shards else out / "shards"
+    if not shards_match(shards_dir, tokenizer):
+        if cfg.data.shards:
+            raise ConfigError(f"data.shards {shards_dir} was built with another tokenizer or is incomplete; remove data.shards to rebuild")
+        build_shards(cfg.data.path, tokenizer, shards_dir, text_column=cfg.data.text_column,
+                     val_fraction=cfg.data.val_fraction, seed=cfg.trainer.seed)
+    train_ds, val_ds = ShardDataset(shards_dir, "train"), ShardDataset(shards_dir, "val")
+    loader = PackedLoader(train_ds, cfg.trainer.micro_batch_size, cfg.data.seq_len, seed=cfg.trainer.seed, bos_id=tokenizer.bos_id)
+
+    # 2. Model.
+    model = init.model if init else LanguageModel(mcfg)
+    params = count_parameters(model)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    # 3. Train.
+    token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.long)
+
+    def eval_fn(m):
+        batches = iter_eval_batches(val_ds, cfg.trainer.micro_batch_size, cfg.data.seq_len, cfg.data.eval_batches)
+        return lm_eval(m, batches, token_bytes)
+
+    trainer = Trainer(
+        cfg.trainer,
+        model,
+        clm_loss,
+        loader,
+        out,
+        eval_fn=eval_fn,
+        tokens_per_micro_batch=cfg.trainer.micro_batch_size * cfg.data.seq_len,
+        flops_per_token=mcfg.flops_per_token(cfg.data.seq_len),
+    )
+    result = trainer.fit()
+
+    # 4. Artifact: weights, config, tokenizer, samples, plot, summary (last: it marks completion).
+    model = trainer.model.float()
+    save_model_artifact(out, model)
+    tokenizer.save(out)
+    samples = []
+    s = cfg.samples
+    for prompt in s.prompts:
+        text = generate_text(model, tokenizer, prompt, SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, seed=s.seed))
+        samples.append({"prompt": prompt, "completion": text})
+    (out / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
+    plot_training_curves(out / "metrics.jsonl", out / "loss.png", title=f"pretrain {mcfg.name or ''} ({params['total'] / 1e6:.1f}M params)")
+    summary = {
+        "stage": "pretrain",
+        **result,
+        "params": params["total"],
+        "params_non_embedding": params["non_embedding"],
+        "flops_per_token": mcfg.flops_per_token(cfg.data.seq_len),
+        "train_tokens_available": train_ds.num_tokens,
+        "epochs": result["tokens_seen"] / max(1, train_ds.num_tokens),
+        "samples": samples,
+        "stage_seconds": time.perf_counter() - t_start,
+    }
+    write_json(out / "summary.json", summary)
+    # Resumable state is no longer needed once the artifact is complete.
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return summary

@@ -1,0 +1,130 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is a directory ``checkpoints/step-000200/`` built under a temporary name and
+renamed into place only when complete, so a crash mid-save leaves the previous checkpoint
+intact. Weights are safetensors; optimizer state is a torch file read back with
+``weights_only=True`` (no arbitrary pickles); everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+from torch import nn
+
+from lmforge.errors import CheckpointError
+from lmforge.utils import read_json, staging_dir, write_json
+
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Weights to safetensors; tied tensors are stored once (safetensors' save_model)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_model(model, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
+    """Load safetensors into ``model`` with errors that name the file and the mismatch."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing weights file {path}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is damaged or truncated ({e}). Delete that checkpoint directory to resume "
+            "from an earlier one, or retrain."
+        ) from None
+    own = model.state_dict()
+    # tied weights: safetensors keeps one name; fill the aliases from it
+    for name, t in own.items():
+        if name not in tensors:
+            for other, ot in own.items():
+                if other in tensors and ot.data_ptr() == t.data_ptr():
+                    tensors[name] = tensors[other]
+                    break
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    wrong = [(k, tuple(tensors[k].shape), tuple(v.shape)) for k, v in own.items() if k in tensors and tensors[k].shape != v.shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise CheckpointError(
+            f"{path} does not fit this model: '{k}' has shape {got} in the file but {want} in the "
+            f"model ({len(wrong)} mismatched tensors). It was written by a different model config; "
+            "load it with the config saved beside it (model.json) or start a fresh output directory."
+        )
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"{path} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. It was written by a "
+            "different model config."
+        )
+    model.load_state_dict({k: v for k, v in tensors.items() if k in own}, strict=False)
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    ckpts = list_checkpoints(root)
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    keep: int = 2,
+) -> Path:
+    """Write ``root/step-NNNNNN`` atomically and prune all but the newest ``keep``."""
+    final = Path(root) / f"step-{step:06d}"
+    with staging_dir(final) as tmp:
+        save_weights(model, tmp / "model.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        write_json(tmp / "state.json", {**state, "step": step})
+    if keep > 0:
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Restore model (and optimizer) in place; return the trainer state saved with them."""
+    path = Path(path)
+    for name in ("model.safetensors", "optimizer.pt", "state.json"):
+        if not (path / name).is_file():
+            raise CheckpointError(
+                f"checkpoint {path} is incomplete: {name} is missing. Delete {path} to resume from "
+                "an earlier checkpoint."
+            )
+    try:
+        state = read_json(path / "state.json")
+    except ValueError as e:
+        raise CheckpointError(f"{path / 'state.json'} is damaged ({e}); delete {path}") from None
+    load_weights(model, path / "model.safetensors")
+    if optimizer is not None:
+        try:
+            opt_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+            optimizer.load_state_dict(opt_state)
+        except (RuntimeError, ValueError, KeyError, EOFError) as e:
+            raise CheckpointError(
+                f"{path / 'optimizer.pt'} cannot be restored ({e}). It is damaged or from a different "
+                f"set of trainable parameters; delete {path} or start a fresh output directory."
+            ) from None
+    return state

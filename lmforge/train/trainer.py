@@ -1,0 +1,380 @@
+"""THE training loop. Every stage (pretrain, midtrain, SFT, reward, DPO, classify, distill) uses it.
+
+A stage provides a model, a batch source and a loss function; the trainer owns the rest:
+AdamW, warmup + cosine/WSD/linear, gradient accumulation, clipping, bf16 autocast, optional
+torch.compile, periodic eval, atomic checkpoints with exact resume, loss-spike rollback, a
+progress bar, metrics.jsonl (and TensorBoard), and a loss-curve plot.
+
+Contracts:
+  loader.next_batch() -> dict of tensors; loader.state_dict() / load_state_dict(state)
+  loss_fn(model, batch) -> (loss, n_tokens)       # loss is the mean over the micro-batch
+  eval_fn(model) -> dict[str, float]               # e.g. {"val_loss": ..., "val_bpb": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from lmforge.config import Section
+from lmforge.errors import CheckpointError
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.device import autocast, matmul_peak_flops, pick_device, resolve_precision
+from lmforge.train.optim import build_optimizer, lr_factor
+from lmforge.utils import append_jsonl, read_jsonl
+
+
+class SpikeConfig(Section):
+    enabled: bool = True
+    # A loss above mean + sigma * std of the last `window` losses (or a non-finite loss) is a spike.
+    sigma: float = 6.0
+    window: int = 50
+    min_history: int = 20  # too few losses give a meaningless std
+    max_rollbacks: int = 5  # more than this many spikes means the run is broken: stop
+
+
+class TrainerConfig(Section):
+    max_steps: int = 1000
+    micro_batch_size: int = 8
+    # Gradient accumulation: either a number of micro-batches per step, or a tokens-per-step
+    # target from which the number is derived (tokens_per_step / (micro_batch * seq_len)).
+    grad_accum_steps: int = 1
+    tokens_per_step: int | None = None
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "wsd", "linear", "constant"] = "cosine"
+    decay_fraction: float = 0.2
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 1337
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    # "auto": continue from the newest checkpoint in the output directory if there is one.
+    resume: Literal["auto", "never"] = "auto"
+    spike: SpikeConfig = Field(default_factory=SpikeConfig)
+    tensorboard: bool = False
+    progress: bool = True
+    # Stop after this many seconds of training (the demo's "about 10 minutes"); 0 = no limit.
+    # The schedule still spans max_steps, so set both together.
+    time_limit_s: float = 0
+
+
+class BatchSource(Protocol):
+    def next_batch(self) -> dict[str, torch.Tensor]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
+EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+def _rng_state() -> dict:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+class SpikeDetector:
+    def __init__(self, cfg: SpikeConfig):
+        self.cfg = cfg
+        self.history: deque[float] = deque(maxlen=cfg.window)
+
+    def is_spike(self, loss: float) -> bool:
+        if not self.cfg.enabled:
+            return False
+        if not math.isfinite(loss):
+            return True
+        if len(self.history) < self.cfg.min_history:
+            return False
+        mean = sum(self.history) / len(self.history)
+        std = (sum((x - mean) ** 2 for x in self.history) / len(self.history)) ** 0.5
+        return loss > mean + self.cfg.sigma * max(std, 1e-3 * abs(mean))
+
+    def add(self, loss: float) -> None:
+        self.history.append(loss)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        model: nn.Module,
+        loss_fn: LossFn,
+        loader: BatchSource,
+        out_dir: str | Path,
+        eval_fn: EvalFn | None = None,
+        tokens_per_micro_batch: int | None = None,
+        flops_per_token: float | None = None,
+        lr_overrides: dict[str, float] | None = None,
+    ):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.device = pick_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.loader = loader
+        self.eval_fn = eval_fn
+        self.flops_per_token = flops_per_token
+        if cfg.tokens_per_step and tokens_per_micro_batch:
+            self.grad_accum = max(1, round(cfg.tokens_per_step / tokens_per_micro_batch))
+        else:
+            self.grad_accum = cfg.grad_accum_steps
+        self.optimizer = build_optimizer(
+            self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, lr_overrides=lr_overrides
+        )
+        # Compile the loss (model forward + loss) as one graph: the elementwise work around the
+        # matmuls (norms, RoPE, SwiGLU, the fp32 cross-entropy) is where CPU time goes.
+        self._loss = torch.compile(loss_fn) if cfg.compile else loss_fn
+        self.step = 0
+        self.tokens_seen = 0
+        self.rollbacks = 0
+        self.spikes = SpikeDetector(cfg.spike)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.train_seconds = 0.0
+        self._tb = None
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        return {
+            "tokens_seen": self.tokens_seen,
+            "rollbacks": self.rollbacks,
+            "train_seconds": self.train_seconds,
+            "loader": self.loader.state_dict(),
+            "rng": _rng_state(),
+            "spike_history": list(self.spikes.history),
+        }
+
+    def save_checkpoint(self) -> Path:
+        return ckpt.save_checkpoint(
+            self.ckpt_dir, self.step, self.model, self.optimizer, self._state(), self.cfg.keep_checkpoints
+        )
+
+    def _restore(self, path: Path, restore_loader: bool = True) -> None:
+        state = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        self.train_seconds = state.get("train_seconds", 0.0)
+        if restore_loader:
+            self.loader.load_state_dict(state["loader"])
+            _set_rng_state(state["rng"])
+        self.spikes.history.clear()
+        self.spikes.history.extend(state["spike_history"])
+
+    def maybe_resume(self) -> bool:
+        if self.cfg.resume == "never":
+            return False
+        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        if latest is None:
+            return False
+        try:
+            self._restore(latest)
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot resume from {latest}: {e}") from None
+        self.rollbacks = 0
+        # Metrics logged after the checkpoint belong to the lost future: drop them so the
+        # curve in metrics.jsonl is the one this run actually follows.
+        if self.metrics_path.exists():
+            kept = [m for m in read_jsonl(self.metrics_path) if m.get("step", 0) <= self.step]
+            self.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        self.log({"event": "resumed", "step": self.step, "checkpoint": latest.name})
+        return True
+
+    # ------------------------------------------------------------------ logging
+    def log(self, record: dict) -> None:
+        append_jsonl(self.metrics_path, record)
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, record.get("step", self.step))
+
+    # ------------------------------------------------------------------ one update
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast(self.device, self.precision):
+            loss, n_tokens = self._loss(self.model, batch)
+        (loss / self.grad_accum).backward()
+        return loss.detach(), int(n_tokens)
+
+    def _set_lr(self) -> float:
+        c = self.cfg
+        f = lr_factor(self.step, c.max_steps, c.warmup_steps, c.schedule, c.min_lr_ratio, c.decay_fraction)
+        for g in self.optimizer.param_groups:
+            g["lr"] = c.lr * g.get("lr_mult", 1.0) * f
+        return c.lr * f
+
+    def train_step(self) -> dict:
+        """One optimizer update over grad_accum micro-batches. Returns what happened."""
+        lr = self._set_lr()
+        losses, tokens = [], 0
+        for _ in range(self.grad_accum):
+            loss, n = self._micro_step(self.loader.next_batch())
+            losses.append(loss)
+            tokens += n
+        loss = torch.stack(losses).float().mean().item()
+        if self.spikes.is_spike(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"spike": True, "loss": loss, "tokens": tokens}
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip).item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.spikes.add(loss)
+        self.step += 1
+        self.tokens_seen += tokens
+        return {"spike": False, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens}
+
+    def _handle_spike(self, info: dict) -> None:
+        """Roll back to the last good checkpoint and keep reading data from where we are,
+        which skips the batches that led into the spike (PaLM, Chowdhery et al. 2022, sec. 5.1)."""
+        self.rollbacks += 1
+        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        record = {"event": "loss_spike", "step": self.step, "loss": info["loss"], "rollbacks": self.rollbacks}
+        if latest is not None:
+            loader_state = self.loader.state_dict()
+            self._restore(latest, restore_loader=False)
+            self.loader.load_state_dict(loader_state)
+            record["rolled_back_to"] = self.step
+        else:
+            record["rolled_back_to"] = None  # no checkpoint yet: the offending update was skipped
+        self.log(record)
+        if self.rollbacks > self.cfg.spike.max_rollbacks:
+            raise RuntimeError(
+                f"{self.rollbacks} loss spikes (last at step {record['step']}, loss {info['loss']:.3g}); "
+                "the run is unstable. Lower trainer.lr, raise trainer.warmup_steps, or check the data."
+            )
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device, self.precision):
+            out = self.eval_fn(self.model)
+        self.model.train()
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+        resumed = self.maybe_resume()
+        if not resumed:
+            self.metrics_path.unlink(missing_ok=True)
+        peak = matmul_peak_flops(self.device.type, "bfloat16" if self.precision == "bf16" else "float32")
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+        window_tokens, window_start = 0, time.perf_counter()
+        last_eval: dict[str, float] = {}
+        recent_losses: deque[float] = deque(maxlen=max(1, cfg.log_every))
+        start_seconds = self.train_seconds
+        t_run = time.perf_counter()
+        stopped_early = False
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            info = self.train_step()
+            if info["spike"]:
+                self._handle_spike(info)
+                bar.n = self.step
+                bar.refresh()
+                continue
+            self.train_seconds = start_seconds + (time.perf_counter() - t_run)
+            window_tokens += info["tokens"]
+            recent_losses.append(info["loss"])
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                dt = time.perf_counter() - window_start
+                tps = window_tokens / max(dt, 1e-9)
+                mfu = tps * self.flops_per_token / peak if self.flops_per_token else None
+                record = {
+                    "step": self.step,
+                    "loss": info["loss"],
+                    "lr": info["lr"],
+                    "grad_norm": info["grad_norm"],
+                    "tokens_seen": self.tokens_seen,
+                    "tokens_per_s": tps,
+                    "step_ms": 1000 * (time.perf_counter() - t0),
+                    "elapsed_s": self.train_seconds,
+                }
+                if mfu is not None:
+                    record["mfu"] = mfu
+                self.log(record)
+                bar.set_postfix(loss=f"{info['loss']:.3f}", tok_s=f"{tps:,.0f}", **({"mfu": f"{mfu:.1%}"} if mfu else {}))
+                window_tokens, window_start = 0, time.perf_counter()
+            time_up = cfg.time_limit_s and self.train_seconds >= cfg.time_limit_s
+            if self.eval_fn and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps or time_up):
+                last_eval = self.evaluate()
+                self.log({"step": self.step, **last_eval})
+                window_start = time.perf_counter()  # eval time is not training throughput
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+                self.save_checkpoint()
+                window_start = time.perf_counter()
+            if time_up:
+                stopped_early = True
+                break
+        bar.close()
+        if self.eval_fn and not last_eval:
+            last_eval = self.evaluate()
+            self.log({"step": self.step, **last_eval})
+        if self._tb is not None:
+            self._tb.close()
+        return self.summary(recent_losses, last_eval, stopped_early)
+
+    def summary(self, recent_losses, last_eval: dict, stopped_early: bool) -> dict:
+        rows = [m for m in read_jsonl(self.metrics_path) if "tokens_per_s" in m]
+        # Throughput over the whole run, excluding the first logged window (compilation, warm-up).
+        steady = rows[1:] or rows
+        tps = float(np.median([r["tokens_per_s"] for r in steady])) if steady else 0.0
+        out = {
+            "steps": self.step,
+            "stopped_early": stopped_early,
+            "final_train_loss": float(np.mean(list(recent_losses))) if recent_losses else None,
+            **last_eval,
+            "tokens_seen": self.tokens_seen,
+            "tokens_per_second": tps,
+            "wall_seconds": self.train_seconds,
+            "rollbacks": sum(1 for m in read_jsonl(self.metrics_path) if m.get("event") == "loss_spike"),
+            "precision": self.precision,
+            "compiled": self.cfg.compile,
+            "grad_accum_steps": self.grad_accum,
+        }
+        if rows and "mfu" in rows[-1]:
+            out["mfu"] = float(np.median([r["mfu"] for r in steady]))
+        return out

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from lmforge.model.config import ModelConfig, from_preset, preset_from_depth
+from lmforge.model.transformer import LanguageModel, count_parameters
+
+
+def test_preset_d6_is_the_benchmark_shape():
+    cfg = preset_from_depth(6)
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.intermediate_size) == (6, 384, 6, 1024)
+    model = LanguageModel(cfg)
+    counted = count_parameters(model)
+    assert counted["total"] == cfg.count_params()["total"] == 16_913_280
+    # Kaplan's N: without the input and output embeddings
+    assert counted["non_embedding"] == cfg.count_params()["non_embedding"]
+
+
+def test_param_count_formula_matches_modules_across_flags():
+    for kw in [
+        dict(attn_qkv_bias=True, tie_embeddings=True, n_kv_head=2),
+        dict(mlp="gelu", activation="gelu", norm="layernorm", norm_bias=True, pos_embedding="learned"),
+        dict(mlp="geglu", activation="gelu", norm="layernorm", embed_norm=True, attn_out_bias=True, mlp_bias=True),
+    ]:
+        cfg = ModelConfig(vocab_size=101, n_layer=2, n_embd=48, n_head=4, intermediate_size=96, max_seq_len=32, **kw)
+        assert count_parameters(LanguageModel(cfg))["total"] == cfg.count_params()["total"], kw
+
+
+def test_parameter_names_follow_hf_llama():
+    names = set(LanguageModel(preset_from_depth(2)).state_dict())
+    for expected in [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]:
+        assert expected in names
+
+
+def test_kv_cache_matches_full_forward(tiny_cfg):
+    torch.manual_seed(0)
+    model = LanguageModel(tiny_cfg).eval()
+    x = torch.randint(0, tiny_cfg.vocab_size, (2, 20))
+    full = model(x)
+    cache = model.new_cache(2, 20)
+    pieces = [model(x[:, :7], cache=cache)]  # prefill 7, then 1 at a time, then a chunk of 5
+    for t in range(7, 15):
+        pieces.append(model(x[:, t : t + 1], cache=cache))
+    pieces.append(model(x[:, 15:], cache=cache))
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_model_does_not_see_the_future(tiny_cfg):
+    model = LanguageModel(tiny_cfg).eval()
+    x = torch.randint(0, tiny_cfg.vocab_size, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % tiny_cfg.vocab_size
+    torch.testing.assert_close(model(x)[:, :10], model(y)[:, :10])
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    cfg = ModelConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=4, n_kv_head=1, intermediate_size=64, max_seq_len=16)
+    gqa = LanguageModel(cfg).eval()
+    mha = LanguageModel(cfg.model_copy(update={"n_kv_head": 4})).eval()
+    sd = gqa.state_dict()
+    for proj in ("k_proj", "v_proj"):
+        w = sd[f"model.layers.0.self_attn.{proj}.weight"]  # (1 * 8, 32)
+        sd[f"model.layers.0.self_attn.{proj}.weight"] = w.repeat(4, 1)
+    mha.load_state_dict(sd)
+    x = torch.randint(0, 50, (2, 12))
+    torch.testing.assert_close(gqa(x), mha(x), atol=1e-5, rtol=1e-5)
+
+
+def test_padding_mask_leaves_real_tokens_unchanged():
+    cfg = ModelConfig(vocab_size=50, n_layer=2, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=16, causal=False)
+    model = LanguageModel(cfg).eval()
+    x = torch.randint(1, 50, (1, 8))
+    padded = torch.cat([x, torch.zeros(1, 4, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 4)], 1).long()
+    torch.testing.assert_close(model(padded, attention_mask=mask)[:, :8], model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_local_window_mask_is_a_band_and_global_layers_see_all():
+    cfg = ModelConfig(vocab_size=50, n_layer=3, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=64,
+                      causal=False, global_every=3, local_window=8)
+    model = LanguageModel(cfg).eval()
+    glob, local = model.model._masks(20, 0, 20, None, torch.device("cpu"))
+    assert glob[0, 0].all()
+    band = local[0, 0]
+    assert band[10, 6] and band[10, 14] and not band[10, 5] and not band[10, 15]  # +-4 around 10
+    # the window changes the output: a model with windows != the same weights without them
+    full = LanguageModel(cfg.model_copy(update={"global_every": 0, "local_window": 0})).eval()
+    full.load_state_dict(model.state_dict())
+    x = torch.randint(0, 50, (1, 40))
+    assert not torch.allclose(model(x), full(x))
+
+
+def test_head_dim_must_be_even_for_rope():
+    with pytest.raises(ValueError, match="even head dimension"):
+        ModelConfig(n_embd=36, n_head=4)
+
+
+def test_unknown_preset_suggests_close_name():
+    from lmforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lmforge-d6"):
+        from_preset("lmforge-d66")
+
+
+def test_flops_per_token_counts_attention():
+    cfg = preset_from_depth(6)
+    n = cfg.count_params()["matmul"]
+    assert cfg.flops_per_token(256) == 6 * n + 12 * 6 * 6 * 64 * 256

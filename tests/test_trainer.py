@@ -1,0 +1,174 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.errors import CheckpointError
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import LanguageModel
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.objectives import clm_loss
+from lmforge.train.optim import lr_factor, param_groups
+from lmforge.train.trainer import Trainer, TrainerConfig
+from lmforge.utils import read_jsonl, seed_everything
+
+
+class ArrayLoader:
+    """Deterministic random windows over a token array; position is the whole state."""
+
+    def __init__(self, tokens, batch, seq, seed=0):
+        self.tokens, self.batch, self.seq, self.seed, self.pos = tokens, batch, seq, seed, 0
+        self.poison_at = None
+
+    def next_batch(self):
+        rng = np.random.default_rng(self.seed + self.pos)
+        starts = rng.integers(0, len(self.tokens) - self.seq - 1, self.batch)
+        rows = np.stack([self.tokens[s : s + self.seq + 1] for s in starts])
+        batch = {"input_ids": torch.from_numpy(rows[:, :-1]).long(), "targets": torch.from_numpy(rows[:, 1:]).long()}
+        batch["poison"] = torch.tensor(self.pos == self.poison_at)
+        self.pos += 1
+        return batch
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.pos = state["pos"]
+
+
+def tokens(n=4000, vocab=61, seed=0):
+    # a learnable stream: a repeating pattern with noise
+    rng = np.random.default_rng(seed)
+    base = np.tile(np.arange(vocab), n // vocab + 1)[:n]
+    noise = rng.random(n) < 0.1
+    return np.where(noise, rng.integers(0, vocab, n), base)
+
+
+def make(tmp_path, max_steps=20, **kw):
+    seed_everything(0)
+    cfg = ModelConfig(vocab_size=61, n_layer=2, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=32)
+    tc = TrainerConfig(max_steps=max_steps, micro_batch_size=4, lr=3e-3, warmup_steps=5, precision="fp32",
+                       progress=False, log_every=1, eval_every=10, checkpoint_every=5, **kw)
+    return Trainer(tc, LanguageModel(cfg), clm_loss, ArrayLoader(tokens(), 4, 32), tmp_path, tokens_per_micro_batch=4 * 32)
+
+
+def losses(path):
+    return {m["step"]: m["loss"] for m in read_jsonl(path / "metrics.jsonl") if "loss" in m and "event" not in m}
+
+
+def test_loss_decreases_on_a_learnable_stream(tmp_path):
+    summary = make(tmp_path, max_steps=40).fit()
+    curve = losses(tmp_path)
+    assert curve[40] < curve[1] - 1.0
+    assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 4 * 32
+
+
+def test_resume_continues_same_loss_curve(tmp_path):
+    make(tmp_path / "a").fit()
+    reference = losses(tmp_path / "a")
+    # interrupted run: crash during step 14 (checkpoints at 5 and 10), then resume
+    t = make(tmp_path / "b")
+    calls = []
+
+    def crashing(model, batch):
+        calls.append(1)
+        if len(calls) == 14:
+            raise KeyboardInterrupt
+        return clm_loss(model, batch)
+
+    t.loss_fn = t._loss = crashing
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert max(losses(tmp_path / "b")) == 13
+    resumed = make(tmp_path / "b")
+    resumed.fit()
+    assert resumed.step == 20
+    curve = losses(tmp_path / "b")
+    assert sorted(curve) == list(range(1, 21))  # the lost steps 11-13 were replaced, not duplicated
+    for step in range(1, 21):
+        assert abs(curve[step] - reference[step]) < 1e-4, step
+
+
+def test_loss_spike_rolls_back_and_skips_the_batch(tmp_path):
+    t = make(tmp_path, max_steps=30, spike={"min_history": 5, "sigma": 6.0})
+    t.loader.poison_at = 17
+
+    def poisoned(model, batch):
+        loss, n = clm_loss(model, batch)
+        return loss * (1000.0 if bool(batch["poison"]) else 1.0), n
+
+    t.loss_fn = t._loss = poisoned
+    summary = t.fit()
+    events = [m for m in read_jsonl(tmp_path / "metrics.jsonl") if m.get("event") == "loss_spike"]
+    assert len(events) == 1 and events[0]["rolled_back_to"] == 15
+    assert summary["steps"] == 30 and summary["rollbacks"] == 1
+    assert math.isfinite(summary["final_train_loss"]) and summary["final_train_loss"] < 5
+
+
+def test_nan_loss_is_a_spike_and_too_many_stop_the_run(tmp_path):
+    t = make(tmp_path, max_steps=10, spike={"max_rollbacks": 2})
+    t.loss_fn = t._loss = lambda m, b: (clm_loss(m, b)[0] * float("nan"), 1)
+    with pytest.raises(RuntimeError, match="unstable"):
+        t.fit()
+
+
+def test_crash_during_checkpoint_leaves_previous_intact(tmp_path, monkeypatch):
+    t = make(tmp_path, max_steps=12)
+    t.fit()
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step-000010"
+
+    def torn_write(model, path, metadata=None):
+        open(path, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_weights", torn_write)
+    with pytest.raises(OSError):
+        t.save_checkpoint()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-000005", "step-000010"]  # nothing half-written, nothing lost
+    monkeypatch.undo()
+    fresh = make(tmp_path, max_steps=12)
+    assert fresh.maybe_resume() and fresh.step == 10
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    make(tmp_path, max_steps=12).fit()
+    weights = tmp_path / "checkpoints" / "step-000010" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="step-000010.*(damaged|truncated)"):
+        make(tmp_path, max_steps=20).fit()
+
+
+def test_checkpoint_from_another_config_names_the_mismatch(tmp_path):
+    make(tmp_path, max_steps=12).fit()
+    model = LanguageModel(ModelConfig(vocab_size=61, n_layer=2, n_embd=64, n_head=4, intermediate_size=64, max_seq_len=32))
+    with pytest.raises(CheckpointError, match="different model config"):
+        ckpt.load_weights(model, tmp_path / "checkpoints" / "step-000010" / "model.safetensors")
+
+
+def test_schedules():
+    f = lambda step, sched: lr_factor(step, 100, 10, sched, 0.1, decay_fraction=0.2)  # noqa: E731
+    assert f(0, "cosine") == pytest.approx(0.1) and f(9, "cosine") == pytest.approx(1.0)
+    assert f(10, "cosine") == pytest.approx(1.0) and f(100, "cosine") == pytest.approx(0.1)
+    assert f(55, "cosine") == pytest.approx(0.55)
+    assert f(79, "wsd") == 1.0 and f(90, "wsd") == pytest.approx(0.55) and f(100, "wsd") == pytest.approx(0.1)
+    assert f(55, "linear") == pytest.approx(0.55) and f(50, "constant") == 1.0
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    cfg = ModelConfig(vocab_size=61, n_layer=1, n_embd=32, n_head=4, intermediate_size=64, attn_qkv_bias=True)
+    model = LanguageModel(cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in param_groups(model, 0.1):
+        for p in group["params"]:
+            n = names[id(p)]
+            decayed = group["weight_decay"] > 0
+            assert decayed == (n.endswith("proj.weight") or n == "lm_head.weight"), n
+
+
+def test_tokens_per_step_sets_accumulation(tmp_path):
+    t = make(tmp_path, max_steps=2, tokens_per_step=512)  # 512 / (4 * 32) = 4 micro-batches
+    assert t.grad_accum == 4
+    t.fit()
+    assert t.tokens_seen == 2 * 512
