@@ -102,12 +102,8 @@ def model_config_for(cfg: PretrainConfig, tokenizer: Tokenizer) -> ModelConfig:
     )
 
 
-def run(cfg: PretrainConfig) -> dict:
-    check_inputs(cfg)
-    out = Path(cfg.out_dir)
-    t_start = time.perf_counter()
-    seed_everything(cfg.trainer.seed)
-
+def prepare(cfg: PretrainConfig, out: Path):
+    """Tokenizer, model config, token shards, model and loader - everything before training."""
     tokenizer = Tokenizer.load(cfg.tokenizer)
     init = load(cfg.init) if cfg.init else None
     mcfg = init.config if init else model_config_for(cfg, tokenizer)
@@ -115,23 +111,48 @@ def run(cfg: PretrainConfig) -> dict:
         raise ConfigError(f"init model {cfg.init} has vocab {mcfg.vocab_size} but the tokenizer has {tokenizer.vocab_size}")
     cfg.model = mcfg
 
-    # 1. Data: token shards (reused when they match the corpus and tokenizer).
+    # Token shards, reused when they were built with this tokenizer.
     shards_dir = Path(cfg.data.shards) if cfg.data.shards else out / "shards"
     if not shards_match(shards_dir, tokenizer):
         if cfg.data.shards:
-            raise ConfigError(f"data.shards {shards_dir} was built with another tokenizer or is incomplete; remove data.shards to rebuild")
+            raise ConfigError(
+                f"data.shards {shards_dir} was built with another tokenizer or is incomplete; "
+                "remove data.shards to rebuild from data.path"
+            )
         build_shards(cfg.data.path, tokenizer, shards_dir, text_column=cfg.data.text_column,
                      val_fraction=cfg.data.val_fraction, seed=cfg.trainer.seed)
     train_ds, val_ds = ShardDataset(shards_dir, "train"), ShardDataset(shards_dir, "val")
     loader = PackedLoader(train_ds, cfg.trainer.micro_batch_size, cfg.data.seq_len, seed=cfg.trainer.seed, bos_id=tokenizer.bos_id)
-
-    # 2. Model.
     model = init.model if init else LanguageModel(mcfg)
-    params = count_parameters(model)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if not (out / "checkpoints").exists():  # a resumed run keeps the config it started with
+        save_config(cfg, out / "config.yaml")
+    return model, tokenizer, train_ds, val_ds, loader
 
-    # 3. Train.
+
+def run(cfg: PretrainConfig) -> dict:
+    check_inputs(cfg)
+    out = Path(cfg.out_dir)
+    t_start = time.perf_counter()
+    seed_everything(cfg.trainer.seed)
+    fresh = not out.exists()
+    try:
+        model, tokenizer, train_ds, val_ds, loader = prepare(cfg, out)
+    except BaseException:
+        # Bad input found while preparing: leave no half-made output directory behind.
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    mcfg = cfg.model
+    params = count_parameters(model)
+    print(
+        f"[pretrain] {mcfg.name or 'model'}: {params['total'] / 1e6:.1f}M params "
+        f"({params['non_embedding'] / 1e6:.1f}M non-embedding), "
+        f"{mcfg.flops_per_token(cfg.data.seq_len) / 1e6:.0f} MFLOPs/token; "
+        f"data: {train_ds.num_tokens / 1e6:.1f}M train tokens, {val_ds.num_tokens / 1e3:.0f}K val tokens"
+    )
+
+    # Train: the trainer resumes from out_dir/checkpoints when a run was interrupted.
     token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.long)
 
     def eval_fn(m):
@@ -150,7 +171,7 @@ def run(cfg: PretrainConfig) -> dict:
     )
     result = trainer.fit()
 
-    # 4. Artifact: weights, config, tokenizer, samples, plot, summary (last: it marks completion).
+    # Artifact: weights, config, tokenizer, samples, plot, summary (last: it marks completion).
     model = trainer.model.float()
     save_model_artifact(out, model)
     tokenizer.save(out)
