@@ -1,0 +1,93 @@
+import torch
+
+from lmforge.model.lora import (
+    LoRALinear,
+    adapters_disabled,
+    inject_lora,
+    load_adapter,
+    merge_lora,
+    save_adapter,
+    set_adapter,
+    unmerge_lora,
+)
+from lmforge.model.transformer import LanguageModel, count_parameters
+
+
+def trained_like(model):
+    """Give every B a random value, as training would."""
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.02)
+
+
+def test_fresh_adapter_gives_bit_identical_logits(tiny_cfg):
+    model = LanguageModel(tiny_cfg).eval()
+    x = torch.randint(0, tiny_cfg.vocab_size, (2, 10))
+    before = model(x)
+    inject_lora(model, ["q_proj", "v_proj"], r=4, alpha=8)
+    assert torch.equal(model(x), before)
+
+
+def test_only_adapters_and_saved_modules_train(tiny_cfg):
+    model = LanguageModel(tiny_cfg)
+    wrapped = inject_lora(model, ["q_proj", "k_proj", "v_proj", "o_proj"], r=4, alpha=8, modules_to_save=["lm_head"])
+    assert len(wrapped) == 4 * tiny_cfg.n_layer
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n.startswith("lm_head") for n in trainable)
+    a = next(m for _, m in model.named_modules() if isinstance(m, LoRALinear))
+    bound = 1 / (a.in_features ** 0.5)  # kaiming-uniform with a = sqrt(5)
+    assert a.lora_A["default"].weight.abs().max() <= bound and torch.all(a.lora_B["default"].weight == 0)
+    counts = count_parameters(model)
+    d, q, kv = tiny_cfg.n_embd, tiny_cfg.n_head * tiny_cfg.dim_per_head, tiny_cfg.kv_heads * tiny_cfg.dim_per_head
+    per_layer = 4 * (d + q) + 4 * (d + kv) * 2 + 4 * (q + d)
+    assert counts["trainable"] == tiny_cfg.n_layer * per_layer + tiny_cfg.vocab_size * d
+
+
+def test_merge_matches_unmerged_and_unmerge_restores(tiny_cfg):
+    model = LanguageModel(tiny_cfg).eval()
+    x = torch.randint(0, tiny_cfg.vocab_size, (2, 10))
+    base = model(x)
+    inject_lora(model, ["q_proj", "down_proj"], r=4, alpha=16)
+    trained_like(model)
+    unmerged = model(x)
+    assert not torch.allclose(unmerged, base)
+    merge_lora(model)
+    torch.testing.assert_close(model(x), unmerged, atol=1e-5, rtol=0)
+    unmerge_lora(model)
+    torch.testing.assert_close(model(x), unmerged, atol=1e-5, rtol=0)
+    with adapters_disabled(model):
+        torch.testing.assert_close(model(x), base, atol=1e-5, rtol=0)
+
+
+def test_several_adapters_switch(tiny_cfg):
+    model = LanguageModel(tiny_cfg).eval()
+    x = torch.randint(0, tiny_cfg.vocab_size, (1, 8))
+    inject_lora(model, ["q_proj"], r=2, alpha=4, adapter_name="one")
+    trained_like(model)
+    out_one = model(x)
+    inject_lora(model, ["q_proj"], r=2, alpha=4, adapter_name="two")
+    assert torch.allclose(model(x), model(x))
+    set_adapter(model, "one")
+    torch.testing.assert_close(model(x), out_one)
+    set_adapter(model, None)
+    assert not torch.allclose(model(x), out_one)
+
+
+def test_save_and_load_in_peft_format(tiny_cfg, tmp_path):
+    model = LanguageModel(tiny_cfg).eval()
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    inject_lora(model, ["q_proj", "v_proj"], r=4, alpha=8, modules_to_save=["lm_head"])
+    trained_like(model)
+    x = torch.randint(0, tiny_cfg.vocab_size, (2, 10))
+    want = model(x)
+    save_adapter(model, tmp_path, r=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+    from safetensors.torch import load_file
+
+    keys = set(load_file(str(tmp_path / "adapter_model.safetensors")))
+    assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+    assert "base_model.model.lm_head.weight" in keys
+    fresh = LanguageModel(tiny_cfg).eval()
+    fresh.load_state_dict(base_state)
+    load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(fresh(x), want)
