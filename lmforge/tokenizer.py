@@ -1,0 +1,249 @@
+"""Byte-level BPE tokenizers (Hugging Face `tokenizers`) with every special token reserved.
+
+The special tokens take ids 0..7 at training time, so later stages (chat, MLM, classification)
+need no new vocabulary and no resized embeddings:
+
+    0 <|endoftext|>  end of a document (EOS)      4 <|im_end|>    end of a chat turn
+    1 <|bos|>        start of a document (BOS)     5 <|mask|>      masked-LM target slot
+    2 <|pad|>        padding                       6 <|sep|>       segment separator
+    3 <|im_start|>   start of a chat turn (ChatML)  7 <|unk|>       reserved
+
+Byte-level BPE round-trips any UTF-8 text exactly: no normaliser, no prefix space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from lmforge.errors import ConfigError, DataError
+from lmforge.utils import atomic_write_text, staging_dir, write_json
+
+EOS, BOS, PAD, IM_START, IM_END, MASK, SEP, UNK = (
+    "<|endoftext|>", "<|bos|>", "<|pad|>", "<|im_start|>", "<|im_end|>", "<|mask|>", "<|sep|>", "<|unk|>",
+)
+SPECIAL_TOKENS = [EOS, BOS, PAD, IM_START, IM_END, MASK, SEP, UNK]
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
+
+
+class Tokenizer:
+    """A thin wrapper that names the special ids; the HF tokenizer does the work."""
+
+    def __init__(self, hf: HFTokenizer):
+        self.hf = hf
+        vocab = hf.get_vocab(with_added_tokens=True)
+        self._ids = {t: vocab.get(t) for t in SPECIAL_TOKENS}
+
+    # --- ids -----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.hf.id_to_token(i)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._ids[EOS]
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._ids[BOS]
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._ids[PAD]
+
+    @property
+    def mask_id(self) -> int | None:
+        return self._ids[MASK]
+
+    @property
+    def im_start_id(self) -> int | None:
+        return self._ids[IM_START]
+
+    @property
+    def im_end_id(self) -> int | None:
+        return self._ids[IM_END]
+
+    @property
+    def special_ids(self) -> set[int]:
+        return {i for i in self._ids.values() if i is not None}
+
+    # --- text <-> ids --------------------------------------------------------------------
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return self._wrap(ids, add_bos, add_eos)
+
+    def encode_batch(self, texts: list[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        """Parallel in Rust across the machine's cores."""
+        return [self._wrap(e.ids, add_bos, add_eos) for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
+        if add_bos:
+            if self.bos_id is None:
+                raise ConfigError("this tokenizer has no BOS token")
+            ids = [self.bos_id, *ids]
+        if add_eos:
+            if self.eos_id is None:
+                raise ConfigError("this tokenizer has no EOS token")
+            ids = [*ids, self.eos_id]
+        return ids
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    # --- files ---------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.hf.to_str().encode()).hexdigest()[:16]
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        """tokenizer.json plus the two small files transformers' AutoTokenizer reads."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "tokenizer.json", self.hf.to_str())
+        special = {}
+        for key, tok in (("bos_token", BOS), ("eos_token", EOS), ("pad_token", PAD), ("mask_token", MASK),
+                         ("unk_token", UNK), ("sep_token", SEP)):
+            if self.token_to_id(tok) is not None:
+                special[key] = tok
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": 1_000_000,
+            "clean_up_tokenization_spaces": False,
+            "add_prefix_space": False,
+            **special,
+        }
+        write_json(out_dir / "tokenizer_config.json", config)
+        write_json(out_dir / "special_tokens_map.json", special)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise DataError(
+                f"no tokenizer at {path} (expected {file}). Train one with "
+                f"`lmforge tokenizer train --data DATA --out {path}`"
+            )
+        try:
+            return cls(HFTokenizer.from_file(str(file)))
+        except Exception as e:  # the Rust side raises a plain Exception for a bad file
+            raise DataError(f"{file} is not a valid tokenizer.json ({e})") from None
+
+
+def new_bpe() -> HFTokenizer:
+    tok = HFTokenizer(models.BPE(byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, progress: bool = True) -> Tokenizer:
+    if vocab_size < MIN_VOCAB:
+        raise ConfigError(
+            f"vocab size {vocab_size} is too small: it must hold the 256 byte tokens and the "
+            f"{len(SPECIAL_TOKENS)} special tokens, so at least {MIN_VOCAB}"
+        )
+    tok = new_bpe()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=progress,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(tok)
+
+
+def token_byte_lengths(tokenizer: Tokenizer) -> list[int]:
+    """UTF-8 bytes each token id stands for (0 for special tokens), for bits per byte.
+
+    In byte-level BPE every character of a vocabulary entry stands for exactly one byte.
+    """
+    special = tokenizer.special_ids
+    out = []
+    for i in range(tokenizer.vocab_size):
+        token = tokenizer.id_to_token(i)
+        out.append(0 if token is None or i in special else len(token))
+    return out
+
+
+def bytes_per_token(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
+    texts = list(texts)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    n_tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
+    return n_bytes / max(1, n_tokens)
+
+
+def is_heldout(index: int, fraction: float, seed: int) -> bool:
+    """A stable pseudo-random choice of documents, independent of the corpus size."""
+    h = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64 < fraction
+
+
+def train_tokenizer_from_path(
+    data_path: str | os.PathLike,
+    vocab_size: int,
+    out_dir: str | os.PathLike,
+    text_column: str = "text",
+    heldout_fraction: float = 0.01,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Train on a corpus, hold out a fraction of documents, save atomically, report compression."""
+    from lmforge.data.sources import iter_texts
+
+    if vocab_size < MIN_VOCAB:
+        raise ConfigError(f"--vocab-size {vocab_size} is too small; the minimum is {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+    heldout: list[str] = []
+    counts = {"documents": 0, "train_bytes": 0}
+
+    def training_texts() -> Iterator[str]:
+        for i, text in enumerate(iter_texts(data_path, text_column)):
+            if not text.strip():
+                continue
+            counts["documents"] += 1
+            if is_heldout(i, heldout_fraction, seed) and len(heldout) < 2000:
+                heldout.append(text)
+                continue
+            counts["train_bytes"] += len(text.encode("utf-8"))
+            yield text
+
+    t0 = time.perf_counter()
+    tok = train_tokenizer(training_texts(), vocab_size, progress=progress)
+    seconds = time.perf_counter() - t0
+    if counts["documents"] == 0:
+        raise DataError(f"{data_path} holds no text: every document is empty")
+    sample = []
+    for i, text in enumerate(iter_texts(data_path, text_column)):
+        if text.strip() and not is_heldout(i, heldout_fraction, seed):
+            sample.append(text)
+        if len(sample) >= 2000:
+            break
+    summary = {
+        "vocab_size": tok.vocab_size,
+        "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},
+        "documents": counts["documents"],
+        "train_bytes": counts["train_bytes"],
+        "heldout_documents": len(heldout),
+        "train_seconds": round(seconds, 2),
+        "bytes_per_token_train": bytes_per_token(tok, sample),
+        "bytes_per_token_heldout": bytes_per_token(tok, heldout) if heldout else None,
+        "data": str(data_path),
+    }
+    with staging_dir(out_dir) as tmp:
+        tok.save(tmp)
+        atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
