@@ -14,3 +14,41 @@ def tiny_cfg():
     from lmforge.model.config import ModelConfig
 
     return ModelConfig(vocab_size=97, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=64, max_seq_len=64)
+
+
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
+    "they you were her she there been one all we their has would when if so no out up into what its time more "
+    "dictionary meaning word light water earth river mountain house tree book answer question small large old new"
+).split()
+
+
+def make_corpus(path, n_docs=400, seed=0):
+    """A few hundred short 'documents' of English-like text as jsonl (about 60 KB)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for i in range(n_docs):
+            sentences = []
+            for _ in range(rng.randint(1, 6)):
+                words = [rng.choice(WORDS) for _ in range(rng.randint(4, 14))]
+                sentences.append(" ".join(words).capitalize() + ".")
+            f.write(json.dumps({"text": " ".join(sentences), "source": f"s{i % 3}"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "docs.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory, tiny_corpus):
+    from lmforge.tokenizer import train_tokenizer_from_path
+
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tokenizer_from_path(tiny_corpus, 400, out, progress=False)
+    return out
