@@ -1,7 +1,7 @@
 """lmforge: from raw text to a language model you can fine-tune, compress, talk to and deploy.
 
-    import lmforge
-    loaded = lmforge.load("runs/demo/pretrain")   # .model, .tokenizer, .config
+import lmforge
+loaded = lmforge.load("runs/demo/pretrain")   # .model, .tokenizer, .config
 """
 
 __version__ = "0.1.0"

@@ -1,10 +1,10 @@
 """Artifact directories: what every stage writes and every later stage (and ``lmforge.load``) reads.
 
-    <dir>/model.safetensors   weights (never pickles)
-    <dir>/model.json          {"kind": "causal_lm", "model": ModelConfig}
-    <dir>/tokenizer.json      the tokenizer
-    <dir>/config.yaml         the resolved stage config that produced it
-    <dir>/summary.json        the stage's headline numbers
+<dir>/model.safetensors   weights (never pickles)
+<dir>/model.json          {"kind": "causal_lm", "model": ModelConfig}
+<dir>/tokenizer.json      the tokenizer
+<dir>/config.yaml         the resolved stage config that produced it
+<dir>/summary.json        the stage's headline numbers
 """
 
 from __future__ import annotations
@@ -35,10 +35,14 @@ class Loaded:
     path: Path
 
 
-def save_model_artifact(out_dir: str | os.PathLike, model: nn.Module, kind: str = "causal_lm") -> None:
+def save_model_artifact(
+    out_dir: str | os.PathLike, model: nn.Module, kind: str = "causal_lm"
+) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out_dir / "model.safetensors", metadata={"format": "pt", "lmforge_kind": kind})
+    save_weights(
+        model, out_dir / "model.safetensors", metadata={"format": "pt", "lmforge_kind": kind}
+    )
     write_json(out_dir / "model.json", {"kind": kind, "model": model.cfg.model_dump(mode="json")})
 
 
@@ -49,21 +53,29 @@ def read_model_config(path: str | os.PathLike) -> tuple[str, ModelConfig]:
         hint = ""
         if (path / "config.json").is_file():
             hint = " It looks like a Hugging Face checkpoint (config.json); convert it with `lmforge convert --from-hf`."
-        raise CheckpointError(f"{path} is not an lmforge artifact: {meta_path.name} is missing.{hint}")
+        raise CheckpointError(
+            f"{path} is not an lmforge artifact: {meta_path.name} is missing.{hint}"
+        )
     try:
         meta = read_json(meta_path)
         return meta.get("kind", "causal_lm"), ModelConfig.model_validate(meta["model"])
     except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{meta_path} is damaged or from an incompatible lmforge version: {e}") from None
+        raise CheckpointError(
+            f"{meta_path} is damaged or from an incompatible lmforge version: {e}"
+        ) from None
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Loaded:
+def load(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Loaded:
     """The model, tokenizer and config of an artifact directory, ready for inference."""
     from lmforge.tokenizer import Tokenizer
 
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path} is not a directory; give the output directory of an lmforge stage")
+        raise CheckpointError(
+            f"{path} is not a directory; give the output directory of an lmforge stage"
+        )
     kind, cfg = read_model_config(path)
     if kind not in KINDS:
         raise CheckpointError(f"{path}: unknown model kind '{kind}' (known: {', '.join(KINDS)})")

@@ -32,7 +32,9 @@ def _fmt(cls):
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_config: str | None) -> None:
-    p.add_argument("--config", "-c", default=default_config, help=f"YAML recipe (default: {default_config})")
+    p.add_argument(
+        "--config", "-c", default=default_config, help=f"YAML recipe (default: {default_config})"
+    )
     p.add_argument(
         "overrides",
         nargs="*",
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="<verb>")
 
     # data ------------------------------------------------------------------------------
-    data = verbs.add_parser("data", help="build and inspect corpora", description="Build and inspect corpora.")
+    data = verbs.add_parser(
+        "data", help="build and inspect corpora", description="Build and inspect corpora."
+    )
     data_verbs = data.add_subparsers(dest="data_verb", metavar="<action>")
     build = data_verbs.add_parser(
         "build",
@@ -76,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=["wordnet", "gcide", "kjv", "fortunes"],
         help="which sources to include (default: all four)",
     )
-    build.add_argument("--max-docs-per-source", type=int, default=None, help="cap each source (for quick runs)")
+    build.add_argument(
+        "--max-docs-per-source", type=int, default=None, help="cap each source (for quick runs)"
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     stats = data_verbs.add_parser("stats", help="documents, characters and words of any corpus")
@@ -84,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--text-column", default="text")
 
     # tokenizer ---------------------------------------------------------------------------
-    tok = verbs.add_parser("tokenizer", help="train or inspect a BPE tokenizer", description="Byte-level BPE tokenizers.")
+    tok = verbs.add_parser(
+        "tokenizer",
+        help="train or inspect a BPE tokenizer",
+        description="Byte-level BPE tokenizers.",
+    )
     tok_verbs = tok.add_subparsers(dest="tok_verb", metavar="<action>")
     train = tok_verbs.add_parser(
         "train",
@@ -99,10 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
-    train.add_argument("--data", required=True, help="a file or directory of txt / jsonl / parquet / csv")
-    train.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size (default 8192)")
+    train.add_argument(
+        "--data", required=True, help="a file or directory of txt / jsonl / parquet / csv"
+    )
+    train.add_argument(
+        "--vocab-size", type=int, default=8192, help="vocabulary size (default 8192)"
+    )
     train.add_argument("--out", required=True, help="output directory")
-    train.add_argument("--text-column", default="text", help="text column for jsonl/parquet/csv (default: text)")
+    train.add_argument(
+        "--text-column", default="text", help="text column for jsonl/parquet/csv (default: text)"
+    )
     encode = tok_verbs.add_parser("encode", help="show how a text is split into tokens")
     encode.add_argument("tokenizer", help="tokenizer directory or tokenizer.json")
     encode.add_argument("text")
@@ -141,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", "-n", type=int, default=100)
     gen.add_argument("--temperature", "-t", type=float, default=0.8, help="0 = greedy")
     gen.add_argument("--greedy", action="store_true", help="same as --temperature 0")
-    gen.add_argument("--top-k", type=int, default=50, help="keep the k most likely tokens (0 = off)")
+    gen.add_argument(
+        "--top-k", type=int, default=50, help="keep the k most likely tokens (0 = off)"
+    )
     gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, e.g. 0.9")
     gen.add_argument("--seed", type=int, default=None, help="for reproducible samples")
     gen.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
@@ -164,7 +182,9 @@ def _load_stage_config(cls, args):
     if args.config and not os.path.exists(args.config):
         from lmforge.errors import ConfigError
 
-        raise ConfigError(f"config file {args.config} does not exist (run from the repository root, or pass --config)")
+        raise ConfigError(
+            f"config file {args.config} does not exist (run from the repository root, or pass --config)"
+        )
     return load_config(cls, args.config, args.overrides)
 
 
@@ -173,7 +193,10 @@ def cmd_data(args) -> int:
         from lmforge.data.corpora import build_default_corpus
 
         stats = build_default_corpus(
-            args.out, sources=tuple(args.sources), max_docs_per_source=args.max_docs_per_source, progress=not args.no_progress
+            args.out,
+            sources=tuple(args.sources),
+            max_docs_per_source=args.max_docs_per_source,
+            progress=not args.no_progress,
         )
         print(json.dumps(stats, indent=2))
         return 0
@@ -195,15 +218,25 @@ def cmd_tokenizer(args) -> int:
     from lmforge.tokenizer import Tokenizer, train_tokenizer_from_path
 
     if args.tok_verb == "train":
-        summary = train_tokenizer_from_path(args.data, args.vocab_size, args.out, text_column=args.text_column)
+        summary = train_tokenizer_from_path(
+            args.data, args.vocab_size, args.out, text_column=args.text_column
+        )
         print(json.dumps(summary, indent=2))
         return 0
     if args.tok_verb == "encode":
         tok = Tokenizer.load(args.tokenizer)
         ids = tok.encode(args.text)
-        print(json.dumps({"ids": ids, "tokens": [tok.decode([i]) for i in ids], "n_tokens": len(ids)}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {"ids": ids, "tokens": [tok.decode([i]) for i in ids], "n_tokens": len(ids)},
+                ensure_ascii=False,
+            )
+        )
         return 0
-    print("usage: lmforge tokenizer {train,encode} ... (see lmforge tokenizer --help)", file=sys.stderr)
+    print(
+        "usage: lmforge tokenizer {train,encode} ... (see lmforge tokenizer --help)",
+        file=sys.stderr,
+    )
     return 2
 
 
@@ -217,7 +250,16 @@ def cmd_pretrain(args) -> int:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
     summary = pretrain.run(cfg)
-    keys = ("steps", "final_train_loss", "val_loss", "val_bpb", "tokens_seen", "tokens_per_second", "mfu", "wall_seconds")
+    keys = (
+        "steps",
+        "final_train_loss",
+        "val_loss",
+        "val_bpb",
+        "tokens_seen",
+        "tokens_per_second",
+        "mfu",
+        "wall_seconds",
+    )
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     print(f"artifact: {cfg.out_dir}")
     return 0
@@ -251,7 +293,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "tokenizer": cmd_tokenizer, "pretrain": cmd_pretrain, "generate": cmd_generate}
+COMMANDS = {
+    "data": cmd_data,
+    "tokenizer": cmd_tokenizer,
+    "pretrain": cmd_pretrain,
+    "generate": cmd_generate,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted. Re-run the same command to resume from the newest checkpoint.", file=sys.stderr)
+        print(
+            "\ninterrupted. Re-run the same command to resume from the newest checkpoint.",
+            file=sys.stderr,
+        )
         return 130
 
 

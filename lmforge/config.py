@@ -102,7 +102,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(data).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of keys to values, not {type(data).__name__}"
+        )
     return data
 
 

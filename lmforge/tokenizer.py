@@ -27,7 +27,14 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.utils import atomic_write_text, staging_dir, write_json
 
 EOS, BOS, PAD, IM_START, IM_END, MASK, SEP, UNK = (
-    "<|endoftext|>", "<|bos|>", "<|pad|>", "<|im_start|>", "<|im_end|>", "<|mask|>", "<|sep|>", "<|unk|>",
+    "<|endoftext|>",
+    "<|bos|>",
+    "<|pad|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|mask|>",
+    "<|sep|>",
+    "<|unk|>",
 )
 SPECIAL_TOKENS = [EOS, BOS, PAD, IM_START, IM_END, MASK, SEP, UNK]
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
@@ -85,9 +92,14 @@ class Tokenizer:
         ids = self.hf.encode(text, add_special_tokens=False).ids
         return self._wrap(ids, add_bos, add_eos)
 
-    def encode_batch(self, texts: list[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+    def encode_batch(
+        self, texts: list[str], add_bos: bool = False, add_eos: bool = False
+    ) -> list[list[int]]:
         """Parallel in Rust across the machine's cores."""
-        return [self._wrap(e.ids, add_bos, add_eos) for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        return [
+            self._wrap(e.ids, add_bos, add_eos)
+            for e in self.hf.encode_batch(texts, add_special_tokens=False)
+        ]
 
     def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
         if add_bos:
@@ -113,8 +125,14 @@ class Tokenizer:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "tokenizer.json", self.hf.to_str())
         special = {}
-        for key, tok in (("bos_token", BOS), ("eos_token", EOS), ("pad_token", PAD), ("mask_token", MASK),
-                         ("unk_token", UNK), ("sep_token", SEP)):
+        for key, tok in (
+            ("bos_token", BOS),
+            ("eos_token", EOS),
+            ("pad_token", PAD),
+            ("mask_token", MASK),
+            ("unk_token", UNK),
+            ("sep_token", SEP),
+        ):
             if self.token_to_id(tok) is not None:
                 special[key] = tok
         config = {
@@ -149,7 +167,9 @@ def new_bpe() -> HFTokenizer:
     return tok
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, progress: bool = True) -> Tokenizer:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, progress: bool = True
+) -> Tokenizer:
     if vocab_size < MIN_VOCAB:
         raise ConfigError(
             f"vocab size {vocab_size} is too small: it must hold the 256 byte tokens and the "
@@ -206,7 +226,9 @@ def train_tokenizer_from_path(
     from lmforge.data.sources import iter_texts
 
     if vocab_size < MIN_VOCAB:
-        raise ConfigError(f"--vocab-size {vocab_size} is too small; the minimum is {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        raise ConfigError(
+            f"--vocab-size {vocab_size} is too small; the minimum is {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
+        )
     heldout: list[str] = []
     counts = {"documents": 0, "train_bytes": 0}
 

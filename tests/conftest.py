@@ -13,7 +13,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def tiny_cfg():
     from lmforge.model.config import ModelConfig
 
-    return ModelConfig(vocab_size=97, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=64, max_seq_len=64)
+    return ModelConfig(
+        vocab_size=97,
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        n_kv_head=2,
+        intermediate_size=64,
+        max_seq_len=64,
+    )
 
 
 WORDS = (

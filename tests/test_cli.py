@@ -14,7 +14,15 @@ def test_help_lists_every_verb(capsys):
         assert verb in out
 
 
-@pytest.mark.parametrize("argv", [["pretrain", "--help"], ["generate", "--help"], ["tokenizer", "train", "--help"], ["data", "build", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pretrain", "--help"],
+        ["generate", "--help"],
+        ["tokenizer", "train", "--help"],
+        ["data", "build", "--help"],
+    ],
+)
 def test_each_verb_explains_itself(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -29,19 +37,40 @@ def test_unknown_override_is_a_clean_error(capsys):
 
 
 def test_print_config_resolves_the_preset(capsys):
-    assert main(["pretrain", "--config", "configs/demo/pretrain.yaml", "model.n_layer=2", "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                "configs/demo/pretrain.yaml",
+                "model.n_layer=2",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "n_layer: 2" in out and "n_embd: 384" in out
 
 
 def test_missing_tokenizer_says_how_to_make_one(tmp_path, capsys):
-    code = main(["pretrain", "--config", "configs/demo/pretrain.yaml", f"tokenizer={tmp_path}/tok", f"out_dir={tmp_path}/run"])
+    code = main(
+        [
+            "pretrain",
+            "--config",
+            "configs/demo/pretrain.yaml",
+            f"tokenizer={tmp_path}/tok",
+            f"out_dir={tmp_path}/run",
+        ]
+    )
     assert code == 2
     assert "lmforge tokenizer train" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
 def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "lmforge", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lmforge", "--help"], capture_output=True, text=True, check=True
+    )
     assert "pretrain" in out.stdout
     assert build_parser().prog == "lmforge"

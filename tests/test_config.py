@@ -13,7 +13,9 @@ class Recipe(Section):
 def test_dotted_override_sets_nested_key(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("trainer:\n  max_steps: 10\n")
-    cfg = load_config(Recipe, path, ["trainer.max_steps=50", "trainer.lr=3e-4", "trainer.compile=true"])
+    cfg = load_config(
+        Recipe, path, ["trainer.max_steps=50", "trainer.lr=3e-4", "trainer.compile=true"]
+    )
     assert cfg.trainer.max_steps == 50
     assert cfg.trainer.lr == pytest.approx(3e-4)
     assert cfg.trainer.compile is True
@@ -22,7 +24,9 @@ def test_dotted_override_sets_nested_key(tmp_path):
 def test_unknown_key_names_the_closest_valid_key(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("trainer:\n  max_step: 10\n")
-    with pytest.raises(ConfigError, match=r"trainer\.max_step.*did you mean 'trainer\.max_steps'") as e:
+    with pytest.raises(
+        ConfigError, match=r"trainer\.max_step.*did you mean 'trainer\.max_steps'"
+    ) as e:
         load_config(Recipe, path)
     assert str(path) in str(e.value)
 

@@ -1,4 +1,5 @@
 import torch
+from helpers import tiny_config
 
 from lmforge.infer.generate import SamplingConfig, filter_logits, generate_tokens
 from lmforge.model.transformer import LanguageModel
@@ -7,7 +8,10 @@ from lmforge.model.transformer import LanguageModel
 def test_cached_generation_equals_uncached(tiny_cfg):
     torch.manual_seed(0)
     model = LanguageModel(tiny_cfg)
-    for sampling in [SamplingConfig(max_new_tokens=25, temperature=0), SamplingConfig(max_new_tokens=25, temperature=1.0, top_k=10, seed=3)]:
+    for sampling in [
+        SamplingConfig(max_new_tokens=25, temperature=0),
+        SamplingConfig(max_new_tokens=25, temperature=1.0, top_k=10, seed=3),
+    ]:
         cached = list(generate_tokens(model, [1, 2, 3], sampling, use_cache=True))
         plain = list(generate_tokens(model, [1, 2, 3], sampling, use_cache=False))
         assert cached == plain and len(cached) == 25
@@ -22,15 +26,24 @@ def test_seed_makes_sampling_reproducible(tiny_cfg):
 def test_stop_token_ends_generation(tiny_cfg):
     model = LanguageModel(tiny_cfg)
     greedy = list(generate_tokens(model, [1, 2], SamplingConfig(max_new_tokens=10, temperature=0)))
-    stopped = list(generate_tokens(model, [1, 2], SamplingConfig(max_new_tokens=10, temperature=0, stop_token_ids=[greedy[3]])))
+    stopped = list(
+        generate_tokens(
+            model,
+            [1, 2],
+            SamplingConfig(max_new_tokens=10, temperature=0, stop_token_ids=[greedy[3]]),
+        )
+    )
     assert stopped == greedy[: greedy.index(greedy[3])]
 
 
 def test_generation_stops_at_the_context_end_for_learned_positions():
-    from lmforge.model.config import ModelConfig
 
-    cfg = ModelConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=16, pos_embedding="learned")
-    out = list(generate_tokens(LanguageModel(cfg), list(range(10)), SamplingConfig(max_new_tokens=100, temperature=0)))
+    cfg = tiny_config(n_layer=1, pos_embedding="learned")
+    out = list(
+        generate_tokens(
+            LanguageModel(cfg), list(range(10)), SamplingConfig(max_new_tokens=100, temperature=0)
+        )
+    )
     assert len(out) == 6
 
 

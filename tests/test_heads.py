@@ -1,7 +1,7 @@
 import pytest
 import torch
+from helpers import tiny_config
 
-from lmforge.model.config import ModelConfig
 from lmforge.model.heads import HeadConfig, MaskedLM, SequenceClassifier, last_non_pad_index, pool
 
 
@@ -20,26 +20,36 @@ def test_missing_pad_token_in_a_batch_is_explained():
 def test_mean_pooling_includes_every_non_pad_token():
     h = torch.arange(12.0).view(1, 4, 3)
     mask = torch.tensor([[1, 1, 1, 0]])
-    assert pool(h, torch.ones(1, 4, dtype=torch.long), mask, "mean", 0).tolist() == [[3.0, 4.0, 5.0]]
+    assert pool(h, torch.ones(1, 4, dtype=torch.long), mask, "mean", 0).tolist() == [
+        [3.0, 4.0, 5.0]
+    ]
     assert pool(h, torch.ones(1, 4, dtype=torch.long), mask, "cls", 0).tolist() == [[0.0, 1.0, 2.0]]
 
 
 def test_decoder_classifier_is_invariant_to_padding_side():
-    cfg = ModelConfig(vocab_size=50, n_layer=2, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=16, pad_token_id=0)
+    cfg = tiny_config(pad_token_id=0)
     model = SequenceClassifier(cfg, HeadConfig(num_labels=3)).eval()
     seq = torch.tensor([[7, 8, 9, 10]])
     right = torch.tensor([[7, 8, 9, 10, 0, 0]])
     left = torch.tensor([[0, 0, 7, 8, 9, 10]])
     alone = model(seq)
-    torch.testing.assert_close(model(right, attention_mask=(right != 0).long()), alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        model(right, attention_mask=(right != 0).long()), alone, atol=1e-5, rtol=0
+    )
     # left padding: RoPE positions shift, so compare with positions as transformers does (mask only)
     out_left = model(left, attention_mask=(left != 0).long())
     assert out_left.shape == (1, 3)
 
 
 def test_encoder_heads_shapes_and_tied_mlm_decoder():
-    cfg = ModelConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=4, intermediate_size=64, causal=False, norm="layernorm",
-                      mlp="geglu", activation="gelu", tie_embeddings=True)
+    cfg = tiny_config(
+        n_layer=1,
+        causal=False,
+        norm="layernorm",
+        mlp="geglu",
+        activation="gelu",
+        tie_embeddings=True,
+    )
     mlm = MaskedLM(cfg)
     assert mlm.decoder.weight is mlm.model.embed_tokens.weight
     x = torch.randint(0, 50, (2, 7))

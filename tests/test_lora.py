@@ -31,15 +31,23 @@ def test_fresh_adapter_gives_bit_identical_logits(tiny_cfg):
 
 def test_only_adapters_and_saved_modules_train(tiny_cfg):
     model = LanguageModel(tiny_cfg)
-    wrapped = inject_lora(model, ["q_proj", "k_proj", "v_proj", "o_proj"], r=4, alpha=8, modules_to_save=["lm_head"])
+    wrapped = inject_lora(
+        model, ["q_proj", "k_proj", "v_proj", "o_proj"], r=4, alpha=8, modules_to_save=["lm_head"]
+    )
     assert len(wrapped) == 4 * tiny_cfg.n_layer
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all("lora_" in n or n.startswith("lm_head") for n in trainable)
     a = next(m for _, m in model.named_modules() if isinstance(m, LoRALinear))
-    bound = 1 / (a.in_features ** 0.5)  # kaiming-uniform with a = sqrt(5)
-    assert a.lora_A["default"].weight.abs().max() <= bound and torch.all(a.lora_B["default"].weight == 0)
+    bound = 1 / (a.in_features**0.5)  # kaiming-uniform with a = sqrt(5)
+    assert a.lora_A["default"].weight.abs().max() <= bound and torch.all(
+        a.lora_B["default"].weight == 0
+    )
     counts = count_parameters(model)
-    d, q, kv = tiny_cfg.n_embd, tiny_cfg.n_head * tiny_cfg.dim_per_head, tiny_cfg.kv_heads * tiny_cfg.dim_per_head
+    d, q, kv = (
+        tiny_cfg.n_embd,
+        tiny_cfg.n_head * tiny_cfg.dim_per_head,
+        tiny_cfg.kv_heads * tiny_cfg.dim_per_head,
+    )
     per_layer = 4 * (d + q) + 4 * (d + kv) * 2 + 4 * (q + d)
     assert counts["trainable"] == tiny_cfg.n_layer * per_layer + tiny_cfg.vocab_size * d
 
@@ -81,7 +89,15 @@ def test_save_and_load_in_peft_format(tiny_cfg, tmp_path):
     trained_like(model)
     x = torch.randint(0, tiny_cfg.vocab_size, (2, 10))
     want = model(x)
-    save_adapter(model, tmp_path, r=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+    save_adapter(
+        model,
+        tmp_path,
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        targets=["q_proj", "v_proj"],
+        modules_to_save=["lm_head"],
+    )
     from safetensors.torch import load_file
 
     keys = set(load_file(str(tmp_path / "adapter_model.safetensors")))

@@ -18,7 +18,9 @@ def test_macro_f1_counts_every_label_even_without_support():
     rep = classification_report(y, logits, train_counts=[10, 5, 3, 1], label_names=list("abcd"))
     assert rep["macro_f1"] == pytest.approx(np.mean([1.0, 2 / 3, 0.0, 0.0]))
     assert rep["zero_f1_classes"] == 2
-    assert rep["macro_f1"] != pytest.approx(f1_score(y, logits.argmax(1), average="macro"))  # sklearn's default differs
+    assert rep["macro_f1"] != pytest.approx(
+        f1_score(y, logits.argmax(1), average="macro")
+    )  # sklearn's default differs
 
 
 def test_tiers_rank_by_train_frequency():
@@ -37,7 +39,7 @@ def test_ece_of_a_perfectly_calibrated_and_an_overconfident_model():
     pred = np.where(correct, 0, 1)
     probs = np.stack([np.where(pred == 0, conf, 1 - conf), np.where(pred == 1, conf, 1 - conf)], 1)
     assert expected_calibration_error(probs, y) < 0.01
-    sharp = probs ** 4 / (probs ** 4).sum(1, keepdims=True)
+    sharp = probs**4 / (probs**4).sum(1, keepdims=True)
     assert expected_calibration_error(sharp, y) > 0.1
 
 

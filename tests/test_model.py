@@ -1,5 +1,7 @@
 import pytest
 import torch
+import torch.nn.functional as F
+from helpers import tiny_config
 
 from lmforge.model.config import ModelConfig, from_preset, preset_from_depth
 from lmforge.model.transformer import LanguageModel, count_parameters
@@ -18,10 +20,27 @@ def test_preset_d6_is_the_benchmark_shape():
 def test_param_count_formula_matches_modules_across_flags():
     for kw in [
         dict(attn_qkv_bias=True, tie_embeddings=True, n_kv_head=2),
-        dict(mlp="gelu", activation="gelu", norm="layernorm", norm_bias=True, pos_embedding="learned"),
-        dict(mlp="geglu", activation="gelu", norm="layernorm", embed_norm=True, attn_out_bias=True, mlp_bias=True),
+        dict(
+            mlp="gelu", activation="gelu", norm="layernorm", norm_bias=True, pos_embedding="learned"
+        ),
+        dict(
+            mlp="geglu",
+            activation="gelu",
+            norm="layernorm",
+            embed_norm=True,
+            attn_out_bias=True,
+            mlp_bias=True,
+        ),
     ]:
-        cfg = ModelConfig(vocab_size=101, n_layer=2, n_embd=48, n_head=4, intermediate_size=96, max_seq_len=32, **kw)
+        cfg = ModelConfig(
+            vocab_size=101,
+            n_layer=2,
+            n_embd=48,
+            n_head=4,
+            intermediate_size=96,
+            max_seq_len=32,
+            **kw,
+        )
         assert count_parameters(LanguageModel(cfg))["total"] == cfg.count_params()["total"], kw
 
 
@@ -61,7 +80,7 @@ def test_causal_model_does_not_see_the_future(tiny_cfg):
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads():
-    cfg = ModelConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=4, n_kv_head=1, intermediate_size=64, max_seq_len=16)
+    cfg = tiny_config(n_layer=1, n_kv_head=1)
     gqa = LanguageModel(cfg).eval()
     mha = LanguageModel(cfg.model_copy(update={"n_kv_head": 4})).eval()
     sd = gqa.state_dict()
@@ -74,17 +93,18 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
 
 
 def test_padding_mask_leaves_real_tokens_unchanged():
-    cfg = ModelConfig(vocab_size=50, n_layer=2, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=16, causal=False)
+    cfg = tiny_config(causal=False)
     model = LanguageModel(cfg).eval()
     x = torch.randint(1, 50, (1, 8))
     padded = torch.cat([x, torch.zeros(1, 4, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 4)], 1).long()
-    torch.testing.assert_close(model(padded, attention_mask=mask)[:, :8], model(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        model(padded, attention_mask=mask)[:, :8], model(x), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_local_window_mask_is_a_band_and_global_layers_see_all():
-    cfg = ModelConfig(vocab_size=50, n_layer=3, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=64,
-                      causal=False, global_every=3, local_window=8)
+    cfg = tiny_config(n_layer=3, max_seq_len=64, causal=False, global_every=3, local_window=8)
     model = LanguageModel(cfg).eval()
     glob, local = model.model._masks(20, 0, 20, None, torch.device("cpu"))
     assert glob[0, 0].all()
@@ -113,3 +133,37 @@ def test_flops_per_token_counts_attention():
     cfg = preset_from_depth(6)
     n = cfg.count_params()["matmul"]
     assert cfg.flops_per_token(256) == 6 * n + 12 * 6 * 6 * 64 * 256
+
+
+@pytest.mark.parametrize("case", ["causal", "mask", "gqa", "offset"])
+def test_cpu_attention_matches_sdpa(case):
+    """The written-out CPU attention must give SDPA's result for every mask it is used with."""
+    from lmforge.model.transformer import attention
+
+    torch.manual_seed(0)
+    B, H, T, S, D = 2, 4, 6, 6, 8
+    kv_heads = 2 if case == "gqa" else H
+    if case == "offset":  # new tokens after a cached prefix: causal with an offset
+        S = 9
+    q = torch.randn(B, H, T, D)
+    k, v = torch.randn(B, kv_heads, S, D), torch.randn(B, kv_heads, S, D)
+    mask, is_causal = None, case in ("causal", "gqa")
+    if case == "mask":
+        mask = torch.rand(B, 1, T, S) > 0.3
+        mask[..., 0] = True  # every row attends somewhere (SDPA gives NaN otherwise)
+    if case == "offset":
+        mask = torch.ones(T, S, dtype=torch.bool).tril(S - T)[None, None]
+    want = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=kv_heads != H
+    )
+    got = attention(q, k, v, mask, is_causal, 0.0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_attention_fully_masked_row_is_finite():
+    from lmforge.model.transformer import attention
+
+    q, k, v = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)
+    mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    mask[..., 0, :] = False  # a padding query that may attend to nothing
+    assert torch.isfinite(attention(q, k, v, mask, False, 0.0)).all()

@@ -31,21 +31,63 @@ TINY = [
 
 
 def pretrain_args(tok, corpus, out, *extra):
-    return ["pretrain", "--config", "configs/demo/pretrain.yaml", f"tokenizer={tok}", f"data.path={corpus}", f"out_dir={out}", *TINY, *extra]
+    return [
+        "pretrain",
+        "--config",
+        "configs/demo/pretrain.yaml",
+        f"tokenizer={tok}",
+        f"data.path={corpus}",
+        f"out_dir={out}",
+        *TINY,
+        *extra,
+    ]
 
 
 def train_losses(out):
-    return {m["step"]: m["loss"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m and "event" not in m}
+    return {
+        m["step"]: m["loss"]
+        for m in read_jsonl(out / "metrics.jsonl")
+        if "loss" in m and "event" not in m
+    }
 
 
 def test_pretrain_writes_a_complete_artifact(tmp_path, tiny_corpus, tiny_tokenizer_dir, capsys):
     out = tmp_path / "run"
-    assert main(pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, "trainer.max_steps=40", "trainer.eval_every=20", "trainer.lr=3e-3")) == 0
-    for name in ("model.safetensors", "model.json", "tokenizer.json", "config.yaml", "metrics.jsonl", "loss.png", "samples.jsonl", "summary.json"):
+    assert (
+        main(
+            pretrain_args(
+                tiny_tokenizer_dir,
+                tiny_corpus,
+                out,
+                "trainer.max_steps=40",
+                "trainer.eval_every=20",
+                "trainer.lr=3e-3",
+            )
+        )
+        == 0
+    )
+    for name in (
+        "model.safetensors",
+        "model.json",
+        "tokenizer.json",
+        "config.yaml",
+        "metrics.jsonl",
+        "loss.png",
+        "samples.jsonl",
+        "summary.json",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "checkpoints").exists()
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("final_train_loss", "val_loss", "val_bpb", "tokens_seen", "tokens_per_second", "params", "wall_seconds"):
+    for key in (
+        "final_train_loss",
+        "val_loss",
+        "val_bpb",
+        "tokens_seen",
+        "tokens_per_second",
+        "params",
+        "wall_seconds",
+    ):
         assert summary[key] is not None, key
     assert summary["tokens_seen"] == 40 * 4 * 64
     curve = train_losses(out)
@@ -55,7 +97,9 @@ def test_pretrain_writes_a_complete_artifact(tmp_path, tiny_corpus, tiny_tokeniz
     from lmforge.infer.generate import SamplingConfig, generate_text
 
     loaded = lmforge.load(out)
-    text = generate_text(loaded.model, loaded.tokenizer, "The", SamplingConfig(max_new_tokens=10, seed=0))
+    text = generate_text(
+        loaded.model, loaded.tokenizer, "The", SamplingConfig(max_new_tokens=10, seed=0)
+    )
     assert isinstance(text, str)
     capsys.readouterr()
     assert main(["generate", str(out), "--prompt", "The", "-n", "5", "--seed", "0"]) == 0
@@ -63,13 +107,23 @@ def test_pretrain_writes_a_complete_artifact(tmp_path, tiny_corpus, tiny_tokeniz
 
 
 def test_sigkilled_run_resumes_on_the_same_loss_curve(tmp_path, tiny_corpus, tiny_tokenizer_dir):
-    steps = ["trainer.max_steps=120", "trainer.checkpoint_every=10", "trainer.eval_every=1000", "samples.prompts=[]"]
+    steps = [
+        "trainer.max_steps=120",
+        "trainer.checkpoint_every=10",
+        "trainer.eval_every=1000",
+        "samples.prompts=[]",
+    ]
     ref = tmp_path / "ref"
     assert main(pretrain_args(tiny_tokenizer_dir, tiny_corpus, ref, *steps)) == 0
     reference = train_losses(ref)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "lmforge", *pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, *steps)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmforge",
+        *pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, *steps),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(min(2, os.cpu_count() or 1))}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
@@ -94,7 +148,9 @@ def test_sigkilled_run_resumes_on_the_same_loss_curve(tmp_path, tiny_corpus, tin
     assert worst < 1e-4, worst
 
 
-def test_seq_len_above_the_model_maximum_is_refused(tmp_path, tiny_corpus, tiny_tokenizer_dir, capsys):
+def test_seq_len_above_the_model_maximum_is_refused(
+    tmp_path, tiny_corpus, tiny_tokenizer_dir, capsys
+):
     out = tmp_path / "run"
     code = main(pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, "model.max_seq_len=32"))
     assert code == 2

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.data.shards import PackedLoader, ShardDataset, build_shards, iter_eval_batches, shards_match, token_dtype
+from lmforge.data.shards import (
+    PackedLoader,
+    ShardDataset,
+    build_shards,
+    iter_eval_batches,
+    shards_match,
+    token_dtype,
+)
 from lmforge.errors import DataError
 from lmforge.tokenizer import Tokenizer
 
@@ -22,8 +29,12 @@ def test_documents_round_trip_through_the_shards(shards, tiny_corpus):
     texts = [json.loads(line)["text"] for line in open(tiny_corpus)]
     train, val = ShardDataset(out, "train"), ShardDataset(out, "val")
     assert train.num_docs + val.num_docs == len(texts) and val.num_docs > 10
-    assert len(train.meta["splits"]["train"]["shards"]) > 1  # several shard files, one logical split
-    decoded = {tok.decode(ds.tokens(i)[1:-1].tolist()) for ds in (train, val) for i in range(ds.num_docs)}
+    assert (
+        len(train.meta["splits"]["train"]["shards"]) > 1
+    )  # several shard files, one logical split
+    decoded = {
+        tok.decode(ds.tokens(i)[1:-1].tolist()) for ds in (train, val) for i in range(ds.num_docs)
+    }
     assert decoded == set(texts)
     doc = train.tokens(0)
     assert doc[0] == tok.bos_id and doc[-1] == tok.eos_id and doc.dtype == np.uint16
@@ -34,12 +45,18 @@ def test_split_is_by_document_and_stable(shards, tiny_corpus, tmp_path):
     again = tmp_path / "again"
     build_shards(tiny_corpus, tok, again, val_fraction=0.1, progress=False)
     a, b = ShardDataset(out, "val"), ShardDataset(again, "val")
-    assert [a.tokens(i).tolist() for i in range(a.num_docs)] == [b.tokens(i).tolist() for i in range(b.num_docs)]
+    assert [a.tokens(i).tolist() for i in range(a.num_docs)] == [
+        b.tokens(i).tolist() for i in range(b.num_docs)
+    ]
     assert shards_match(out, tok)
 
 
 def test_dtype_follows_vocab_size():
-    assert token_dtype(8192) == np.uint16 and token_dtype(65536) == np.uint16 and token_dtype(151936) == np.uint32
+    assert (
+        token_dtype(8192) == np.uint16
+        and token_dtype(65536) == np.uint16
+        and token_dtype(151936) == np.uint32
+    )
 
 
 def test_rows_start_with_bos_and_targets_are_shifted(shards):

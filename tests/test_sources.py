@@ -10,13 +10,25 @@ from lmforge.errors import DataError
 
 def test_reads_every_format_in_a_directory(tmp_path):
     (tmp_path / "a.txt").write_text("plain text file\nwith two lines")
-    (tmp_path / "b.jsonl").write_text(json.dumps({"body": "from jsonl"}) + "\n\n" + json.dumps({"body": "second"}) + "\n")
+    (tmp_path / "b.jsonl").write_text(
+        json.dumps({"body": "from jsonl"}) + "\n\n" + json.dumps({"body": "second"}) + "\n"
+    )
     pq.write_table(pa.table({"body": ["from parquet"], "source": ["pq"]}), tmp_path / "c.parquet")
     (tmp_path / "d.csv").write_text('id,body\n1,"from csv, with a comma"\n')
     (tmp_path / ".hidden.txt").write_text("skipped")
     (tmp_path / "notes.bin").write_bytes(b"\x00\x01")
-    texts = list(iter_texts(tmp_path / "a.txt")) + [d["text"] for f in ("b.jsonl", "c.parquet", "d.csv") for d in iter_documents(tmp_path / f, "body")]
-    assert texts == ["plain text file\nwith two lines", "from jsonl", "second", "from parquet", "from csv, with a comma"]
+    texts = list(iter_texts(tmp_path / "a.txt")) + [
+        d["text"]
+        for f in ("b.jsonl", "c.parquet", "d.csv")
+        for d in iter_documents(tmp_path / f, "body")
+    ]
+    assert texts == [
+        "plain text file\nwith two lines",
+        "from jsonl",
+        "second",
+        "from parquet",
+        "from csv, with a comma",
+    ]
     assert [p.name for p in list_files(tmp_path)] == ["a.txt", "b.jsonl", "c.parquet", "d.csv"]
     assert next(iter_documents(tmp_path / "c.parquet", "body"))["source"] == "pq"
 

@@ -4,11 +4,26 @@ import random
 import pytest
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.tokenizer import MIN_VOCAB, SPECIAL_TOKENS, Tokenizer, token_byte_lengths, train_tokenizer, train_tokenizer_from_path
+from lmforge.tokenizer import (
+    MIN_VOCAB,
+    SPECIAL_TOKENS,
+    Tokenizer,
+    token_byte_lengths,
+    train_tokenizer,
+    train_tokenizer_from_path,
+)
 
 
 def random_text(rng: random.Random, n: int) -> str:
-    pools = ["abcdefghijklmnopqrstuvwxyz ", "ÀÉÎõüßçñ", "日本語中文한국어", "😀🚀👍🏽", " \t\n\r", "{}()[];:=+-*/\\\"'", "\u200b\u0301\ufeff"]
+    pools = [
+        "abcdefghijklmnopqrstuvwxyz ",
+        "ÀÉÎõüßçñ",
+        "日本語中文한국어",
+        "😀🚀👍🏽",
+        " \t\n\r",
+        "{}()[];:=+-*/\\\"'",
+        "\u200b\u0301\ufeff",
+    ]
     return "".join(rng.choice(rng.choice(pools)) for _ in range(n))
 
 
@@ -25,8 +40,15 @@ def test_any_utf8_text_round_trips_exactly(tiny_tokenizer_dir):
 def test_special_tokens_have_fixed_ids_and_are_atomic(tiny_tokenizer_dir):
     tok = Tokenizer.load(tiny_tokenizer_dir)
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
-    assert (tok.eos_id, tok.bos_id, tok.pad_id, tok.im_start_id, tok.im_end_id, tok.mask_id) == (0, 1, 2, 3, 4, 5)
-    assert tok.encode("<|im_start|>user") [0] == tok.im_start_id
+    assert (tok.eos_id, tok.bos_id, tok.pad_id, tok.im_start_id, tok.im_end_id, tok.mask_id) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    )
+    assert tok.encode("<|im_start|>user")[0] == tok.im_start_id
     assert tok.encode("hi", add_bos=True, add_eos=True)[0] == tok.bos_id
     assert token_byte_lengths(tok)[: len(SPECIAL_TOKENS)] == [0] * len(SPECIAL_TOKENS)
 
@@ -39,7 +61,11 @@ def test_transformers_loads_the_saved_tokenizer_identically(tiny_tokenizer_dir):
     fast = PreTrainedTokenizerFast(tokenizer_file=str(tiny_tokenizer_dir / "tokenizer.json"))
     assert fast(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
     auto = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
-    assert auto.pad_token == "<|pad|>" and auto.eos_token == "<|endoftext|>" and auto.mask_token == "<|mask|>"
+    assert (
+        auto.pad_token == "<|pad|>"
+        and auto.eos_token == "<|endoftext|>"
+        and auto.mask_token == "<|mask|>"
+    )
     assert auto.decode(tok.encode(text)) == text
 
 

@@ -25,7 +25,10 @@ class ArrayLoader:
         rng = np.random.default_rng(self.seed + self.pos)
         starts = rng.integers(0, len(self.tokens) - self.seq - 1, self.batch)
         rows = np.stack([self.tokens[s : s + self.seq + 1] for s in starts])
-        batch = {"input_ids": torch.from_numpy(rows[:, :-1]).long(), "targets": torch.from_numpy(rows[:, 1:]).long()}
+        batch = {
+            "input_ids": torch.from_numpy(rows[:, :-1]).long(),
+            "targets": torch.from_numpy(rows[:, 1:]).long(),
+        }
         batch["poison"] = torch.tensor(self.pos == self.poison_at)
         self.pos += 1
         return batch
@@ -47,14 +50,37 @@ def tokens(n=4000, vocab=61, seed=0):
 
 def make(tmp_path, max_steps=20, **kw):
     seed_everything(0)
-    cfg = ModelConfig(vocab_size=61, n_layer=2, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=32)
-    tc = TrainerConfig(max_steps=max_steps, micro_batch_size=4, lr=3e-3, warmup_steps=5, precision="fp32",
-                       progress=False, log_every=1, eval_every=10, checkpoint_every=5, **kw)
-    return Trainer(tc, LanguageModel(cfg), clm_loss, ArrayLoader(tokens(), 4, 32), tmp_path, tokens_per_micro_batch=4 * 32)
+    cfg = ModelConfig(
+        vocab_size=61, n_layer=2, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=32
+    )
+    tc = TrainerConfig(
+        max_steps=max_steps,
+        micro_batch_size=4,
+        lr=3e-3,
+        warmup_steps=5,
+        precision="fp32",
+        progress=False,
+        log_every=1,
+        eval_every=10,
+        checkpoint_every=5,
+        **kw,
+    )
+    return Trainer(
+        tc,
+        LanguageModel(cfg),
+        clm_loss,
+        ArrayLoader(tokens(), 4, 32),
+        tmp_path,
+        tokens_per_micro_batch=4 * 32,
+    )
 
 
 def losses(path):
-    return {m["step"]: m["loss"] for m in read_jsonl(path / "metrics.jsonl") if "loss" in m and "event" not in m}
+    return {
+        m["step"]: m["loss"]
+        for m in read_jsonl(path / "metrics.jsonl")
+        if "loss" in m and "event" not in m
+    }
 
 
 def test_loss_decreases_on_a_learnable_stream(tmp_path):
@@ -142,7 +168,11 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 def test_checkpoint_from_another_config_names_the_mismatch(tmp_path):
     make(tmp_path, max_steps=12).fit()
-    model = LanguageModel(ModelConfig(vocab_size=61, n_layer=2, n_embd=64, n_head=4, intermediate_size=64, max_seq_len=32))
+    model = LanguageModel(
+        ModelConfig(
+            vocab_size=61, n_layer=2, n_embd=64, n_head=4, intermediate_size=64, max_seq_len=32
+        )
+    )
     with pytest.raises(CheckpointError, match="different model config"):
         ckpt.load_weights(model, tmp_path / "checkpoints" / "step-000010" / "model.safetensors")
 
@@ -152,12 +182,18 @@ def test_schedules():
     assert f(0, "cosine") == pytest.approx(0.1) and f(9, "cosine") == pytest.approx(1.0)
     assert f(10, "cosine") == pytest.approx(1.0) and f(100, "cosine") == pytest.approx(0.1)
     assert f(55, "cosine") == pytest.approx(0.55)
-    assert f(79, "wsd") == 1.0 and f(90, "wsd") == pytest.approx(0.55) and f(100, "wsd") == pytest.approx(0.1)
+    assert (
+        f(79, "wsd") == 1.0
+        and f(90, "wsd") == pytest.approx(0.55)
+        and f(100, "wsd") == pytest.approx(0.1)
+    )
     assert f(55, "linear") == pytest.approx(0.55) and f(50, "constant") == 1.0
 
 
 def test_no_weight_decay_on_norms_biases_embeddings():
-    cfg = ModelConfig(vocab_size=61, n_layer=1, n_embd=32, n_head=4, intermediate_size=64, attn_qkv_bias=True)
+    cfg = ModelConfig(
+        vocab_size=61, n_layer=1, n_embd=32, n_head=4, intermediate_size=64, attn_qkv_bias=True
+    )
     model = LanguageModel(cfg)
     names = {id(p): n for n, p in model.named_parameters()}
     for group in param_groups(model, 0.1):
@@ -172,3 +208,18 @@ def test_tokens_per_step_sets_accumulation(tmp_path):
     assert t.grad_accum == 4
     t.fit()
     assert t.tokens_seen == 2 * 512
+
+
+def test_tensorboard_event_files_hold_the_logged_loss(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    t = make(tmp_path, max_steps=6, tensorboard=True)
+    t.fit()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert "loss" in acc.Tags()["scalars"]
+    logged = losses(tmp_path)
+    tb = {e.step: e.value for e in acc.Scalars("loss")}
+    assert set(tb) == set(logged)
+    assert all(abs(tb[s] - logged[s]) < 1e-5 for s in tb)

@@ -99,13 +99,17 @@ def parse_synset_line(line: str) -> Synset:
     return Synset(offset, ss_type, LEXNAMES[lex_filenum], words, definition, examples, pointers)
 
 
-def iter_wordnet_synsets(wordnet_dir: str | os.PathLike = WORDNET_DIR, parts=("noun", "verb", "adj", "adv")) -> Iterator[Synset]:
+def iter_wordnet_synsets(
+    wordnet_dir: str | os.PathLike = WORDNET_DIR, parts=("noun", "verb", "adj", "adv")
+) -> Iterator[Synset]:
     """Every synset of the data.* files, in file order (licence header lines skipped)."""
     wordnet_dir = Path(wordnet_dir)
     for part in parts:
         path = wordnet_dir / WORDNET_FILES[part]
         if not path.is_file():
-            raise DataError(f"{path} is missing; install WordNet with `apt-get install wordnet-base`")
+            raise DataError(
+                f"{path} is missing; install WordNet with `apt-get install wordnet-base`"
+            )
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if line.startswith("  ") or not line.strip():
@@ -221,8 +225,12 @@ def parse_bible_output(output: str) -> Iterator[tuple[str, str]]:
 
 def iter_kjv() -> Iterator[str]:
     if shutil.which("bible") is None or not KJV_DATA.is_file():
-        raise DataError("the `bible` program or its data is missing; install `apt-get install bible-kjv bible-kjv-text`")
-    out = subprocess.run(["bible", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True).stdout
+        raise DataError(
+            "the `bible` program or its data is missing; install `apt-get install bible-kjv bible-kjv-text`"
+        )
+    out = subprocess.run(
+        ["bible", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True
+    ).stdout
     for title, text in parse_bible_output(out):
         yield f"{title}\n{text}"
 
@@ -252,7 +260,11 @@ def iter_fortunes(fortunes_dir: str | os.PathLike = FORTUNES_DIR) -> Iterator[st
 # --- the corpus --------------------------------------------------------------------------
 
 SOURCES = {
-    "wordnet": (lambda: (render_synset(s) for s in iter_wordnet_synsets()), [WORDNET_DIR / "data.noun"], "wordnet-base"),
+    "wordnet": (
+        lambda: (render_synset(s) for s in iter_wordnet_synsets()),
+        [WORDNET_DIR / "data.noun"],
+        "wordnet-base",
+    ),
     "gcide": (iter_gcide, [GCIDE_DIR / "gcide.dict.dz", GCIDE_DIR / "gcide.index"], "dict-gcide"),
     "kjv": (iter_kjv, [KJV_DATA], "bible-kjv bible-kjv-text"),
     "fortunes": (iter_fortunes, [FORTUNES_DIR], "fortunes"),
@@ -300,7 +312,9 @@ def build_default_corpus(
     for name in sources:
         produce = SOURCES[name][0]
         n = chars = words = 0
-        for text in tqdm(produce(), desc=name, unit=" docs", disable=not progress, dynamic_ncols=True):
+        for text in tqdm(
+            produce(), desc=name, unit=" docs", disable=not progress, dynamic_ncols=True
+        ):
             docs.append((text, name))
             n += 1
             chars += len(text)
@@ -314,7 +328,15 @@ def build_default_corpus(
             chunk = docs[k : k + shard_docs]
             table = pa.table({"text": [t for t, _ in chunk], "source": [s for _, s in chunk]})
             pq.write_table(table, tmp / f"corpus-{k // shard_docs:05d}.parquet", compression="zstd")
-        totals = {key: sum(s[key] for s in stats["sources"].values()) for key in ("documents", "characters", "words")}
-        stats.update(total=totals, shards=-(-len(docs) // shard_docs), seed=seed, build_seconds=round(time.perf_counter() - t0, 1))
+        totals = {
+            key: sum(s[key] for s in stats["sources"].values())
+            for key in ("documents", "characters", "words")
+        }
+        stats.update(
+            total=totals,
+            shards=-(-len(docs) // shard_docs),
+            seed=seed,
+            build_seconds=round(time.perf_counter() - t0, 1),
+        )
         write_json(tmp / "stats.json", stats)
     return stats

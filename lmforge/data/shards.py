@@ -62,7 +62,9 @@ class _SplitWriter:
     def _close_shard(self) -> None:
         if self._file is not None:
             self._file.close()
-            np.save(self.root / f"docs-{self.shard:05d}.npy", np.asarray(self._offsets, dtype=np.int64))
+            np.save(
+                self.root / f"docs-{self.shard:05d}.npy", np.asarray(self._offsets, dtype=np.int64)
+            )
             self._file = None
 
     def add(self, ids: list[int], n_bytes: int) -> None:
@@ -78,7 +80,12 @@ class _SplitWriter:
 
     def close(self) -> dict:
         self._close_shard()
-        return {"documents": self.documents, "tokens": self.tokens, "bytes": self.bytes, "shards": self.files}
+        return {
+            "documents": self.documents,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "shards": self.files,
+        }
 
 
 def build_shards(
@@ -98,7 +105,9 @@ def build_shards(
     from lmforge.data.sources import iter_texts
 
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
-        raise DataError("the tokenizer needs BOS and EOS tokens to build shards; train it with `lmforge tokenizer train`")
+        raise DataError(
+            "the tokenizer needs BOS and EOS tokens to build shards; train it with `lmforge tokenizer train`"
+        )
     dtype = token_dtype(tokenizer.vocab_size)
     out_dir = Path(out_dir)
     with staging_dir(out_dir) as tmp:
@@ -126,7 +135,9 @@ def build_shards(
             flush()
         bar.close()
         if index == 0:
-            raise DataError(f"{data_path} holds no text: every document is empty. Point data.path at a corpus with text.")
+            raise DataError(
+                f"{data_path} holds no text: every document is empty. Point data.path at a corpus with text."
+            )
         if writers["val"].documents == 0 or writers["train"].documents == 0:
             raise DataError(
                 f"{data_path} has {index} document(s), too few for a train/val split at val_fraction "
@@ -158,7 +169,10 @@ def shards_match(path: str | os.PathLike, tokenizer: Tokenizer) -> bool:
         meta = read_json(meta_path)
     except ValueError:
         return False
-    return meta.get("format") == FORMAT_VERSION and meta.get("tokenizer_fingerprint") == tokenizer.fingerprint()
+    return (
+        meta.get("format") == FORMAT_VERSION
+        and meta.get("tokenizer_fingerprint") == tokenizer.fingerprint()
+    )
 
 
 class ShardDataset:
@@ -168,10 +182,14 @@ class ShardDataset:
         path = Path(path)
         meta_path = path / "meta.json"
         if not meta_path.is_file():
-            raise DataError(f"{path} is not a shards directory (no meta.json); build it with the pretrain stage")
+            raise DataError(
+                f"{path} is not a shards directory (no meta.json); build it with the pretrain stage"
+            )
         self.meta = read_json(meta_path)
         if split not in self.meta["splits"]:
-            raise DataError(f"{path} has no split '{split}' (has: {', '.join(self.meta['splits'])})")
+            raise DataError(
+                f"{path} has no split '{split}' (has: {', '.join(self.meta['splits'])})"
+            )
         info = self.meta["splits"][split]
         dtype = np.dtype(self.meta["dtype"])
         self.arrays, starts, lengths, shard_of = [], [], [], []
@@ -182,9 +200,13 @@ class ShardDataset:
                 arr = np.memmap(tokens_file, dtype=dtype, mode="r")
                 offsets = np.load(docs_file)
             except (OSError, ValueError) as e:
-                raise DataError(f"shard {tokens_file} is unreadable ({e}); delete {path} to rebuild it") from None
+                raise DataError(
+                    f"shard {tokens_file} is unreadable ({e}); delete {path} to rebuild it"
+                ) from None
             if offsets[-1] != len(arr):
-                raise DataError(f"shard {tokens_file} is truncated ({len(arr)} tokens, index says {offsets[-1]}); delete {path} to rebuild it")
+                raise DataError(
+                    f"shard {tokens_file} is truncated ({len(arr)} tokens, index says {offsets[-1]}); delete {path} to rebuild it"
+                )
             self.arrays.append(arr)
             starts.append(offsets[:-1])
             lengths.append(np.diff(offsets))
@@ -211,8 +233,18 @@ class PackedLoader:
     disjoint share of the rows.
     """
 
-    def __init__(self, dataset: ShardDataset, batch_size: int, seq_len: int, seed: int = 0, bos_id: int | None = None,
-                 shuffle: bool = True, lookahead: int = 32, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        bos_id: int | None = None,
+        shuffle: bool = True,
+        lookahead: int = 32,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if dataset.num_docs == 0:
             raise DataError("the dataset split is empty")
         self.ds, self.batch_size, self.seq_len = dataset, batch_size, seq_len
@@ -281,8 +313,14 @@ class PackedLoader:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "buffer": list(self.buffer), "rows_made": self.rows_made,
-                "seed": self.seed, "num_segments": len(self.seg_doc)}
+        return {
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "buffer": list(self.buffer),
+            "rows_made": self.rows_made,
+            "seed": self.seed,
+            "num_segments": len(self.seg_doc),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("num_segments") not in (None, len(self.seg_doc)):
@@ -295,7 +333,9 @@ class PackedLoader:
         self._order = self._permutation(self.epoch)
 
 
-def iter_eval_batches(dataset: ShardDataset, batch_size: int, seq_len: int, max_batches: int) -> Iterator[dict[str, torch.Tensor]]:
+def iter_eval_batches(
+    dataset: ShardDataset, batch_size: int, seq_len: int, max_batches: int
+) -> Iterator[dict[str, torch.Tensor]]:
     """The same deterministic batches every time: documents in order, packed as in training."""
     loader = PackedLoader(dataset, batch_size, seq_len, shuffle=False)
     total_rows = max(1, -(-dataset.num_tokens // (seq_len + 1)))

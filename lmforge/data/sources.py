@@ -81,7 +81,9 @@ def _iter_jsonl(file: Path, text_column: str) -> Iterator[dict]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{file}:{lineno} is not valid JSON: {e.msg}") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{file}:{lineno} must hold a JSON object, not {type(obj).__name__}")
+                raise DataError(
+                    f"{file}:{lineno} must hold a JSON object, not {type(obj).__name__}"
+                )
             if text_column not in obj:
                 raise _missing_column(file, text_column, obj.keys())
             yield {**obj, "text": str(obj[text_column])}

@@ -20,7 +20,12 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-DEFAULT_TIER_CUTS = {"head": (0.0, 1 / 3), "mid": (1 / 3, 2 / 3), "tail": (2 / 3, 1.0), "rare": (0.75, 1.0)}
+DEFAULT_TIER_CUTS = {
+    "head": (0.0, 1 / 3),
+    "mid": (1 / 3, 2 / 3),
+    "tail": (2 / 3, 1.0),
+    "rare": (0.75, 1.0),
+}
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -30,7 +35,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def assign_tiers(train_counts: Sequence[int], cuts: dict[str, tuple[float, float]] | None = None) -> dict[str, list[int]]:
+def assign_tiers(
+    train_counts: Sequence[int], cuts: dict[str, tuple[float, float]] | None = None
+) -> dict[str, list[int]]:
     """Label ids of each tier. Classes are ranked by train count, most frequent first (ties by
     id); a tier (lo, hi) takes the ranks in [lo * K, hi * K)."""
     cuts = cuts or DEFAULT_TIER_CUTS
@@ -47,7 +54,9 @@ def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> np.
     return f1_score(y_true, y_pred, labels=list(range(num_labels)), average=None, zero_division=0)
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int, labels: Sequence[int] | None = None) -> float:
+def macro_f1(
+    y_true: np.ndarray, y_pred: np.ndarray, num_labels: int, labels: Sequence[int] | None = None
+) -> float:
     f1 = per_class_f1(y_true, y_pred, num_labels)
     idx = list(range(num_labels)) if labels is None else list(labels)
     return float(f1[idx].mean()) if idx else float("nan")
@@ -74,9 +83,15 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) ->
     for lo, hi in zip(edges[:-1], edges[1:]):
         in_bin = (conf > lo) & (conf <= hi)
         n = int(in_bin.sum())
-        out.append({"lo": float(lo), "hi": float(hi), "count": n,
-                    "accuracy": float(correct[in_bin].mean()) if n else None,
-                    "confidence": float(conf[in_bin].mean()) if n else None})
+        out.append(
+            {
+                "lo": float(lo),
+                "hi": float(hi),
+                "count": n,
+                "accuracy": float(correct[in_bin].mean()) if n else None,
+                "confidence": float(conf[in_bin].mean()) if n else None,
+            }
+        )
     return out
 
 
@@ -113,8 +128,12 @@ def calibration(logits: np.ndarray, y_true: np.ndarray, seed: int = 0, n_bins: i
     return {
         "ece": expected_calibration_error(probs, y_true, n_bins),
         "temperature": t,
-        "ece_before_temperature_heldout": expected_calibration_error(probs[report_idx], y_true[report_idx], n_bins),
-        "ece_after_temperature": expected_calibration_error(softmax(logits[report_idx], t), y_true[report_idx], n_bins),
+        "ece_before_temperature_heldout": expected_calibration_error(
+            probs[report_idx], y_true[report_idx], n_bins
+        ),
+        "ece_after_temperature": expected_calibration_error(
+            softmax(logits[report_idx], t), y_true[report_idx], n_bins
+        ),
         "nll": float(-np.log(np.clip(probs[np.arange(n), y_true], 1e-12, None)).mean()),
     }
 
@@ -131,15 +150,25 @@ def classification_report(
     num_labels = len(label_names)
     y_pred = logits.argmax(axis=1)
     labels = list(range(num_labels))
-    p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    p, r, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     tiers = assign_tiers(train_counts, tier_cuts)
     tier_of = {}
     for name in ("head", "mid", "tail"):
         for i in tiers.get(name, []):
             tier_of[i] = name
     per_class = [
-        {"label": label_names[i], "id": i, "tier": tier_of.get(i, ""), "train_count": int(train_counts[i]),
-         "support": int(support[i]), "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i])}
+        {
+            "label": label_names[i],
+            "id": i,
+            "tier": tier_of.get(i, ""),
+            "train_count": int(train_counts[i]),
+            "support": int(support[i]),
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f1[i]),
+        }
         for i in labels
     ]
     out = {
@@ -147,9 +176,13 @@ def classification_report(
         "num_labels": num_labels,
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1.mean()),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "weighted_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
+        ),
         "zero_f1_classes": int((f1 == 0).sum()),
-        "tier_macro_f1": {name: float(f1[idx].mean()) if idx else None for name, idx in tiers.items()},
+        "tier_macro_f1": {
+            name: float(f1[idx].mean()) if idx else None for name, idx in tiers.items()
+        },
         "tier_sizes": {name: len(idx) for name, idx in tiers.items()},
         **calibration(logits, y_true),
         "per_class": per_class,
@@ -158,7 +191,9 @@ def classification_report(
     return out
 
 
-def most_confused(y_true: np.ndarray, y_pred: np.ndarray, label_names: Sequence[str], k: int = 10) -> list[dict]:
+def most_confused(
+    y_true: np.ndarray, y_pred: np.ndarray, label_names: Sequence[str], k: int = 10
+) -> list[dict]:
     pairs: dict[tuple[int, int], int] = {}
     for t, p in zip(y_true.tolist(), y_pred.tolist()):
         if t != p:
@@ -174,9 +209,16 @@ def hardest_examples(y_true: np.ndarray, logits: np.ndarray, k: int = 10) -> dic
     conf = probs.max(1)
     wrong = np.where(pred != y_true)[0]
     confident_wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:k]
-    top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.concatenate([np.zeros_like(probs), probs], 1)
+    top2 = (
+        np.sort(probs, axis=1)[:, -2:]
+        if probs.shape[1] > 1
+        else np.concatenate([np.zeros_like(probs), probs], 1)
+    )
     margin = top2[:, 1] - top2[:, 0]
-    return {"confidently_wrong": confident_wrong.tolist(), "smallest_margin": np.argsort(margin, kind="stable")[:k].tolist()}
+    return {
+        "confidently_wrong": confident_wrong.tolist(),
+        "smallest_margin": np.argsort(margin, kind="stable")[:k].tolist(),
+    }
 
 
 def paired_bootstrap(
@@ -212,8 +254,11 @@ def paired_bootstrap(
         sel = slice(None) if labels is None else labels
         d = np.array(deltas[g])
         lo, hi = np.percentile(d, [2.5, 97.5])
-        out[g] = {"delta": float(fa[sel].mean() - fb[sel].mean()), "ci95": [float(lo), float(hi)],
-                  "p_a_not_better": float((d <= 0).mean())}
+        out[g] = {
+            "delta": float(fa[sel].mean() - fb[sel].mean()),
+            "ci95": [float(lo), float(hi)],
+            "p_a_not_better": float((d <= 0).mean()),
+        }
     return out
 
 

@@ -35,7 +35,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None
+) -> torch.Tensor:
     """logits (B, V) -> next token ids (B,)."""
     if cfg.temperature <= 0:
         return logits.argmax(-1)
@@ -60,7 +62,9 @@ def generate_tokens(
     pos_learned = model.cfg.pos_embedding == "learned"
     ids = list(prompt_ids)
     if len(ids) >= max_len and pos_learned:
-        ids = ids[-(max_len - 1) :]  # learned positions end at max_len: keep the most recent context
+        ids = ids[
+            -(max_len - 1) :
+        ]  # learned positions end at max_len: keep the most recent context
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -79,10 +83,16 @@ def generate_tokens(
             return
         yield nxt
         ids.append(nxt)
-        x = torch.tensor([[nxt]], device=device) if use_cache else torch.tensor([ids], device=device)
+        x = (
+            torch.tensor([[nxt]], device=device)
+            if use_cache
+            else torch.tensor([ids], device=device)
+        )
 
 
-def stream_text(model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, add_bos: bool = True) -> Iterator[str]:
+def stream_text(
+    model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, add_bos: bool = True
+) -> Iterator[str]:
     """Yield text pieces as they are generated, cut at the first stop string.
 
     Byte-level tokens can end mid-character, so text is released only once it decodes cleanly,
@@ -90,7 +100,9 @@ def stream_text(model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, a
     """
     prompt_ids = tokenizer.encode(prompt, add_bos=add_bos)
     if tokenizer.eos_id is not None and tokenizer.eos_id not in cfg.stop_token_ids:
-        cfg = SamplingConfig(**{**cfg.__dict__, "stop_token_ids": [*cfg.stop_token_ids, tokenizer.eos_id]})
+        cfg = SamplingConfig(
+            **{**cfg.__dict__, "stop_token_ids": [*cfg.stop_token_ids, tokenizer.eos_id]}
+        )
     new: list[int] = []
     emitted = 0
     for tok in generate_tokens(model, prompt_ids, cfg):
@@ -114,5 +126,7 @@ def stream_text(model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, a
         yield text[emitted:]
 
 
-def generate_text(model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, add_bos: bool = True) -> str:
+def generate_text(
+    model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, add_bos: bool = True
+) -> str:
     return "".join(stream_text(model, tokenizer, prompt, cfg, add_bos=add_bos))

@@ -94,14 +94,20 @@ class ModelConfig(Section):
     def is_global_layer(self, i: int) -> bool:
         return not self.global_every or i % self.global_every == 0
 
-    def flops_per_token(self, seq_len: int | None = None, non_embedding_params: int | None = None) -> float:
+    def flops_per_token(
+        self, seq_len: int | None = None, non_embedding_params: int | None = None
+    ) -> float:
         """Training FLOPs per token: 6N plus attention's 12 * L * H * Q * T (PaLM, App. B).
 
         N counts non-embedding parameters plus the output projection (it is a matmul that runs
         for every token); H * Q is the attention width; T the sequence length.
         """
         t = seq_len or self.max_seq_len
-        n = non_embedding_params if non_embedding_params is not None else self.count_params()["matmul"]
+        n = (
+            non_embedding_params
+            if non_embedding_params is not None
+            else self.count_params()["matmul"]
+        )
         return 6 * n + 12 * self.n_layer * self.n_head * self.dim_per_head * t
 
     def count_params(self) -> dict[str, int]:
@@ -132,7 +138,9 @@ class ModelConfig(Section):
         }
 
 
-def preset_from_depth(depth: int, vocab_size: int = 8192, max_seq_len: int = 256, **overrides) -> ModelConfig:
+def preset_from_depth(
+    depth: int, vocab_size: int = 8192, max_seq_len: int = 256, **overrides
+) -> ModelConfig:
     """nanochat's one dial: width = 64 * depth, heads of 64, SwiGLU hidden ~ 8/3 width.
 
     depth 6 gives the 16.9M-parameter demo decoder (width 384, 6 heads, FFN 1024).
@@ -166,7 +174,9 @@ def from_preset(name: str, **overrides) -> ModelConfig:
 
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown model preset '{name}'.{hint} Known presets: {', '.join(PRESETS)}")
+        raise ConfigError(
+            f"unknown model preset '{name}'.{hint} Known presets: {', '.join(PRESETS)}"
+        )
     spec = dict(PRESETS[name])
     if "depth" in spec:
         return preset_from_depth(spec.pop("depth"), **{**spec, **overrides})

@@ -49,13 +49,24 @@ def last_non_pad_index(input_ids: torch.Tensor, pad_token_id: int | None) -> tor
     return (positions * non_pad).argmax(-1)
 
 
-def pool(hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-         pooling: str, pad_token_id: int | None) -> torch.Tensor:
+def pool(
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pooling: str,
+    pad_token_id: int | None,
+) -> torch.Tensor:
     """(B, T, H) -> (B, H)."""
     if pooling == "cls":
         return hidden[:, 0]
     if pooling == "mean":
-        mask = attention_mask if attention_mask is not None else (input_ids != pad_token_id) if pad_token_id is not None else torch.ones_like(input_ids)
+        mask = (
+            attention_mask
+            if attention_mask is not None
+            else (input_ids != pad_token_id)
+            if pad_token_id is not None
+            else torch.ones_like(input_ids)
+        )
         mask = mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     idx = last_non_pad_index(input_ids, pad_token_id)
@@ -107,11 +118,17 @@ class SequenceClassifier(nn.Module):
         self.classifier = nn.Linear(cfg.n_embd, head.num_labels, bias=head.bias)
         _init(self, cfg.init_std)  # a fresh model; loading a checkpoint overwrites the backbone
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (B, num_labels)."""
         hidden = self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        pooled = pool(hidden, input_ids, attention_mask, self.head_cfg.pooling, self.cfg.pad_token_id)
+        pooled = pool(
+            hidden, input_ids, attention_mask, self.head_cfg.pooling, self.cfg.pad_token_id
+        )
         if self.head_cfg.head != "linear":
             pooled = self.head(pooled)
         return self.classifier(self.drop(pooled))
@@ -135,7 +152,11 @@ class MaskedLM(nn.Module):
             self.decoder.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        return self.decoder(self.head(self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)))
+        return self.decoder(
+            self.head(
+                self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            )
+        )
 
     def loss(self, input_ids, labels, attention_mask=None) -> torch.Tensor:
         logits = self(input_ids, attention_mask)

@@ -50,7 +50,9 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
-    def add_adapter(self, name: str, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
+    def add_adapter(
+        self, name: str, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False
+    ) -> None:
         if r <= 0:
             raise ConfigError(f"LoRA rank r must be positive, got {r}")
         w = self.base_layer.weight
@@ -88,7 +90,9 @@ class LoRALinear(nn.Module):
         if name is None or name in self.merged:
             return y
         a, b = self.lora_A[name], self.lora_B[name]
-        return y + b(a(self.lora_dropout[name](x.to(a.weight.dtype)))).to(y.dtype) * self.scaling[name]
+        return (
+            y + b(a(self.lora_dropout[name](x.to(a.weight.dtype)))).to(y.dtype) * self.scaling[name]
+        )
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
@@ -131,8 +135,12 @@ def inject_lora(
             setattr(parent, child, lora)
             wrapped.append(name)
     if not wrapped:
-        linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise ConfigError(f"LoRA targets {targets} match no linear layer. Linear layers in this model: {', '.join(linear_names)}")
+        linear_names = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        raise ConfigError(
+            f"LoRA targets {targets} match no linear layer. Linear layers in this model: {', '.join(linear_names)}"
+        )
     for name, p in model.named_parameters():
         trainable = f".lora_A.{adapter_name}." in name or f".lora_B.{adapter_name}." in name
         trainable |= any(name == m or name.startswith(m + ".") for m in modules_to_save)
@@ -185,8 +193,9 @@ def unwrap_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def adapter_state_dict(model: nn.Module, adapter_name: str = "default", modules_to_save: list[str] = (),
-                       rename=None) -> dict[str, torch.Tensor]:
+def adapter_state_dict(
+    model: nn.Module, adapter_name: str = "default", modules_to_save: list[str] = (), rename=None
+) -> dict[str, torch.Tensor]:
     """PEFT's keys: ``base_model.model.<module path>.lora_A.weight`` (no adapter name).
 
     ``rename`` maps our module paths to the Hugging Face paths of the target architecture.
@@ -195,8 +204,12 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = "default", modules_
     out = {}
     for name, m in lora_modules(model):
         if adapter_name in m.lora_A:
-            out[f"{PEFT_PREFIX}{rename(name)}.lora_A.weight"] = m.lora_A[adapter_name].weight.detach().contiguous()
-            out[f"{PEFT_PREFIX}{rename(name)}.lora_B.weight"] = m.lora_B[adapter_name].weight.detach().contiguous()
+            out[f"{PEFT_PREFIX}{rename(name)}.lora_A.weight"] = (
+                m.lora_A[adapter_name].weight.detach().contiguous()
+            )
+            out[f"{PEFT_PREFIX}{rename(name)}.lora_B.weight"] = (
+                m.lora_B[adapter_name].weight.detach().contiguous()
+            )
     params = dict(model.named_parameters())
     for mod in modules_to_save:
         for pname, p in params.items():
@@ -236,7 +249,9 @@ def save_adapter(
         "target_modules": sorted(set(targets)),
         "bias": "none",
         "use_rslora": rslora,
-        "modules_to_save": hf_modules_to_save if hf_modules_to_save is not None else (list(modules_to_save) or None),
+        "modules_to_save": hf_modules_to_save
+        if hf_modules_to_save is not None
+        else (list(modules_to_save) or None),
         "base_model_name_or_path": base_model_name_or_path,
         "fan_in_fan_out": False,
         "init_lora_weights": True,
@@ -250,19 +265,34 @@ def save_adapter(
     atomic_write_text(out_dir / "adapter_config.json", json.dumps(config, indent=2) + "\n")
 
 
-def load_adapter(model: nn.Module, adapter_dir: str | Path, adapter_name: str = "default", rename=None) -> dict:
+def load_adapter(
+    model: nn.Module, adapter_dir: str | Path, adapter_name: str = "default", rename=None
+) -> dict:
     """Inject and fill an adapter saved in PEFT's format; returns its adapter_config."""
     adapter_dir = Path(adapter_dir)
-    cfg_path, w_path = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
+    cfg_path, w_path = (
+        adapter_dir / "adapter_config.json",
+        adapter_dir / "adapter_model.safetensors",
+    )
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise CheckpointError(f"{adapter_dir} is not a LoRA adapter: {p.name} is missing")
     config = json.loads(cfg_path.read_text())
     if config.get("peft_type") != "LORA":
-        raise CheckpointError(f"{cfg_path}: peft_type {config.get('peft_type')!r} is not supported (only LORA)")
+        raise CheckpointError(
+            f"{cfg_path}: peft_type {config.get('peft_type')!r} is not supported (only LORA)"
+        )
     targets = config["target_modules"]
     targets = [targets] if isinstance(targets, str) else list(targets)
-    inject_lora(model, targets, config["r"], config["lora_alpha"], 0.0, adapter_name, config.get("use_rslora", False))
+    inject_lora(
+        model,
+        targets,
+        config["r"],
+        config["lora_alpha"],
+        0.0,
+        adapter_name,
+        config.get("use_rslora", False),
+    )
     tensors = load_file(str(w_path))
     rename = rename or (lambda k: k)
     expected = adapter_state_dict(model, adapter_name, [], rename)
@@ -272,7 +302,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, adapter_name: str = 
         lookup[f"{PEFT_PREFIX}{rename(name)}.lora_B.weight"] = m.lora_B[adapter_name].weight
     missing = [k for k in expected if k not in tensors]
     if missing:
-        raise CheckpointError(f"{w_path} lacks {len(missing)} adapter tensors, e.g. {missing[0]}; it was saved for another model")
+        raise CheckpointError(
+            f"{w_path} lacks {len(missing)} adapter tensors, e.g. {missing[0]}; it was saved for another model"
+        )
     params = {f"{PEFT_PREFIX}{rename(n)}": p for n, p in model.named_parameters()}
     with torch.no_grad():
         for key, t in tensors.items():
@@ -280,6 +312,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, adapter_name: str = 
             if target is None:
                 raise CheckpointError(f"{w_path}: tensor {key} matches nothing in this model")
             if target.shape != t.shape:
-                raise CheckpointError(f"{w_path}: {key} has shape {tuple(t.shape)}, the model expects {tuple(target.shape)}")
+                raise CheckpointError(
+                    f"{w_path}: {key} has shape {tuple(t.shape)}, the model expects {tuple(target.shape)}"
+                )
             target.copy_(t)
     return config

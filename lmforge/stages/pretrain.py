@@ -1,6 +1,6 @@
 """Pre-training recipe: corpus -> token shards -> decoder -> next-token prediction -> artifact.
 
-    lmforge pretrain --config configs/demo/pretrain.yaml trainer.max_steps=50 model.n_layer=2
+lmforge pretrain --config configs/demo/pretrain.yaml trainer.max_steps=50 model.n_layer=2
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from pydantic import Field, model_validator
 
 from lmforge.artifact import load, save_model_artifact
 from lmforge.config import Section, save_config
-from lmforge.data.shards import PackedLoader, ShardDataset, build_shards, iter_eval_batches, shards_match
+from lmforge.data.shards import (
+    PackedLoader,
+    ShardDataset,
+    build_shards,
+    iter_eval_batches,
+    shards_match,
+)
 from lmforge.errors import ConfigError
 from lmforge.infer.generate import SamplingConfig, generate_text
 from lmforge.model.config import ModelConfig, from_preset
@@ -108,7 +114,9 @@ def prepare(cfg: PretrainConfig, out: Path):
     init = load(cfg.init) if cfg.init else None
     mcfg = init.config if init else model_config_for(cfg, tokenizer)
     if init and mcfg.vocab_size != tokenizer.vocab_size:
-        raise ConfigError(f"init model {cfg.init} has vocab {mcfg.vocab_size} but the tokenizer has {tokenizer.vocab_size}")
+        raise ConfigError(
+            f"init model {cfg.init} has vocab {mcfg.vocab_size} but the tokenizer has {tokenizer.vocab_size}"
+        )
     cfg.model = mcfg
 
     # Token shards, reused when they were built with this tokenizer.
@@ -119,10 +127,22 @@ def prepare(cfg: PretrainConfig, out: Path):
                 f"data.shards {shards_dir} was built with another tokenizer or is incomplete; "
                 "remove data.shards to rebuild from data.path"
             )
-        build_shards(cfg.data.path, tokenizer, shards_dir, text_column=cfg.data.text_column,
-                     val_fraction=cfg.data.val_fraction, seed=cfg.trainer.seed)
+        build_shards(
+            cfg.data.path,
+            tokenizer,
+            shards_dir,
+            text_column=cfg.data.text_column,
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.trainer.seed,
+        )
     train_ds, val_ds = ShardDataset(shards_dir, "train"), ShardDataset(shards_dir, "val")
-    loader = PackedLoader(train_ds, cfg.trainer.micro_batch_size, cfg.data.seq_len, seed=cfg.trainer.seed, bos_id=tokenizer.bos_id)
+    loader = PackedLoader(
+        train_ds,
+        cfg.trainer.micro_batch_size,
+        cfg.data.seq_len,
+        seed=cfg.trainer.seed,
+        bos_id=tokenizer.bos_id,
+    )
     model = init.model if init else LanguageModel(mcfg)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "checkpoints").exists():  # a resumed run keeps the config it started with
@@ -156,7 +176,9 @@ def run(cfg: PretrainConfig) -> dict:
     token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.long)
 
     def eval_fn(m):
-        batches = iter_eval_batches(val_ds, cfg.trainer.micro_batch_size, cfg.data.seq_len, cfg.data.eval_batches)
+        batches = iter_eval_batches(
+            val_ds, cfg.trainer.micro_batch_size, cfg.data.seq_len, cfg.data.eval_batches
+        )
         return lm_eval(m, batches, token_bytes)
 
     trainer = Trainer(
@@ -178,10 +200,24 @@ def run(cfg: PretrainConfig) -> dict:
     samples = []
     s = cfg.samples
     for prompt in s.prompts:
-        text = generate_text(model, tokenizer, prompt, SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, seed=s.seed))
+        text = generate_text(
+            model,
+            tokenizer,
+            prompt,
+            SamplingConfig(
+                max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                seed=s.seed,
+            ),
+        )
         samples.append({"prompt": prompt, "completion": text})
     (out / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
-    plot_training_curves(out / "metrics.jsonl", out / "loss.png", title=f"pretrain {mcfg.name or ''} ({params['total'] / 1e6:.1f}M params)")
+    plot_training_curves(
+        out / "metrics.jsonl",
+        out / "loss.png",
+        title=f"pretrain {mcfg.name or ''} ({params['total'] / 1e6:.1f}M params)",
+    )
     summary = {
         "stage": "pretrain",
         **result,

@@ -24,7 +24,9 @@ from lmforge.utils import read_json, staging_dir, write_json
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
     """Weights to safetensors; tied tensors are stored once (safetensors' save_model)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -54,7 +56,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
                     break
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
-    wrong = [(k, tuple(tensors[k].shape), tuple(v.shape)) for k, v in own.items() if k in tensors and tensors[k].shape != v.shape]
+    wrong = [
+        (k, tuple(tensors[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
     if wrong:
         k, got, want = wrong[0]
         raise CheckpointError(
@@ -75,7 +81,9 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -104,7 +112,9 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> dict:
     """Restore model (and optimizer) in place; return the trainer state saved with them."""
     path = Path(path)
     for name in ("model.safetensors", "optimizer.pt", "state.json"):

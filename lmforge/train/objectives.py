@@ -36,7 +36,9 @@ def lm_eval(model: nn.Module, batches, token_bytes: torch.Tensor) -> dict[str, f
         input_ids = batch["input_ids"].to(device)
         targets = batch["targets"].to(device)
         logits = model(input_ids)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
+        )
         valid = targets.flatten() >= 0
         nats += loss[valid].sum().item()
         n_tokens += int(valid.sum())

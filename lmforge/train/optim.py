@@ -17,7 +17,9 @@ def no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim < 2 or "norm" in name or "embed" in name or name.endswith(".bias")
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr_overrides: dict[str, float] | None = None) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_overrides: dict[str, float] | None = None
+) -> list[dict]:
     """Split trainable parameters into decayed and non-decayed groups.
 
     ``lr_overrides`` maps a name substring to a learning-rate multiplier (e.g. a fresh head

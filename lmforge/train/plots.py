@@ -7,7 +7,9 @@ from pathlib import Path
 from lmforge.utils import read_jsonl
 
 
-def plot_training_curves(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path | None:
+def plot_training_curves(
+    metrics_path: str | Path, out_png: str | Path, title: str = ""
+) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -30,7 +30,13 @@ from torch import nn
 from lmforge.config import Section
 from lmforge.errors import CheckpointError
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.device import autocast, matmul_peak_flops, pick_device, resolve_precision
+from lmforge.train.device import (
+    autocast,
+    matmul_peak_flops,
+    pick_device,
+    resolve_precision,
+    tune_cpu_allocator,
+)
 from lmforge.train.optim import build_optimizer, lr_factor
 from lmforge.utils import append_jsonl, read_jsonl
 
@@ -143,6 +149,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.device = pick_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
         self.loader = loader
@@ -180,7 +188,12 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         return ckpt.save_checkpoint(
-            self.ckpt_dir, self.step, self.model, self.optimizer, self._state(), self.cfg.keep_checkpoints
+            self.ckpt_dir,
+            self.step,
+            self.model,
+            self.optimizer,
+            self._state(),
+            self.cfg.keep_checkpoints,
         )
 
     def _restore(self, path: Path, restore_loader: bool = True) -> None:
@@ -223,7 +236,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ one update
     def _micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = {
+            k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
         with autocast(self.device, self.precision):
             loss, n_tokens = self._loss(self.model, batch)
         (loss / self.grad_accum).backward()
@@ -231,7 +247,9 @@ class Trainer:
 
     def _set_lr(self) -> float:
         c = self.cfg
-        f = lr_factor(self.step, c.max_steps, c.warmup_steps, c.schedule, c.min_lr_ratio, c.decay_fraction)
+        f = lr_factor(
+            self.step, c.max_steps, c.warmup_steps, c.schedule, c.min_lr_ratio, c.decay_fraction
+        )
         for g in self.optimizer.param_groups:
             g["lr"] = c.lr * g.get("lr_mult", 1.0) * f
         return c.lr * f
@@ -248,7 +266,9 @@ class Trainer:
         if self.spikes.is_spike(loss):
             self.optimizer.zero_grad(set_to_none=True)
             return {"spike": True, "loss": loss, "tokens": tokens}
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.cfg.grad_clip
+        ).item()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.spikes.add(loss)
@@ -261,7 +281,12 @@ class Trainer:
         which skips the batches that led into the spike (PaLM, Chowdhery et al. 2022, sec. 5.1)."""
         self.rollbacks += 1
         latest = ckpt.latest_checkpoint(self.ckpt_dir)
-        record = {"event": "loss_spike", "step": self.step, "loss": info["loss"], "rollbacks": self.rollbacks}
+        record = {
+            "event": "loss_spike",
+            "step": self.step,
+            "loss": info["loss"],
+            "rollbacks": self.rollbacks,
+        }
         if latest is not None:
             loader_state = self.loader.state_dict()
             self._restore(latest, restore_loader=False)
@@ -298,9 +323,17 @@ class Trainer:
         resumed = self.maybe_resume()
         if not resumed:
             self.metrics_path.unlink(missing_ok=True)
-        peak = matmul_peak_flops(self.device.type, "bfloat16" if self.precision == "bf16" else "float32")
+        peak = matmul_peak_flops(
+            self.device.type, "bfloat16" if self.precision == "bf16" else "float32"
+        )
         self.model.train()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            disable=not cfg.progress,
+            desc="train",
+            dynamic_ncols=True,
+        )
         window_tokens, window_start = 0, time.perf_counter()
         last_eval: dict[str, float] = {}
         recent_losses: deque[float] = deque(maxlen=max(1, cfg.log_every))
@@ -336,14 +369,24 @@ class Trainer:
                 if mfu is not None:
                     record["mfu"] = mfu
                 self.log(record)
-                bar.set_postfix(loss=f"{info['loss']:.3f}", tok_s=f"{tps:,.0f}", **({"mfu": f"{mfu:.1%}"} if mfu else {}))
+                bar.set_postfix(
+                    loss=f"{info['loss']:.3f}",
+                    tok_s=f"{tps:,.0f}",
+                    **({"mfu": f"{mfu:.1%}"} if mfu else {}),
+                )
                 window_tokens, window_start = 0, time.perf_counter()
             time_up = cfg.time_limit_s and self.train_seconds >= cfg.time_limit_s
-            if self.eval_fn and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps or time_up):
+            if self.eval_fn and (
+                self.step % cfg.eval_every == 0 or self.step == cfg.max_steps or time_up
+            ):
                 last_eval = self.evaluate()
                 self.log({"step": self.step, **last_eval})
                 window_start = time.perf_counter()  # eval time is not training throughput
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+            if (
+                cfg.checkpoint_every
+                and self.step % cfg.checkpoint_every == 0
+                and self.step < cfg.max_steps
+            ):
                 self.save_checkpoint()
                 window_start = time.perf_counter()
             if time_up:
@@ -370,7 +413,9 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "tokens_per_second": tps,
             "wall_seconds": self.train_seconds,
-            "rollbacks": sum(1 for m in read_jsonl(self.metrics_path) if m.get("event") == "loss_spike"),
+            "rollbacks": sum(
+                1 for m in read_jsonl(self.metrics_path) if m.get("event") == "loss_spike"
+            ),
             "precision": self.precision,
             "compiled": self.cfg.compile,
             "grad_accum_steps": self.grad_accum,
