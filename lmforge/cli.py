@@ -85,6 +85,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    wn = data_verbs.add_parser(
+        "wordnet-task",
+        help="the offline default classification task (WordNet definition -> 45 categories)",
+        description=textwrap.dedent(
+            """\
+            Write the default classification task: each WordNet synset's definition, labelled
+            with its lexicographer category (noun.animal, verb.motion, ...: 45 imbalanced classes,
+            344:1 between the largest and the smallest). Stratified train/val/test parquet files,
+            labels.json (names and train counts) and task.json. Needs `apt-get install wordnet-base`.
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    wn.add_argument("--out", required=True, help="task directory to write (replaced atomically)")
+    wn.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
+    wn.add_argument("--val-fraction", type=float, default=0.1)
+    wn.add_argument("--test-fraction", type=float, default=0.1)
+
+    task = data_verbs.add_parser(
+        "task",
+        help="prepare a labelled dataset (csv/jsonl/parquet/HF) as a task directory",
+        description=textwrap.dedent(
+            """\
+            Prepare your own labelled data the way `classify train` would, to inspect it first:
+            column mapping, label merge map, minimum class count, stratified split.
+              lmforge data task --config configs/course/consumer-complaints-task.yaml --out data/cc
+            Keys are those of `task:` in a classify recipe, given here at the top level.
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    task.add_argument("--out", required=True, help="task directory to write")
+    _add_config_args(task, None)
+
     stats = data_verbs.add_parser("stats", help="documents, characters and words of any corpus")
     stats.add_argument("path", help="a file or directory of txt / jsonl / parquet / csv")
     stats.add_argument("--text-column", default="text")
@@ -146,6 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(pre, "configs/demo/pretrain.yaml")
 
     # generate ----------------------------------------------------------------------------
+    base = verbs.add_parser(
+        "baseline", help="the TF-IDF + logistic regression bar for a classification task"
+    )
+    base_verbs = base.add_subparsers(dest="base_verb", metavar="<method>")
+    tfidf = base_verbs.add_parser(
+        "tfidf",
+        help="TF-IDF (50k features, 1-2-grams, sublinear tf) + logistic regression",
+        description=textwrap.dedent(
+            """\
+            Fit TF-IDF + logistic regression on a task's train split and score it on val and test
+            with the same metrics, tiers, calibration and speed protocol as every classifier.
+              lmforge baseline tfidf --task data/wordnet-task --out runs/demo/tfidf
+              lmforge baseline tfidf --task data/wordnet-task --out runs/t C=4 max_features=20000
+            Writes summary.json, eval/<split>/{metrics.json,per_class.csv,confusion.png,...}
+            and the model (tfidf.json + tfidf.safetensors, no pickles).
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    tfidf.add_argument("--task", help="task directory or raw labelled data (sets task.path)")
+    tfidf.add_argument("--out", help="output directory (sets out_dir)")
+    _add_config_args(tfidf, None)
+
     gen = verbs.add_parser(
         "generate",
         help="continue a prompt with a trained model",
@@ -188,6 +245,24 @@ def _load_stage_config(cls, args):
     return load_config(cls, args.config, args.overrides)
 
 
+def _print_config(cfg) -> int:
+    import yaml
+
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return 0
+
+
+def _task_stats(t) -> dict:
+    counts = t.train_counts()
+    return {
+        "rows": {"train": len(t.train), "val": len(t.val), "test": len(t.test)},
+        "num_labels": t.num_labels,
+        "largest_class": [t.label_names[counts.index(max(counts))], max(counts)],
+        "smallest_class": [t.label_names[counts.index(min(counts))], min(counts)],
+        "dropped_classes": len(t.info.get("dropped_classes", [])),
+    }
+
+
 def cmd_data(args) -> int:
     if args.data_verb == "build":
         from lmforge.data.corpora import build_default_corpus
@@ -199,6 +274,25 @@ def cmd_data(args) -> int:
             progress=not args.no_progress,
         )
         print(json.dumps(stats, indent=2))
+        return 0
+    if args.data_verb == "wordnet-task":
+        from lmforge.data.tasks import build_wordnet_task
+
+        t = build_wordnet_task(
+            args.out,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+        )
+        print(json.dumps(_task_stats(t), indent=2))
+        return 0
+    if args.data_verb == "task":
+        from lmforge.data.tasks import TaskConfig, prepare_task
+
+        cfg = _load_stage_config(TaskConfig, args)
+        if args.print_config:
+            return _print_config(cfg)
+        print(json.dumps(_task_stats(prepare_task(cfg, args.out)), indent=2))
         return 0
     if args.data_verb == "stats":
         from lmforge.data.sources import iter_texts
@@ -245,10 +339,7 @@ def cmd_pretrain(args) -> int:
 
     cfg = _load_stage_config(pretrain.PretrainConfig, args)
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        return 0
+        return _print_config(cfg)
     summary = pretrain.run(cfg)
     keys = (
         "steps",
@@ -263,6 +354,31 @@ def cmd_pretrain(args) -> int:
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     print(f"artifact: {cfg.out_dir}")
     return 0
+
+
+def cmd_baseline(args) -> int:
+    if args.base_verb != "tfidf":
+        print("usage: lmforge baseline tfidf ... (see lmforge baseline --help)", file=sys.stderr)
+        return 2
+    from lmforge.stages import baseline
+
+    if args.task:
+        args.overrides = [f"task.path={args.task}", *args.overrides]
+    if args.out:
+        args.overrides = [f"out_dir={args.out}", *args.overrides]
+    cfg = _load_stage_config(baseline.TfidfConfig, args)
+    if args.print_config:
+        return _print_config(cfg)
+    summary = baseline.run(cfg)
+    print(json.dumps(_headline(summary), indent=2))
+    print(f"artifact: {cfg.out_dir}")
+    return 0
+
+
+def _headline(summary: dict) -> dict:
+    keys = ("accuracy", "macro_f1", "weighted_f1", "zero_f1_classes", "tier_macro_f1", "ece")
+    keys += ("ece_after_temperature", "latency_ms_p50", "throughput_per_s", "checkpoint_mb")
+    return {k: summary[k] for k in keys if k in summary}
 
 
 def cmd_generate(args) -> int:
@@ -298,6 +414,7 @@ COMMANDS = {
     "tokenizer": cmd_tokenizer,
     "pretrain": cmd_pretrain,
     "generate": cmd_generate,
+    "baseline": cmd_baseline,
 }
 
 

@@ -1,0 +1,198 @@
+import csv
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lmforge.cli import main
+from lmforge.data.tasks import TaskConfig, build_wordnet_task, load_task, prepare_task, subsample
+from lmforge.errors import ConfigError, DataError
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def complaints(tmp_path, text_col="Consumer Complaint"):
+    """A small file shaped like the course's dataset: an old label name to merge, a rare class."""
+    rows = []
+    for i in range(40):
+        rows.append(
+            [f"my report has wrong information number {i}", "Incorrect information on your report"]
+        )
+    for i in range(20):
+        rows.append(
+            [f"they used my credit report without asking {i}", "Improper use of my credit report"]
+        )
+    for i in range(10):
+        rows.append([f"they used your report improperly {i}", "Improper use of your report"])
+    for i in range(30):
+        rows.append([f"fees I did not expect on my card {i}", "Fees or interest"])
+    rows.append(["a lonely complaint", "Rare issue"])
+    return write_csv(tmp_path / "cc.csv", [text_col, "Issue", "Product"], [r + ["x"] for r in rows])
+
+
+def test_course_recipe_merges_drops_rare_and_splits_stratified(tmp_path):
+    merge = tmp_path / "merge.json"
+    merge.write_text(
+        json.dumps(
+            {"_comment": "notes", "Improper use of my credit report": "Improper use of your report"}
+        )
+    )
+    cfg = TaskConfig(
+        path=str(complaints(tmp_path)),
+        text_column="Consumer Complaint",
+        label_column="Issue",
+        merge_map=str(merge),
+        min_count=5,
+        val_fraction=0.1,
+        seed=42,
+    )
+    task = prepare_task(cfg, tmp_path / "task")
+    assert task.label_names == [
+        "Fees or interest",
+        "Improper use of your report",
+        "Incorrect information on your report",
+    ]
+    assert "Rare issue" in task.info["dropped_classes"]
+    # merged: 20 + 10 examples under the new name, spread over train/val/test stratified
+    all_rows = task.train + task.val + task.test
+    assert sum(1 for _, y in all_rows if y == 1) == 30
+    for y in range(3):  # every class appears in every split
+        assert any(lab == y for _, lab in task.val) and any(lab == y for _, lab in task.test)
+    # deterministic for a seed, different for another
+    again = prepare_task(cfg, tmp_path / "task2")
+    assert again.train == task.train
+    other = prepare_task(cfg.model_copy(update={"seed": 7}), tmp_path / "task3")
+    assert other.train != task.train
+    # the saved splits keep label names, not ids
+    assert set(
+        pq.read_table(tmp_path / "task" / "train.parquet").column("label").to_pylist()
+    ) <= set(task.label_names)
+
+
+def test_cfpb_export_column_name_is_accepted(tmp_path):
+    path = complaints(tmp_path, text_col="Consumer complaint narrative")
+    cfg = TaskConfig(
+        path=str(path), text_column="Consumer Complaint", label_column="Issue", min_count=5
+    )
+    assert prepare_task(cfg, tmp_path / "t").num_labels == 4
+
+
+def test_missing_column_names_the_columns_that_exist(tmp_path):
+    cfg = TaskConfig(path=str(complaints(tmp_path)), text_column="complaint", label_column="Issue")
+    with pytest.raises(
+        DataError, match="no column 'complaint'.*Consumer Complaint, Issue, Product"
+    ):
+        prepare_task(cfg, tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+def test_one_class_is_an_error(tmp_path):
+    path = write_csv(
+        tmp_path / "one.csv", ["text", "label"], [[f"t{i}", "only"] for i in range(10)]
+    )
+    with pytest.raises(DataError, match="1 class"):
+        prepare_task(TaskConfig(path=str(path)), tmp_path / "t")
+
+
+@pytest.mark.parametrize(
+    "merge, error",
+    [
+        ({"Some other dataset's label": "X"}, "none of the 1 labels"),
+        ({"Fees or interest": " "}, "empty label"),
+    ],
+)
+def test_merge_map_that_maps_nothing_or_to_empty_is_an_error(tmp_path, merge, error):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(merge))
+    cfg = TaskConfig(
+        path=str(complaints(tmp_path)),
+        text_column="Consumer Complaint",
+        label_column="Issue",
+        merge_map=str(bad),
+    )
+    with pytest.raises(ConfigError, match=error):
+        prepare_task(cfg, tmp_path / "t")
+
+
+def test_given_split_files_and_unknown_labels_are_counted(tmp_path):
+    train = write_csv(
+        tmp_path / "train.csv",
+        ["text", "label"],
+        [[f"a {i}", "a"] for i in range(5)] + [[f"b {i}", "b"] for i in range(5)],
+    )
+    test = write_csv(
+        tmp_path / "test.csv", ["text", "label"], [["a x", "a"], ["c x", "c"], ["", "b"]]
+    )
+    task = prepare_task(
+        TaskConfig(path=str(train), test_path=str(test), val_fraction=0.2), tmp_path / "t"
+    )
+    assert [y for _, y in task.test] == [0, -1, 1]
+    assert task.info["unknown_labels"]["test"] == 1
+    assert task.test[2][0] == ""  # an empty text is kept (and scored), not a crash
+
+
+def test_jsonl_and_parquet_inputs(tmp_path):
+    rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(20)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = prepare_task(TaskConfig(path=str(tmp_path / "d.jsonl")), tmp_path / "t")
+    assert task.num_labels == 2 and len(task.train + task.val + task.test) == 20
+    pq.write_table(pq.read_table(tmp_path / "t" / "train.parquet"), tmp_path / "p.parquet")
+    assert (
+        prepare_task(
+            TaskConfig(path=str(tmp_path / "p.parquet"), val_fraction=0.0, test_fraction=0.0),
+            tmp_path / "t2",
+        ).num_labels
+        == 2
+    )
+
+
+def test_subsample_is_stratified_and_seeded():
+    rows = [(f"t{i}", 0) for i in range(90)] + [(f"u{i}", 1) for i in range(10)]
+    s = subsample(rows, 20, seed=0)
+    ys = np.array([y for _, y in s])
+    assert len(s) == 20 and (ys == 1).sum() == 2
+    assert subsample(rows, 20, seed=0) == s
+    assert subsample(rows, 0, seed=0) is rows
+
+
+def test_wordnet_task_from_a_tiny_wordnet(tmp_path):
+    from test_corpora import ADJ, HEADER, NOUN, VERB
+
+    wn = tmp_path / "wn"
+    wn.mkdir()
+    (wn / "data.noun").write_text(HEADER + NOUN)
+    (wn / "data.verb").write_text(HEADER + VERB)
+    (wn / "data.adj").write_text(HEADER + ADJ)
+    (wn / "data.adv").write_text(HEADER)
+    task = build_wordnet_task(
+        tmp_path / "task", wordnet_dir=str(wn), val_fraction=0.0, test_fraction=0.0
+    )
+    texts = dict((t, task.label_names[y]) for t, y in task.train)
+    assert texts["a member of the genus Canis"] == "noun.animal"  # quoted examples removed
+    assert texts["draw air into, and expel out of, the lungs"] == "verb.body"
+    assert load_task(tmp_path / "task").label_names == task.label_names
+
+
+def test_cli_task_prepare_and_print_config(tmp_path, capsys):
+    path = complaints(tmp_path)
+    args = [
+        "data",
+        "task",
+        "--out",
+        str(tmp_path / "t"),
+        f"path={path}",
+        "text_column=Consumer Complaint",
+        "label_column=Issue",
+    ]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_labels"] == 5 and out["rows"]["train"] > 0
+    assert main(["data", "task", "--out", str(tmp_path / "t"), "min_cont=5"]) == 2
+    assert "did you mean 'min_count'" in capsys.readouterr().err
