@@ -23,7 +23,20 @@ from lmforge.model.transformer import LanguageModel
 from lmforge.train.checkpoint import load_weights, save_weights
 from lmforge.utils import read_json, write_json
 
-KINDS = {"causal_lm": LanguageModel}
+KINDS = ("causal_lm", "masked_lm", "sequence_classifier")
+
+
+def build_model(kind: str, cfg: ModelConfig, meta: dict | None = None) -> nn.Module:
+    """A fresh model of an artifact kind (weights are loaded separately)."""
+    from lmforge.model.heads import HeadConfig, MaskedLM, SequenceClassifier
+
+    if kind == "causal_lm":
+        return LanguageModel(cfg)
+    if kind == "masked_lm":
+        return MaskedLM(cfg)
+    if kind == "sequence_classifier":
+        return SequenceClassifier(cfg, HeadConfig.model_validate((meta or {}).get("head", {})))
+    raise CheckpointError(f"unknown model kind '{kind}' (known: {', '.join(KINDS)})")
 
 
 @dataclass
@@ -43,7 +56,14 @@ def save_model_artifact(
     save_weights(
         model, out_dir / "model.safetensors", metadata={"format": "pt", "lmforge_kind": kind}
     )
-    write_json(out_dir / "model.json", {"kind": kind, "model": model.cfg.model_dump(mode="json")})
+    meta = {"kind": kind, "model": model.cfg.model_dump(mode="json")}
+    if hasattr(model, "head_cfg"):
+        meta["head"] = model.head_cfg.model_dump(mode="json")
+    write_json(out_dir / "model.json", meta)
+
+
+def read_model_meta(path: str | os.PathLike) -> dict:
+    return read_json(Path(path) / "model.json")
 
 
 def read_model_config(path: str | os.PathLike) -> tuple[str, ModelConfig]:
@@ -77,9 +97,7 @@ def load(
             f"{path} is not a directory; give the output directory of an lmforge stage"
         )
     kind, cfg = read_model_config(path)
-    if kind not in KINDS:
-        raise CheckpointError(f"{path}: unknown model kind '{kind}' (known: {', '.join(KINDS)})")
-    model = KINDS[kind](cfg)
+    model = build_model(kind, cfg, read_model_meta(path))
     load_weights(model, path / "model.safetensors")
     model.to(device=device, dtype=dtype)
     model.eval()

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lmforge.model.lora import (
@@ -107,3 +108,50 @@ def test_save_and_load_in_peft_format(tiny_cfg, tmp_path):
     fresh.load_state_dict(base_state)
     load_adapter(fresh, tmp_path)
     torch.testing.assert_close(fresh(x), want)
+
+
+def test_peft_loads_our_classifier_adapter_onto_transformers_qwen2():
+    """Our adapter files, as `classify train` writes them, on the matching HF model via PEFT."""
+    pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    import tempfile
+
+    from helpers import tiny_config, tiny_qwen2_classifier
+
+    from lmforge.model.heads import HeadConfig, SequenceClassifier
+
+    torch.manual_seed(0)
+    cfg = tiny_config(n_kv_head=2, attn_qkv_bias=True, pad_token_id=0)
+    ours = SequenceClassifier(cfg, HeadConfig(num_labels=3)).eval()
+    base_state = {
+        ("score.weight" if k == "classifier.weight" else k): v.clone()
+        for k, v in ours.state_dict().items()
+    }
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    inject_lora(ours, targets, r=4, alpha=8, modules_to_save=["classifier"])
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lora_B" in name or name.startswith("classifier"):
+                p.normal_(std=0.2)  # a trained adapter and head, so they change the output
+    with tempfile.TemporaryDirectory() as d:
+        save_adapter(
+            ours,
+            d,
+            r=4,
+            alpha=8,
+            dropout=0.0,
+            targets=targets,
+            modules_to_save=["classifier"],
+            task_type="SEQ_CLS",
+            rename=lambda k: k.replace("classifier", "score"),
+            hf_modules_to_save=["score"],
+        )
+        hf = tiny_qwen2_classifier(cfg, num_labels=3)
+        hf.load_state_dict(base_state, strict=False)
+        hf = peft.PeftModel.from_pretrained(hf, d).eval()
+        ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+        mask = (ids != 0).long()
+        with torch.no_grad():
+            want = hf(input_ids=ids, attention_mask=mask).logits
+            got = ours(ids, attention_mask=mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -164,3 +164,55 @@ def test_a_csv_without_the_text_column_names_the_columns(tmp_path, tiny_tokenize
     err = capsys.readouterr().err
     assert code == 2 and "no column 'text'" in err and "id, body" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_mlm_encoder_pretrains_and_feeds_a_classifier(
+    tmp_path, tiny_corpus, tiny_tokenizer_dir, capsys
+):
+    """configs/demo/encoder.yaml at tiny size: masked-token loss falls, accuracy is reported,
+    the artifact is a masked_lm whose backbone and head a classifier starts from."""
+    out = tmp_path / "enc"
+    args = [
+        "pretrain",
+        "--config",
+        "configs/demo/encoder.yaml",
+        f"tokenizer={tiny_tokenizer_dir}",
+        f"data.path={tiny_corpus}",
+        f"out_dir={out}",
+        *TINY,
+        "model.local_window=16",
+        "trainer.max_steps=40",
+        "trainer.eval_every=20",
+        "trainer.lr=3e-3",
+    ]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["val_masked_accuracy"] <= 1
+    losses = train_losses(out)
+    assert losses[40] < losses[1] - 0.5
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["kind"] == "masked_lm" and meta["model"]["causal"] is False
+    samples = read_jsonl(out / "samples.jsonl")
+    assert samples and len(samples[0]["guesses"][0]) == 5
+
+    from lmforge.artifact import load
+    from lmforge.data.tasks import Task
+    from lmforge.stages.classify import ClassifyConfig, build_classifier
+
+    task = Task([("a b", 0), ("c d", 1)], [], [], ["x", "y"])
+    model, _, head_modules = build_classifier(ClassifyConfig(init=str(out), method="probe"), task)
+    assert model.head_cfg.pooling == "mean" and model.head_cfg.head == "dense_norm"
+    enc = load(out).model.state_dict()
+    for k in ("head.dense.weight", "model.layers.0.mlp.up_proj.weight"):
+        assert (model.state_dict()[k] == enc[k]).all()
+    assert head_modules == ["classifier", "head"]
+
+
+def test_mlm_with_a_causal_model_is_a_clear_error(
+    tmp_path, tiny_corpus, tiny_tokenizer_dir, capsys
+):
+    out = tmp_path / "bad"
+    args = pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, "objective=mlm")
+    assert main(args) == 2
+    assert "model.causal=false" in capsys.readouterr().err
+    assert not out.exists()

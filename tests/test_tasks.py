@@ -196,3 +196,24 @@ def test_cli_task_prepare_and_print_config(tmp_path, capsys):
     assert out["num_labels"] == 5 and out["rows"]["train"] > 0
     assert main(["data", "task", "--out", str(tmp_path / "t"), "min_cont=5"]) == 2
     assert "did you mean 'min_count'" in capsys.readouterr().err
+
+
+def test_the_course_recipe_file_loads_a_local_copy(tmp_path):
+    """configs/course/consumer-complaints-task.yaml with path pointed at a local file of the
+    same columns: the shipped merge map applies and min_count 5 drops the rare class."""
+    from lmforge.config import load_config
+
+    cfg = load_config(
+        TaskConfig, "configs/course/consumer-complaints-task.yaml", [f"path={complaints(tmp_path)}"]
+    )
+    assert (cfg.text_column, cfg.label_column, cfg.min_count, cfg.seed, cfg.max_length) == (
+        "Consumer Complaint",
+        "Issue",
+        5,
+        42,
+        128,
+    )
+    task = prepare_task(cfg, tmp_path / "cc")
+    assert "Improper use of my credit report" not in task.label_names  # merged into the new name
+    assert task.info["merged_labels"] == 36
+    assert task.info["dropped_classes"] == ["Rare issue"]

@@ -223,3 +223,30 @@ def test_tensorboard_event_files_hold_the_logged_loss(tmp_path):
     tb = {e.step: e.value for e in acc.Scalars("loss")}
     assert set(tb) == set(logged)
     assert all(abs(tb[s] - logged[s]) < 1e-5 for s in tb)
+
+
+def test_early_stopping_stops_on_patience_and_restores_the_best_weights(tmp_path):
+    scores = iter([0.1, 0.5, 0.4, 0.3, 0.2, 0.1])
+    snapshots = {}
+
+    def eval_fn(model):
+        snapshots[len(snapshots)] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"val_macro_f1": next(scores)}
+
+    t = make(tmp_path, max_steps=60, early_stop={"metric": "val_macro_f1", "patience": 2})
+    t.eval_fn, t.cfg.eval_every = eval_fn, 5
+    summary = t.fit()
+    # evals at steps 5, 10, 15, 20: best at step 10, then two worse ones -> stop at step 20
+    assert t.step == 20 and summary["stopped_early"]
+    assert summary["val_macro_f1"] == 0.5
+    best = snapshots[1]
+    assert all(torch.equal(v, best[k]) for k, v in t.model.state_dict().items())
+    events = [m["event"] for m in read_jsonl(tmp_path / "metrics.jsonl") if "event" in m]
+    assert events == ["early_stop", "restored_best"]
+
+
+def test_early_stop_metric_must_exist(tmp_path):
+    t = make(tmp_path, max_steps=10, early_stop={"metric": "val_f1"})
+    t.eval_fn, t.cfg.eval_every = (lambda m: {"val_loss": 1.0}), 5
+    with pytest.raises(KeyError, match="val_f1"):
+        t.fit()

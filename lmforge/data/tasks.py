@@ -386,3 +386,87 @@ def build_wordnet_task(
             },
         )
     return load_task(out_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Token batches for classifiers
+# --------------------------------------------------------------------------------------------
+
+
+def encode_examples(
+    tokenizer, texts: list[str], max_length: int
+) -> tuple[list[list[int]], list[bool]]:
+    """BOS + text + EOS, the text cut so the whole fits in max_length. Returns ids and, per
+    example, whether it was truncated (reported as a slice)."""
+    if max_length < 3:
+        raise ConfigError("task.max_length must be at least 3 (BOS, one token, EOS)")
+    body = tokenizer.encode_batch(list(texts))
+    room = max_length - 2
+    ids, truncated = [], []
+    for b in body:
+        truncated.append(len(b) > room)
+        ids.append([tokenizer.bos_id, *b[:room], tokenizer.eos_id])
+    return ids, truncated
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right") -> dict:
+    import torch
+
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "left":
+            ids[i, n - len(s) :], mask[i, n - len(s) :] = torch.tensor(s), 1
+        else:
+            ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+class ClassificationBatches:
+    """Shuffled padded batches over epochs; deterministic for a seed, resumable by position."""
+
+    def __init__(
+        self,
+        ids: list[list[int]],
+        labels: list[int],
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+        padding_side: str = "right",
+    ):
+        keep = [i for i, y in enumerate(labels) if y >= 0]
+        self.ids, self.labels = [ids[i] for i in keep], [labels[i] for i in keep]
+        if not self.ids:
+            raise DataError("no training examples with a known label")
+        self.batch_size, self.pad_id, self.seed, self.side = batch_size, pad_id, seed, padding_side
+        self.epoch, self.pos = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        order = list(range(len(self.ids)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.ids) // self.batch_size)
+
+    def next_batch(self) -> dict:
+        import torch
+
+        if self.pos >= len(self._order):
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._permutation()
+        idx = self._order[self.pos : self.pos + self.batch_size]
+        self.pos += len(idx)
+        batch = pad_batch([self.ids[i] for i in idx], self.pad_id, self.side)
+        batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._permutation()

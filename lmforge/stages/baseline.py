@@ -121,6 +121,7 @@ def run(cfg: TfidfConfig) -> dict:
     with staging_dir(out) as tmp:
         model.save(tmp)
         save_config(cfg, tmp / "config.yaml")
+        write_json(tmp / "labels.json", {"names": task.label_names, "train_counts": counts})
         summary: dict = {
             "stage": "baseline-tfidf",
             "method": "tfidf-logreg",

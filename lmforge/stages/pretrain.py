@@ -9,6 +9,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -25,9 +26,10 @@ from lmforge.data.shards import (
 from lmforge.errors import ConfigError
 from lmforge.infer.generate import SamplingConfig, generate_text
 from lmforge.model.config import ModelConfig, from_preset
+from lmforge.model.heads import MaskedLM
 from lmforge.model.transformer import LanguageModel, count_parameters
 from lmforge.tokenizer import Tokenizer, token_byte_lengths
-from lmforge.train.objectives import clm_loss, lm_eval
+from lmforge.train.objectives import clm_loss, lm_eval, mlm_eval, mlm_loss_fn
 from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig
 from lmforge.utils import seed_everything, write_json
@@ -54,6 +56,9 @@ class SampleConfig(Section):
 class PretrainConfig(Section):
     out_dir: str = "runs/demo/pretrain"
     tokenizer: str = "runs/demo/tokenizer"
+    # clm: next-token prediction (a decoder); mlm: masked tokens (an encoder, model.causal=false).
+    objective: Literal["clm", "mlm"] = "clm"
+    mlm_rate: float = Field(0.3, gt=0, lt=1)  # ModernBERT masks 30% (BERT 15%), 80/10/10
     # A preset name (lmforge-d6, ...) fills `model`; keys under `model` override the preset.
     preset: str | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -86,6 +91,10 @@ def check_inputs(cfg: PretrainConfig) -> None:
         raise ConfigError(
             f"data.path '{cfg.data.path}' does not exist. Build the default corpus with "
             f"`lmforge data build --out {cfg.data.path}` or point data.path at your own text."
+        )
+    if cfg.objective == "mlm" and cfg.model.causal and cfg.init is None:
+        raise ConfigError(
+            "objective mlm trains an encoder: set model.causal=false (see configs/demo/encoder.yaml)"
         )
     if cfg.data.seq_len < 2:
         raise ConfigError("data.seq_len must be at least 2")
@@ -143,11 +152,28 @@ def prepare(cfg: PretrainConfig, out: Path):
         seed=cfg.trainer.seed,
         bos_id=tokenizer.bos_id,
     )
-    model = init.model if init else LanguageModel(mcfg)
+    if init:
+        model = init.model
+    else:
+        model = MaskedLM(mcfg) if cfg.objective == "mlm" else LanguageModel(mcfg)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "checkpoints").exists():  # a resumed run keeps the config it started with
         save_config(cfg, out / "config.yaml")
     return model, tokenizer, train_ds, val_ds, loader
+
+
+@torch.no_grad()
+def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> dict:
+    """An encoder's top guesses for each <|mask|> in text."""
+    model.eval()
+    ids = tokenizer.encode(text, add_bos=True, add_eos=True)
+    logits = model(torch.tensor([ids]))[0]
+    guesses = []
+    for pos, t in enumerate(ids):
+        if t == tokenizer.mask_id:
+            top = logits[pos].float().topk(top_k).indices.tolist()
+            guesses.append([tokenizer.decode([i]) for i in top])
+    return {"prompt": text, "guesses": guesses}
 
 
 def run(cfg: PretrainConfig) -> dict:
@@ -179,12 +205,24 @@ def run(cfg: PretrainConfig) -> dict:
         batches = iter_eval_batches(
             val_ds, cfg.trainer.micro_batch_size, cfg.data.seq_len, cfg.data.eval_batches
         )
+        if cfg.objective == "mlm":
+            return mlm_eval(m, batches, *mlm_args)
         return lm_eval(m, batches, token_bytes)
+
+    loss_fn = clm_loss
+    if cfg.objective == "mlm":
+        if tokenizer.mask_id is None:
+            raise ConfigError(
+                f"tokenizer {cfg.tokenizer} has no <|mask|> token; retrain it with lmforge"
+            )
+        specials = sorted(tokenizer.special_ids)
+        mlm_args = (tokenizer.mask_id, mcfg.vocab_size, specials, cfg.mlm_rate)
+        loss_fn = mlm_loss_fn(*mlm_args)
 
     trainer = Trainer(
         cfg.trainer,
         model,
-        clm_loss,
+        loss_fn,
         loader,
         out,
         eval_fn=eval_fn,
@@ -195,11 +233,11 @@ def run(cfg: PretrainConfig) -> dict:
 
     # Artifact: weights, config, tokenizer, samples, plot, summary (last: it marks completion).
     model = trainer.model.float()
-    save_model_artifact(out, model)
+    save_model_artifact(out, model, kind="masked_lm" if cfg.objective == "mlm" else "causal_lm")
     tokenizer.save(out)
     samples = []
     s = cfg.samples
-    for prompt in s.prompts:
+    for prompt in s.prompts if cfg.objective == "clm" else []:
         text = generate_text(
             model,
             tokenizer,
@@ -212,6 +250,8 @@ def run(cfg: PretrainConfig) -> dict:
             ),
         )
         samples.append({"prompt": prompt, "completion": text})
+    if cfg.objective == "mlm":
+        samples = [fill_mask(model, tokenizer, p) for p in s.prompts if "<|mask|>" in p]
     (out / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
     plot_training_curves(
         out / "metrics.jsonl",

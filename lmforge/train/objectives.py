@@ -51,3 +51,115 @@ def lm_eval(model: nn.Module, batches, token_bytes: torch.Tensor) -> dict[str, f
     if n_bytes:
         out["val_bpb"] = nats_text / (math.log(2) * n_bytes)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Masked language modelling (encoders)
+# --------------------------------------------------------------------------------------------
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: list[int],
+    rate: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption at `rate` (ModernBERT uses 30%): of the chosen tokens, 80% become
+    <|mask|>, 10% a random token, 10% stay. Special tokens are never chosen.
+    Returns (corrupted inputs, labels with -100 where nothing is predicted)."""
+    dev = input_ids.device
+
+    def rand(shape):
+        return torch.rand(shape, generator=generator, device="cpu").to(dev)
+
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for s in special_ids:
+        special |= input_ids == s
+    chosen = (rand(input_ids.shape) < rate) & ~special
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    r = rand(input_ids.shape)
+    corrupted = input_ids.clone()
+    corrupted[chosen & (r < 0.8)] = mask_id
+    random_pos = chosen & (r >= 0.8) & (r < 0.9)
+    random_ids = torch.randint(0, vocab_size, input_ids.shape, generator=generator).to(dev)
+    corrupted[random_pos] = random_ids[random_pos]
+    return corrupted, labels
+
+
+def mlm_loss_fn(mask_id: int, vocab_size: int, special_ids: list[int], rate: float = 0.3):
+    """A (model, batch) -> (loss, n) for a MaskedLM; masking draws from torch's global RNG, which
+    the trainer checkpoints, so a resumed run masks exactly as an uninterrupted one."""
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]):
+        inputs, labels = mask_tokens(batch["input_ids"], mask_id, vocab_size, special_ids, rate)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return loss, int(batch["input_ids"].numel())
+
+    return loss_fn
+
+
+@torch.no_grad()
+def mlm_eval(
+    model: nn.Module,
+    batches,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: list[int],
+    rate: float = 0.3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Masked-token loss and accuracy on validation rows, with a fixed masking seed so every
+    evaluation scores the same corrupted tokens."""
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    nats, correct, n = 0.0, 0, 0
+    for batch in batches:
+        inputs, labels = mask_tokens(
+            batch["input_ids"].to(device), mask_id, vocab_size, special_ids, rate, g
+        )
+        logits = model(inputs).float()
+        sel = labels >= 0
+        nats += F.cross_entropy(logits[sel], labels[sel], reduction="sum").item()
+        correct += int((logits[sel].argmax(-1) == labels[sel]).sum())
+        n += int(sel.sum())
+    if n == 0:
+        return {}
+    return {"val_loss": nats / n, "val_masked_accuracy": correct / n, "val_masked_tokens": n}
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence classification
+# --------------------------------------------------------------------------------------------
+
+
+def class_weights(train_counts: list[int], scheme: str) -> torch.Tensor | None:
+    """Per-class loss weights. "sqrt_inverse": 1/sqrt(count), normalised to mean 1 over classes;
+    "balanced": n / (k * count) (scikit-learn's). Classes absent from training get weight 0."""
+    if scheme == "none":
+        return None
+    c = torch.tensor(train_counts, dtype=torch.float64)
+    present = c > 0
+    w = torch.zeros_like(c)
+    if scheme == "sqrt_inverse":
+        w[present] = c[present].rsqrt()
+        w = w / w[present].mean()
+    elif scheme == "balanced":
+        w[present] = c.sum() / (int(present.sum()) * c[present])
+    else:
+        raise ValueError(f"unknown class weight scheme '{scheme}' (none, sqrt_inverse, balanced)")
+    return w.float()
+
+
+def classification_loss_fn(weights: torch.Tensor | None = None, label_smoothing: float = 0.0):
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]):
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        w = weights.to(logits.device) if weights is not None else None
+        loss = F.cross_entropy(
+            logits.float(), batch["labels"], weight=w, label_smoothing=label_smoothing
+        )
+        return loss, int(batch["attention_mask"].sum())
+
+    return loss_fn

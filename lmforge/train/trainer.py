@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections import deque
@@ -50,6 +51,15 @@ class SpikeConfig(Section):
     max_rollbacks: int = 5  # more than this many spikes means the run is broken: stop
 
 
+class EarlyStopConfig(Section):
+    # Stop when this eval metric (a key the stage's eval returns, e.g. "val_macro_f1") has not
+    # improved for `patience` evaluations, and restore the weights of the best evaluation.
+    metric: str | None = None
+    mode: Literal["max", "min"] = "max"
+    patience: int = 3
+    min_delta: float = 0.0
+
+
 class TrainerConfig(Section):
     max_steps: int = 1000
     micro_batch_size: int = 8
@@ -77,6 +87,7 @@ class TrainerConfig(Section):
     # "auto": continue from the newest checkpoint in the output directory if there is one.
     resume: Literal["auto", "never"] = "auto"
     spike: SpikeConfig = Field(default_factory=SpikeConfig)
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     tensorboard: bool = False
     progress: bool = True
     # Stop after this many seconds of training (the demo's "about 10 minutes"); 0 = no limit.
@@ -92,6 +103,27 @@ class BatchSource(Protocol):
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+def save_trainable(model: nn.Module, path: Path) -> None:
+    """The trainable parameters only (a LoRA run's best weights are its adapters and head)."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad
+    }
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_trainable(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in load_file(str(path)).items():
+            params[name].copy_(t)
 
 
 def _rng_state() -> dict:
@@ -174,6 +206,9 @@ class Trainer:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.train_seconds = 0.0
         self._tb = None
+        # Early stopping: the best metric so far, its step, and evaluations since it improved.
+        self.best: dict = {"value": None, "step": None, "bad_evals": 0}
+        self.best_path = self.out_dir / "best.safetensors"
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
@@ -184,6 +219,7 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "rng": _rng_state(),
             "spike_history": list(self.spikes.history),
+            "best": self.best,
         }
 
     def save_checkpoint(self) -> Path:
@@ -201,6 +237,7 @@ class Trainer:
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.train_seconds = state.get("train_seconds", 0.0)
+        self.best = state.get("best", self.best)
         if restore_loader:
             self.loader.load_state_dict(state["loader"])
             _set_rng_state(state["rng"])
@@ -301,6 +338,32 @@ class Trainer:
                 "the run is unstable. Lower trainer.lr, raise trainer.warmup_steps, or check the data."
             )
 
+    def _early_stop(self, evaluation: dict) -> bool:
+        """Track the best evaluation (saving its weights); True when patience has run out."""
+        es = self.cfg.early_stop
+        if not es.metric:
+            return False
+        if es.metric not in evaluation:
+            raise KeyError(
+                f"trainer.early_stop.metric '{es.metric}' is not among the eval results: {', '.join(evaluation)}"
+            )
+        value = float(evaluation[es.metric])
+        best = self.best["value"]
+        better = best is None or (
+            value > best + es.min_delta if es.mode == "max" else value < best - es.min_delta
+        )
+        if better:
+            self.best = {
+                "value": value,
+                "step": self.step,
+                "bad_evals": 0,
+                "eval": dict(evaluation),
+            }
+            save_trainable(self.model, self.best_path)
+            return False
+        self.best["bad_evals"] += 1
+        return self.best["bad_evals"] >= es.patience
+
     def evaluate(self) -> dict[str, float]:
         if self.eval_fn is None:
             return {}
@@ -382,6 +445,10 @@ class Trainer:
                 last_eval = self.evaluate()
                 self.log({"step": self.step, **last_eval})
                 window_start = time.perf_counter()  # eval time is not training throughput
+                if self._early_stop(last_eval):
+                    stopped_early = True
+                    self.log({"event": "early_stop", "step": self.step, **self.best})
+                    break
             if (
                 cfg.checkpoint_every
                 and self.step % cfg.checkpoint_every == 0
@@ -396,6 +463,12 @@ class Trainer:
         if self.eval_fn and not last_eval:
             last_eval = self.evaluate()
             self.log({"step": self.step, **last_eval})
+            self._early_stop(last_eval)
+        if self.cfg.early_stop.metric and self.best_path.exists():
+            # The weights of the best evaluation, not the last one.
+            load_trainable(self.model, self.best_path)
+            last_eval = {**last_eval, **self.best.get("eval", {})}
+            self.log({"event": "restored_best", **self.best})
         if self._tb is not None:
             self._tb.close()
         return self.summary(recent_losses, last_eval, stopped_early)

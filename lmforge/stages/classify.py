@@ -1,0 +1,536 @@
+"""Classification fine-tuning recipe: task -> pretrained backbone + head -> probe / full / LoRA
+-> the course's evaluation (macro F1, tiers, calibration, slices, speed) -> artifact.
+
+    lmforge classify train --config configs/demo/classify-decoder-lora.yaml
+    lmforge classify eval runs/demo/cls-decoder-lora --split test
+    lmforge classify predict runs/demo/cls-decoder-lora --input new.csv --output preds.csv
+    lmforge compare runs/demo/cls-encoder-full runs/demo/cls-decoder-lora
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from lmforge.artifact import load, save_model_artifact
+from lmforge.config import Section, load_config, save_config
+from lmforge.data.tasks import (
+    ClassificationBatches,
+    Task,
+    TaskConfig,
+    encode_examples,
+    load_task,
+    pad_batch,
+    resolve_task,
+    subsample,
+)
+from lmforge.errors import ConfigError
+from lmforge.eval.bench import dir_size_mb, measure_speed
+from lmforge.eval.classification import evaluate_split, headline, length_bucket
+from lmforge.model.heads import HeadConfig, SequenceClassifier
+from lmforge.model.lora import inject_lora, merge_lora, save_adapter, unwrap_lora
+from lmforge.model.transformer import count_parameters
+from lmforge.train.objectives import class_weights, classification_loss_fn
+from lmforge.train.plots import plot_training_curves
+from lmforge.train.trainer import Trainer, TrainerConfig
+from lmforge.utils import read_json, seed_everything, write_json
+
+
+class LoraSection(Section):
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    # Names (or name suffixes) of the Linear layers that get adapters.
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+
+
+class HeadSection(Section):
+    # "auto": the last non-pad token for decoders, the mean over tokens for encoders.
+    pooling: Literal["auto", "last", "cls", "mean"] = "auto"
+    # "auto": one Linear for decoders (Qwen2's `score`), LayerNorm(act(Linear)) + Linear for
+    # encoders (ModernBERT's head).
+    head: Literal["auto", "linear", "dense_norm", "pooler_tanh"] = "auto"
+    dropout: float = 0.0
+
+
+class ClassifyConfig(Section):
+    out_dir: str = "runs/demo/cls"
+    init: str = "runs/demo/pretrain"  # the artifact directory of a pretrained decoder or encoder
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    # probe: backbone frozen, head trained; full: everything trained; lora: adapters + head.
+    method: Literal["probe", "full", "lora"] = "lora"
+    lora: LoraSection = Field(default_factory=LoraSection)
+    head: HeadSection = Field(default_factory=HeadSection)
+    class_weights: Literal["none", "sqrt_inverse", "balanced"] = "none"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    epochs: float = 3.0  # sets trainer.max_steps from the training set size
+    batch_size: int = 32
+    padding_side: Literal["right", "left"] = "right"
+    head_lr_mult: float = 1.0  # a fresh head may learn faster than a pretrained body
+    eval_splits: list[str] = ["val", "test"]
+    # Columns of the raw data to report metrics by (e.g. [Product]); matched to examples by text.
+    slice_columns: list[str] = []
+    eval_batch_size: int = 64
+    speed: bool = True  # measure latency / throughput / memory with eval/bench.py's protocol
+    trainer: TrainerConfig = Field(
+        default_factory=lambda: TrainerConfig(
+            lr=1e-3,
+            warmup_steps=20,
+            eval_every=100,
+            checkpoint_every=100,
+            early_stop={"metric": "val_macro_f1", "patience": 3},
+        )
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.epochs <= 0:
+            raise ValueError("epochs must be positive")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Building the model
+# --------------------------------------------------------------------------------------------
+
+
+def build_classifier(cfg: ClassifyConfig, task: Task):
+    """The backbone from `init`, a fresh head for the task's labels, and the method's trainable set."""
+    if not Path(cfg.init).is_dir():
+        raise ConfigError(
+            f"init '{cfg.init}' does not exist: give the directory of a pretrained model "
+            "(e.g. runs/demo/pretrain from `lmforge pretrain`)"
+        )
+    base = load(cfg.init)
+    if base.tokenizer is None:
+        raise ConfigError(
+            f"{cfg.init} has no tokenizer.json; a classifier needs its backbone's tokenizer"
+        )
+    mcfg = base.config
+    decoder = mcfg.causal
+    pooling = cfg.head.pooling if cfg.head.pooling != "auto" else ("last" if decoder else "mean")
+    head_type = (
+        cfg.head.head if cfg.head.head != "auto" else ("linear" if decoder else "dense_norm")
+    )
+    head = HeadConfig(
+        num_labels=task.num_labels,
+        pooling=pooling,
+        head=head_type,
+        dropout=cfg.head.dropout,
+        label_names=task.label_names,
+    )
+    if mcfg.pad_token_id is None:
+        mcfg = mcfg.model_copy(update={"pad_token_id": base.tokenizer.pad_id})
+    model = SequenceClassifier(mcfg, head)
+    # Copy every tensor whose name and shape match: the backbone (model.*) always, and an MLM
+    # encoder's head.dense / head.norm (ModernBERT's classification head starts from them).
+    src = base.model.state_dict()
+    dst = model.state_dict()
+    copied = {k: v for k, v in src.items() if k in dst and dst[k].shape == v.shape}
+    model.load_state_dict(copied, strict=False)
+    missing_backbone = [k for k in dst if k.startswith("model.") and k not in copied]
+    if missing_backbone:
+        raise ConfigError(f"{cfg.init} lacks backbone weights: {missing_backbone[:5]}")
+
+    head_modules = ["classifier"] + (["head"] if head_type != "linear" else [])
+    if cfg.method == "lora":
+        inject_lora(
+            model,
+            cfg.lora.target_modules,
+            r=cfg.lora.r,
+            alpha=cfg.lora.alpha,
+            dropout=cfg.lora.dropout,
+            rslora=cfg.lora.rslora,
+            modules_to_save=head_modules,
+        )
+    elif cfg.method == "probe":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.split(".")[0] in head_modules
+    return model, base.tokenizer, head_modules
+
+
+# --------------------------------------------------------------------------------------------
+# Inference shared by train / eval / predict
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_logits(
+    model,
+    tokenizer,
+    texts: list[str],
+    max_length: int,
+    batch_size: int = 64,
+    padding_side: str = "right",
+) -> tuple[np.ndarray, list[int], list[bool]]:
+    """Logits for texts, batched by similar length (sorted, then restored to input order)."""
+    model.eval()
+    ids, truncated = encode_examples(tokenizer, texts, max_length)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), model.head_cfg.num_labels), dtype=np.float32)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = pad_batch([ids[i] for i in idx], tokenizer.pad_id, padding_side)
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        out[idx] = logits.float().numpy()
+    return out, [len(x) for x in ids], truncated
+
+
+def evaluate_run(
+    model, tokenizer, task: Task, split: str, out_dir: Path, cfg: ClassifyConfig
+) -> dict:
+    rows = subsample(task.split(split), cfg.task.max_eval_examples, cfg.task.seed)
+    texts, labels = [t for t, _ in rows], [y for _, y in rows]
+    logits, lengths, truncated = predict_logits(
+        model, tokenizer, texts, cfg.task.max_length, cfg.eval_batch_size, cfg.padding_side
+    )
+    slices = {
+        "tokens": [length_bucket(n) for n in lengths],
+        "truncated": ["yes" if t else "no" for t in truncated],
+    }
+    for col, values in column_slices(cfg, texts).items():
+        slices[col] = values
+    report = evaluate_split(
+        out_dir / "eval" / split,
+        texts,
+        labels,
+        logits,
+        task.label_names,
+        task.train_counts(),
+        slices=slices,
+    )
+    report["truncated_examples"] = int(sum(truncated))
+    return report
+
+
+def column_slices(cfg: ClassifyConfig, texts: list[str]) -> dict[str, list]:
+    """Values of the user's slice columns for each text, read from the raw data."""
+    if not cfg.slice_columns:
+        return {}
+    from lmforge.data.tasks import CFPB_COLUMNS, _read_table
+    from lmforge.errors import DataError
+
+    tables = _read_table(cfg.task.path)
+    out = {}
+    for col in cfg.slice_columns:
+        lookup: dict[str, str] = {}
+        for table in tables.values():
+            renames = {**CFPB_COLUMNS, **cfg.task.column_map}
+            table = table.rename_columns([renames.get(c, c) for c in table.column_names])
+            if col not in table.column_names:
+                raise DataError(
+                    f"slice column '{col}' is not in {cfg.task.path}. Columns: {', '.join(table.column_names)}"
+                )
+            for t, v in zip(
+                table.column(cfg.task.text_column).to_pylist(), table.column(col).to_pylist()
+            ):
+                lookup.setdefault(t or "", str(v))
+        out[col] = [lookup.get(t, "(unknown)") for t in texts]
+    return out
+
+
+def speed(model, tokenizer, texts: list[str], cfg: ClassifyConfig) -> dict:
+    def prepare(batch_texts):
+        ids, _ = encode_examples(tokenizer, batch_texts, cfg.task.max_length)
+        return pad_batch(ids, tokenizer.pad_id, cfg.padding_side)
+
+    def run(batch):
+        return model(batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    model.eval()
+    return measure_speed(prepare, run, texts)
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: ClassifyConfig) -> dict:
+    t_start = time.perf_counter()
+    out = Path(cfg.out_dir)
+    seed_everything(cfg.trainer.seed)
+    fresh = not out.exists()
+    try:
+        task = resolve_task(cfg.task, out / "task")
+        model, tokenizer, head_modules = build_classifier(cfg, task)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "checkpoints").exists():
+        save_config(cfg, out / "config.yaml")
+
+    train_rows = subsample(task.train, cfg.task.max_train_examples, cfg.task.seed)
+    val_rows = subsample(task.val, cfg.task.max_eval_examples, cfg.task.seed)
+    train_ids, train_trunc = encode_examples(
+        tokenizer, [t for t, _ in train_rows], cfg.task.max_length
+    )
+    loader = ClassificationBatches(
+        train_ids,
+        [y for _, y in train_rows],
+        cfg.batch_size,
+        tokenizer.pad_id,
+        seed=cfg.trainer.seed,
+        padding_side=cfg.padding_side,
+    )
+    tcfg = cfg.trainer.model_copy(update={"micro_batch_size": cfg.batch_size})
+    tcfg.max_steps = max(1, round(cfg.epochs * loader.steps_per_epoch))
+    counts = [0] * task.num_labels
+    for _, y in train_rows:
+        counts[y] += 1
+    loss_fn = classification_loss_fn(class_weights(counts, cfg.class_weights), cfg.label_smoothing)
+    params = count_parameters(model)
+    print(
+        f"[classify] {cfg.method} on {cfg.init}: {params['trainable']:,} of {params['total']:,} "
+        f"parameters trainable ({100 * params['trainable'] / params['total']:.2f}%); "
+        f"{len(train_rows):,} training examples, {task.num_labels} labels, {tcfg.max_steps} steps"
+    )
+
+    val_texts, val_labels = [t for t, _ in val_rows], np.array([y for _, y in val_rows])
+    known = val_labels >= 0
+
+    def eval_fn(m):
+        from lmforge.eval.metrics import macro_f1
+
+        logits, _, _ = predict_logits(
+            m, tokenizer, val_texts, cfg.task.max_length, cfg.eval_batch_size, cfg.padding_side
+        )
+        m.train()
+        z, y = logits[known], val_labels[known]
+        loss = torch.nn.functional.cross_entropy(torch.from_numpy(z), torch.from_numpy(y)).item()
+        pred = z.argmax(1)
+        return {
+            "val_loss": loss,
+            "val_accuracy": float((pred == y).mean()),
+            "val_macro_f1": macro_f1(y, pred, task.num_labels),
+        }
+
+    trainer = Trainer(
+        tcfg,
+        model,
+        loss_fn,
+        loader,
+        out,
+        eval_fn=eval_fn if known.any() else None,
+        lr_overrides={name: cfg.head_lr_mult for name in head_modules}
+        if cfg.head_lr_mult != 1.0
+        else None,
+    )
+    result = trainer.fit()
+    model = trainer.model.float()
+
+    # Artifact: LoRA adapters in PEFT's format, then the merged model that inference loads.
+    adapter_mb = None
+    if cfg.method == "lora":
+        # transformers calls a decoder's linear head `score` (Qwen2/Llama *ForSequenceClassification)
+        # and an encoder's `head` + `classifier` (ModernBERT), as we do.
+        linear = model.head_cfg.head == "linear"
+        save_adapter(
+            model,
+            out / "adapter",
+            r=cfg.lora.r,
+            alpha=cfg.lora.alpha,
+            dropout=cfg.lora.dropout,
+            targets=cfg.lora.target_modules,
+            modules_to_save=head_modules,
+            task_type="SEQ_CLS",
+            base_model_name_or_path=cfg.init,
+            rslora=cfg.lora.rslora,
+            rename=(lambda k: k.replace("classifier", "score")) if linear else None,
+            hf_modules_to_save=["score"] if linear else head_modules,
+        )
+        adapter_mb = dir_size_mb(out / "adapter")
+        merge_lora(model)
+        model = unwrap_lora(model)
+    model.eval()
+    save_model_artifact(out, model, kind="sequence_classifier")
+    tokenizer.save(out)
+    write_json(
+        out / "labels.json", {"names": task.label_names, "train_counts": task.train_counts()}
+    )
+
+    summary: dict = {
+        "stage": "classify",
+        "method": cfg.method,
+        "init": cfg.init,
+        "task": cfg.task.path,
+        "num_labels": task.num_labels,
+        "train_examples": len(train_rows),
+        "train_truncated": int(sum(train_trunc)),
+        "params_total": params["total"],
+        "params_trainable": params["trainable"],
+        "trainable_pct": 100 * params["trainable"] / params["total"],
+        "train": result,
+    }
+    for split in cfg.eval_splits:
+        if task.split(split):
+            report = evaluate_run(model, tokenizer, task, split, out, cfg)
+            summary[split] = {
+                **headline(report),
+                "truncated_examples": report["truncated_examples"],
+            }
+    if cfg.speed:
+        summary.update(speed(model, tokenizer, [t for t, _ in (task.val or task.train)[:200]], cfg))
+    summary["checkpoint_mb"] = dir_size_mb(out, ("model.safetensors", "model.json"))
+    if adapter_mb is not None:
+        summary["adapter_mb"] = adapter_mb
+    first = next((s for s in cfg.eval_splits if s in summary), None)
+    if first:
+        summary.update(summary[first])
+    summary["stage_seconds"] = time.perf_counter() - t_start
+    plot_training_curves(out / "metrics.jsonl", out / "loss.png", title=f"classify {cfg.method}")
+    write_json(out / "summary.json", summary)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    trainer.best_path.unlink(missing_ok=True)
+    return summary
+
+
+def _run_config(run_dir: str | Path) -> ClassifyConfig:
+    p = Path(run_dir) / "config.yaml"
+    if not p.is_file():
+        raise ConfigError(f"{run_dir} is not a classify run directory (no config.yaml)")
+    return load_config(ClassifyConfig, p)
+
+
+def _run_task(run_dir: Path, cfg: ClassifyConfig) -> Task:
+    prepared = run_dir / "task"
+    return load_task(prepared) if prepared.exists() else resolve_task(cfg.task, prepared)
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict:
+    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
+    loaded = load(run_dir)
+    task = _run_task(run_dir, cfg)
+    report = evaluate_run(loaded.model, loaded.tokenizer, task, split, run_dir, cfg)
+    return {
+        **headline(report),
+        "truncated_examples": report["truncated_examples"],
+        "outputs": str(run_dir / "eval" / split),
+    }
+
+
+def predict(
+    run_dir: str | Path,
+    input_path: str,
+    output_path: str,
+    text_column: str = "text",
+    top_k: int = 3,
+) -> dict:
+    """Add `predicted`, `confidence` and the top-k labels to every row of a csv/jsonl/parquet file."""
+    import pyarrow as pa
+
+    from lmforge.data.tasks import _read_table
+    from lmforge.eval.metrics import softmax
+
+    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
+    loaded = load(run_dir)
+    table = _read_table(input_path)["train"]
+    if text_column not in table.column_names:
+        from lmforge.errors import DataError
+
+        raise DataError(
+            f"{input_path}: no column '{text_column}'. Columns: {', '.join(table.column_names)} (use --text-column)"
+        )
+    texts = ["" if t is None else str(t) for t in table.column(text_column).to_pylist()]
+    logits, _, truncated = predict_logits(
+        loaded.model,
+        loaded.tokenizer,
+        texts,
+        cfg.task.max_length,
+        cfg.eval_batch_size,
+        cfg.padding_side,
+    )
+    probs = softmax(logits.astype(np.float64))
+    names = loaded.model.head_cfg.label_names
+    top = np.argsort(-probs, axis=1)[:, :top_k]
+    table = table.append_column("predicted", pa.array([names[i] for i in top[:, 0]]))
+    table = table.append_column("confidence", pa.array(probs.max(1).astype(np.float32)))
+    table = table.append_column(
+        "top_labels", pa.array(["|".join(names[i] for i in row) for row in top])
+    )
+    table = table.append_column("truncated", pa.array(truncated))
+    _write_table(table, Path(output_path))
+    return {"rows": len(texts), "output": output_path, "truncated": int(sum(truncated))}
+
+
+def _write_table(table, path: Path) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.json  # noqa: F401
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".parquet":
+        pq.write_table(table, tmp)
+    elif path.suffix == ".csv":
+        pacsv.write_csv(table, tmp)
+    elif path.suffix == ".jsonl":
+        import json
+
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist()))
+    else:
+        raise ConfigError(f"--output {path}: use a .csv, .jsonl or .parquet file name")
+    tmp.replace(path)
+
+
+def compare(
+    run_a: str | Path,
+    run_b: str | Path,
+    split: str = "test",
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Paired bootstrap of the macro-F1 difference (a - b), overall and per tier, on the same
+    examples (each run's eval/<split>/predictions.parquet, written by train or eval)."""
+    import pyarrow.parquet as pq
+
+    from lmforge.eval.metrics import assign_tiers, paired_bootstrap
+
+    preds, labels_info = [], None
+    for run in (Path(run_a), Path(run_b)):
+        f = run / "eval" / split / "predictions.parquet"
+        if not f.is_file():
+            raise ConfigError(
+                f"{f} is missing: run `lmforge classify eval {run} --split {split}` first"
+            )
+        preds.append(pq.read_table(f).to_pydict())
+        info = run / "labels.json"
+        if labels_info is None and info.is_file():
+            labels_info = read_json(info)
+    a, b = preds
+    if a["text"] != b["text"] or a["label"] != b["label"]:
+        raise ConfigError(
+            f"{run_a} and {run_b} were evaluated on different examples of '{split}' "
+            "(different tasks or subsamples); a paired comparison needs the same ones"
+        )
+    if labels_info is None:
+        raise ConfigError(
+            f"neither {run_a} nor {run_b} has labels.json; is it a classify or baseline run?"
+        )
+    names = labels_info["names"]
+    index = {n: i for i, n in enumerate(names)}
+    keep = [i for i, y in enumerate(a["label"]) if y in index]
+    y = np.array([index[a["label"][i]] for i in keep])
+    pa_ = np.array([index[a["predicted"][i]] for i in keep])
+    pb_ = np.array([index[b["predicted"][i]] for i in keep])
+    tiers = assign_tiers(labels_info["train_counts"]) if "train_counts" in labels_info else None
+    result = paired_bootstrap(y, pa_, pb_, len(names), tiers, n_resamples, seed)
+    return {
+        "a": str(run_a),
+        "b": str(run_b),
+        "split": split,
+        "examples": len(keep),
+        "n_resamples": n_resamples,
+        "macro_f1_difference_a_minus_b": result,
+    }

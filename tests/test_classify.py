@@ -1,0 +1,215 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_config, tiny_qwen2_classifier
+from test_baseline import REQUIRED, topic_csv
+
+from lmforge.artifact import load, save_model_artifact
+from lmforge.cli import main
+from lmforge.model.heads import HeadConfig, SequenceClassifier
+from lmforge.model.transformer import LanguageModel
+from lmforge.stages.classify import ClassifyConfig, train
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.objectives import class_weights, mask_tokens
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny 'pretrained' decoder artifact with a real tokenizer."""
+    tok = Tokenizer.load(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = tiny_config(vocab_size=tok.vocab_size, max_seq_len=64, pad_token_id=tok.pad_id)
+    out = tmp_path_factory.mktemp("init") / "decoder"
+    save_model_artifact(out, LanguageModel(cfg))
+    tok.save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def task_csv(tmp_path_factory):
+    return topic_csv(tmp_path_factory.mktemp("task"), n=240)
+
+
+def recipe(tmp_path, init, data, method, **kw):
+    base = dict(
+        out_dir=str(tmp_path / method),
+        init=str(init),
+        method=method,
+        task={"path": str(data), "max_length": 16},
+        epochs=6,
+        batch_size=16,
+        speed=True,
+        trainer={
+            "lr": 5e-3,
+            "warmup_steps": 5,
+            "eval_every": 20,
+            "checkpoint_every": 0,
+            "progress": False,
+            "precision": "fp32",
+            "early_stop": {"metric": "val_macro_f1", "patience": 50},
+        },
+    )
+    base.update(kw)
+    return ClassifyConfig.model_validate(base)
+
+
+def backbone(state):
+    return {k: v for k, v in state.items() if k.startswith("model.")}
+
+
+def test_probe_trains_only_the_head(tmp_path, decoder_dir, task_csv):
+    summary = train(recipe(tmp_path, decoder_dir, task_csv, "probe"))
+    assert REQUIRED <= set(summary)
+    assert summary["params_trainable"] == 32 * 4  # a bias-free Linear(32 -> 4 labels)
+    before = backbone(load(decoder_dir).model.state_dict())
+    after = backbone(load(tmp_path / "probe").model.state_dict())
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lora_saves_peft_adapter_and_merged_model_and_learns(tmp_path, decoder_dir, task_csv):
+    summary = train(
+        recipe(tmp_path, decoder_dir, task_csv, "lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    )
+    run = tmp_path / "lora"
+    cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["task_type"] == "SEQ_CLS"
+    from safetensors.torch import load_file
+
+    keys = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert any(k.endswith("q_proj.lora_A.weight") for k in keys)
+    assert "base_model.model.score.weight" in keys  # transformers names a decoder head `score`
+    # the merged artifact is a plain classifier with the label names
+    loaded = load(run)
+    assert isinstance(loaded.model, SequenceClassifier)
+    assert loaded.model.head_cfg.label_names == ["animal", "food", "motion", "weather"]
+    assert 0 < summary["trainable_pct"] < 100
+    assert summary["macro_f1"] > 0.5, summary  # the topic words give the label away
+
+
+def test_full_fine_tune_with_class_weights_beats_chance(tmp_path, decoder_dir, task_csv):
+    summary = train(
+        recipe(
+            tmp_path,
+            decoder_dir,
+            task_csv,
+            "full",
+            class_weights="sqrt_inverse",
+            label_smoothing=0.1,
+            slice_columns=["label"],
+        )
+    )
+    assert summary["params_trainable"] == summary["params_total"]
+    assert summary["accuracy"] > 0.6
+    assert set(summary["tier_macro_f1"]) == {"head", "mid", "tail", "rare"}
+    # outputs a report needs
+    for f in (
+        "per_class.csv",
+        "confusion.png",
+        "reliability.png",
+        "hardest.json",
+        "predictions.parquet",
+    ):
+        assert (tmp_path / "full" / "eval" / "test" / f).exists()
+    metrics = json.loads((tmp_path / "full" / "eval" / "test" / "metrics.json").read_text())
+    assert set(metrics["slices"]) == {"tokens", "truncated", "label"}
+    # slicing by the label column itself: each slice holds exactly one class's examples
+    assert sum(v["n"] for v in metrics["slices"]["label"].values()) == metrics["num_examples"]
+
+
+def test_cli_eval_predict_compare(tmp_path, decoder_dir, task_csv, capsys):
+    for method in ("probe", "full"):
+        train(recipe(tmp_path, decoder_dir, task_csv, method, epochs=2, speed=False))
+    capsys.readouterr()
+    assert main(["classify", "eval", str(tmp_path / "probe"), "--split", "val"]) == 0
+    assert "macro_f1" in json.loads(capsys.readouterr().out)
+    new = tmp_path / "new.csv"
+    new.write_text("id,body\n1,dog cat wolf\n2,\n")
+    out = tmp_path / "preds.jsonl"
+    predict = [
+        "classify",
+        "predict",
+        str(tmp_path / "full"),
+        "--input",
+        str(new),
+        "--output",
+        str(out),
+    ]
+    assert main([*predict, "--text-column", "body"]) == 0
+    capsys.readouterr()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["1", "2"] and all(r["predicted"] for r in rows)
+    assert main(predict) == 2  # the default text column does not exist
+    assert "no column 'text'" in capsys.readouterr().err
+    capsys.readouterr()
+    assert (
+        main(["compare", str(tmp_path / "full"), str(tmp_path / "probe"), "--resamples", "50"]) == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    d = res["macro_f1_difference_a_minus_b"]["overall"]
+    assert d["ci95"][0] <= d["delta"] <= d["ci95"][1]
+    assert "rare" in res["macro_f1_difference_a_minus_b"]
+
+
+def test_missing_init_is_a_clear_error_and_writes_nothing(tmp_path, task_csv):
+    cfg = recipe(tmp_path, tmp_path / "nope", task_csv, "lora")
+    with pytest.raises(Exception, match="does not exist"):
+        train(cfg)
+    assert not (tmp_path / "lora").exists()
+
+
+def test_decoder_pooling_matches_transformers_qwen2_left_and_right_padding():
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tiny_config(n_kv_head=2, attn_qkv_bias=True, pad_token_id=0, rope_theta=10000.0)
+    ours = SequenceClassifier(cfg, HeadConfig(num_labels=3)).eval()
+    hf = tiny_qwen2_classifier(cfg, num_labels=3)
+    hf = hf.eval()
+    state = {
+        ("score.weight" if k == "classifier.weight" else k): v for k, v in ours.state_dict().items()
+    }
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing)
+    rows = [[5, 6, 7, 8, 9], [11, 12, 13]]
+    for side in ("right", "left"):
+        ids = torch.zeros(2, 5, dtype=torch.long)
+        mask = torch.zeros(2, 5, dtype=torch.long)
+        for i, r in enumerate(rows):
+            sl = slice(0, len(r)) if side == "right" else slice(5 - len(r), 5)
+            ids[i, sl], mask[i, sl] = torch.tensor(r), 1
+        with torch.no_grad():
+            want = hf(input_ids=ids, attention_mask=mask).logits
+            got = ours(ids, attention_mask=mask)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_class_weights():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    counts = [90, 9, 1, 0]
+    w = class_weights(counts, "sqrt_inverse")
+    assert w[3] == 0 and abs(float(w[:3].mean()) - 1) < 1e-6 and w[2] > w[1] > w[0]
+    y = np.repeat([0, 1, 2], counts[:3])
+    sk = compute_class_weight("balanced", classes=np.array([0, 1, 2]), y=y)
+    assert np.allclose(class_weights(counts, "balanced")[:3].numpy(), sk)
+    assert class_weights(counts, "none") is None
+
+
+def test_mlm_masking_rates_and_specials():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 100, (64, 128))
+    ids[:, 0] = 1  # BOS is never masked
+    corrupted, labels = mask_tokens(
+        ids, mask_id=5, vocab_size=100, special_ids=[1, 0, 2], rate=0.3, generator=g
+    )
+    chosen = labels >= 0
+    assert not chosen[:, 0].any()
+    assert abs(chosen.float().mean().item() - 0.3 * 127 / 128) < 0.01
+    assert torch.equal(labels[chosen], ids[chosen])
+    as_mask = (corrupted == 5) & chosen
+    unchanged = (corrupted == ids) & chosen
+    assert abs(as_mask.sum().item() / chosen.sum().item() - 0.8) < 0.02
+    assert 0.08 < unchanged.sum().item() / chosen.sum().item() < 0.12  # 10% kept (+ random hits)
+    assert torch.equal(corrupted[~chosen], ids[~chosen])
