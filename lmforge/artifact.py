@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,22 @@ from lmforge.model.transformer import LanguageModel
 from lmforge.train.checkpoint import load_weights, save_weights
 from lmforge.utils import read_json, write_json
 
-KINDS = ("causal_lm", "masked_lm", "sequence_classifier")
+KINDS = ("causal_lm", "masked_lm", "sequence_classifier", "encoder")
 
 
 def build_model(kind: str, cfg: ModelConfig, meta: dict | None = None) -> nn.Module:
     """A fresh model of an artifact kind (weights are loaded separately)."""
-    from lmforge.model.heads import HeadConfig, MaskedLM, SequenceClassifier
+    from lmforge.model.heads import Encoder, HeadConfig, MaskedLM, SequenceClassifier
 
+    meta = meta or {}
     if kind == "causal_lm":
         return LanguageModel(cfg)
     if kind == "masked_lm":
-        return MaskedLM(cfg)
+        return MaskedLM(cfg, **meta.get("mlm_head", {}))
     if kind == "sequence_classifier":
-        return SequenceClassifier(cfg, HeadConfig.model_validate((meta or {}).get("head", {})))
+        return SequenceClassifier(cfg, HeadConfig.model_validate(meta.get("head", {})))
+    if kind == "encoder":
+        return Encoder(cfg, pooler=meta.get("pooler", False))
     raise CheckpointError(f"unknown model kind '{kind}' (known: {', '.join(KINDS)})")
 
 
@@ -46,6 +49,7 @@ class Loaded:
     config: ModelConfig
     kind: str
     path: Path
+    meta: dict = field(default_factory=dict)  # model.json (or what an HF import derived)
 
 
 def save_model_artifact(
@@ -57,8 +61,8 @@ def save_model_artifact(
         model, out_dir / "model.safetensors", metadata={"format": "pt", "lmforge_kind": kind}
     )
     meta = {"kind": kind, "model": model.cfg.model_dump(mode="json")}
-    if hasattr(model, "head_cfg"):
-        meta["head"] = model.head_cfg.model_dump(mode="json")
+    if hasattr(model, "artifact_meta"):
+        meta.update(model.artifact_meta())
     write_json(out_dir / "model.json", meta)
 
 
@@ -88,18 +92,26 @@ def read_model_config(path: str | os.PathLike) -> tuple[str, ModelConfig]:
 def load(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> Loaded:
-    """The model, tokenizer and config of an artifact directory, ready for inference."""
+    """The model, tokenizer and config of an lmforge artifact directory, a Hugging Face
+    checkpoint directory, or ``hf:<repo id>`` (the hub, or its cache when offline)."""
+    from lmforge.model import hf
     from lmforge.tokenizer import Tokenizer
 
-    path = Path(path)
+    path = hf.resolve(path)
     if not path.is_dir():
         raise CheckpointError(
-            f"{path} is not a directory; give the output directory of an lmforge stage"
+            f"{path} is not a directory; give the output directory of an lmforge stage or a "
+            "Hugging Face checkpoint directory"
         )
+    has_tokenizer = (path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()
+    tokenizer = Tokenizer.load(path) if has_tokenizer else None
+    if hf.is_hf_dir(path):
+        model, kind, cfg, meta = hf.load_hf(path, dtype=dtype, device=device)
+        return Loaded(model=model, tokenizer=tokenizer, config=cfg, kind=kind, path=path, meta=meta)
     kind, cfg = read_model_config(path)
-    model = build_model(kind, cfg, read_model_meta(path))
+    meta = read_model_meta(path)
+    model = build_model(kind, cfg, meta)
     load_weights(model, path / "model.safetensors")
     model.to(device=device, dtype=dtype)
     model.eval()
-    tokenizer = Tokenizer.load(path) if (path / "tokenizer.json").is_file() else None
-    return Loaded(model=model, tokenizer=tokenizer, config=cfg, kind=kind, path=path)
+    return Loaded(model=model, tokenizer=tokenizer, config=cfg, kind=kind, path=path, meta=meta)

@@ -264,13 +264,44 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--out", help="also write the result as JSON here")
 
+    conv = verbs.add_parser(
+        "convert",
+        help="Hugging Face checkpoints in and out (Qwen2.5, Llama, GPT-2, ModernBERT, BERT)",
+        description=textwrap.dedent(
+            """\
+            Import a transformers checkpoint as an lmforge artifact, or export one so that
+            transformers (and PEFT, for LoRA runs) load it without help.
+              lmforge convert --from-hf /path/to/Qwen2.5-0.5B --out runs/qwen
+              lmforge convert --from-hf hf:Qwen/Qwen2.5-0.5B --out runs/qwen   (hub or its cache)
+              lmforge convert --to-hf runs/demo/pretrain --out export/pretrain
+              lmforge convert --to-hf runs/demo/cls-decoder-lora --out export/cls  (+ base/, adapter/)
+            Every verb that takes a model also takes a Hugging Face directory or hf:<repo> directly;
+            converting first only saves the import on every run.
+            Supported: LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel, ModernBertModel /
+            ForMaskedLM / ForSequenceClassification, BertModel / ForSequenceClassification (and
+            the decoders' ForSequenceClassification).
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    way = conv.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-hf", metavar="DIR|hf:REPO", help="a transformers checkpoint to import")
+    way.add_argument("--to-hf", metavar="ARTIFACT", help="an lmforge artifact to export")
+    conv.add_argument("--out", required=True, help="the directory to write")
+    conv.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], help="cast the weights (default: keep)"
+    )
+
     gen = verbs.add_parser(
         "generate",
         help="continue a prompt with a trained model",
         description="Sample a continuation from a model artifact, streamed to stdout (KV cache).",
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
-    gen.add_argument("model", help="an artifact directory (e.g. runs/demo/pretrain)")
+    gen.add_argument(
+        "model",
+        help="an artifact directory (e.g. runs/demo/pretrain), an HF directory or hf:<repo>",
+    )
     gen.add_argument("--prompt", "-p", default="", help="the text to continue")
     gen.add_argument("--max-new-tokens", "-n", type=int, default=100)
     gen.add_argument("--temperature", "-t", type=float, default=0.8, help="0 = greedy")
@@ -479,6 +510,17 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from lmforge.stages import convert
+
+    if args.from_hf:
+        result = convert.from_hf(args.from_hf, args.out, args.dtype)
+    else:
+        result = convert.to_hf(args.to_hf, args.out, args.dtype)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_generate(args) -> int:
     from lmforge.artifact import load
     from lmforge.infer.generate import SamplingConfig, stream_text
@@ -515,6 +557,7 @@ COMMANDS = {
     "baseline": cmd_baseline,
     "classify": cmd_classify,
     "compare": cmd_compare,
+    "convert": cmd_convert,
 }
 
 

@@ -40,13 +40,34 @@ SPECIAL_TOKENS = [EOS, BOS, PAD, IM_START, IM_END, MASK, SEP, UNK]
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
 
 
-class Tokenizer:
-    """A thin wrapper that names the special ids; the HF tokenizer does the work."""
+# Roles every stage asks for by name, and lmforge's own token for each. A tokenizer from
+# elsewhere (Qwen2.5, BERT, ...) names its own in tokenizer_config.json / special_tokens_map.json.
+ROLES = {
+    "eos": EOS,
+    "bos": BOS,
+    "pad": PAD,
+    "im_start": IM_START,
+    "im_end": IM_END,
+    "mask": MASK,
+    "sep": SEP,
+    "unk": UNK,
+    "cls": None,
+}
 
-    def __init__(self, hf: HFTokenizer):
+
+class Tokenizer:
+    """A thin wrapper that names the special ids; the HF tokenizer does the work.
+
+    ``specials`` maps a role ("eos", "pad", "cls", ...) to its token string; roles it leaves
+    out fall back to lmforge's token of that name when the vocabulary has it.
+    """
+
+    def __init__(self, hf: HFTokenizer, specials: dict[str, str | None] | None = None):
         self.hf = hf
         vocab = hf.get_vocab(with_added_tokens=True)
-        self._ids = {t: vocab.get(t) for t in SPECIAL_TOKENS}
+        self.specials = {r: t for r, t in ROLES.items() if t is not None and t in vocab}
+        self.specials.update({r: t for r, t in (specials or {}).items() if r in ROLES})
+        self._ids = {r: vocab.get(t) if t else None for r, t in self.specials.items()}
 
     # --- ids -----------------------------------------------------------------------------
     @property
@@ -59,33 +80,53 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str | None:
         return self.hf.id_to_token(i)
 
+    def role_id(self, role: str) -> int | None:
+        return self._ids.get(role)
+
+    def set_role(self, role: str, token_id: int) -> None:
+        """Name a special token (e.g. the pad token a model's config gives but the tokenizer's
+        files do not)."""
+        token = self.id_to_token(token_id)
+        if role not in ROLES or token is None:
+            raise ConfigError(f"cannot make id {token_id} the {role} token of this tokenizer")
+        self.specials[role], self._ids[role] = token, token_id
+
     @property
     def eos_id(self) -> int | None:
-        return self._ids[EOS]
+        return self._ids.get("eos")
 
     @property
     def bos_id(self) -> int | None:
-        return self._ids[BOS]
+        return self._ids.get("bos")
 
     @property
     def pad_id(self) -> int | None:
-        return self._ids[PAD]
+        return self._ids.get("pad")
 
     @property
     def mask_id(self) -> int | None:
-        return self._ids[MASK]
+        return self._ids.get("mask")
+
+    @property
+    def cls_id(self) -> int | None:
+        return self._ids.get("cls")
 
     @property
     def im_start_id(self) -> int | None:
-        return self._ids[IM_START]
+        return self._ids.get("im_start")
 
     @property
     def im_end_id(self) -> int | None:
-        return self._ids[IM_END]
+        return self._ids.get("im_end")
 
     @property
     def special_ids(self) -> set[int]:
         return {i for i in self._ids.values() if i is not None}
+
+    @property
+    def is_lmforge(self) -> bool:
+        """Trained by lmforge (its reserved specials at ids 0..7)."""
+        return [self.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
 
     # --- text <-> ids --------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
@@ -112,6 +153,33 @@ class Tokenizer:
             ids = [*ids, self.eos_id]
         return ids
 
+    def encode_for_classification(
+        self, texts: list[str], max_length: int
+    ) -> tuple[list[list[int]], list[bool]]:
+        """Each text in the tokenizer's own single-sequence template, cut to max_length tokens.
+
+        The template is the tokenizer's: BERT and ModernBERT add [CLS] ... [SEP], Qwen2.5 adds
+        nothing (its classifier reads the last text token); lmforge's tokenizers add BOS ... EOS.
+        Returns the ids and, per text, whether it was truncated (reported as a slice).
+        """
+        from tokenizers import processors
+
+        hf = HFTokenizer.from_str(self.hf.to_str())  # a copy: truncation is a setting on it
+        if self.is_lmforge:
+            hf.post_processor = processors.TemplateProcessing(
+                single=f"{BOS} $A {EOS}",
+                special_tokens=[(BOS, self.bos_id), (EOS, self.eos_id)],
+            )
+        if max_length <= hf.num_special_tokens_to_add(is_pair=False):
+            raise ConfigError(
+                f"task.max_length {max_length} leaves no room for text next to the "
+                f"{hf.num_special_tokens_to_add(is_pair=False)} special tokens this tokenizer adds"
+            )
+        hf.enable_truncation(max_length)
+        hf.no_padding()
+        encodings = hf.encode_batch(list(texts), add_special_tokens=True)
+        return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special)
 
@@ -124,40 +192,84 @@ class Tokenizer:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "tokenizer.json", self.hf.to_str())
-        special = {}
-        for key, tok in (
-            ("bos_token", BOS),
-            ("eos_token", EOS),
-            ("pad_token", PAD),
-            ("mask_token", MASK),
-            ("unk_token", UNK),
-            ("sep_token", SEP),
-        ):
-            if self.token_to_id(tok) is not None:
-                special[key] = tok
+        special = {
+            f"{role}_token": tok
+            for role, tok in self.specials.items()
+            if role in ("bos", "eos", "pad", "mask", "unk", "sep", "cls") and tok
+        }
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": 1_000_000,
             "clean_up_tokenization_spaces": False,
-            "add_prefix_space": False,
             **special,
         }
+        if self.is_lmforge:
+            config["add_prefix_space"] = False
         write_json(out_dir / "tokenizer_config.json", config)
         write_json(out_dir / "special_tokens_map.json", special)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """tokenizer.json (with the special-token names beside it), or a WordPiece vocab.txt."""
         path = Path(path)
+        folder = path if path.is_dir() else path.parent
         file = path / "tokenizer.json" if path.is_dir() else path
+        specials = _special_names(folder)
+        if not file.is_file() and (folder / "vocab.txt").is_file():
+            bert = {
+                "pad": "[PAD]",
+                "unk": "[UNK]",
+                "cls": "[CLS]",
+                "sep": "[SEP]",
+                "mask": "[MASK]",
+            }
+            return cls(_wordpiece_from_vocab(folder), {**bert, **specials})
         if not file.is_file():
             raise DataError(
                 f"no tokenizer at {path} (expected {file}). Train one with "
                 f"`lmforge tokenizer train --data DATA --out {path}`"
             )
         try:
-            return cls(HFTokenizer.from_file(str(file)))
+            return cls(HFTokenizer.from_file(str(file)), specials)
         except Exception as e:  # the Rust side raises a plain Exception for a bad file
             raise DataError(f"{file} is not a valid tokenizer.json ({e})") from None
+
+
+def _special_names(folder: Path) -> dict[str, str | None]:
+    """Role -> token from transformers' tokenizer_config.json and special_tokens_map.json."""
+    from lmforge.utils import read_json
+
+    out: dict[str, str | None] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if not (folder / name).is_file():
+            continue
+        try:
+            data = read_json(folder / name)
+        except ValueError as e:
+            raise DataError(f"{folder / name} is not valid JSON ({e})") from None
+        for role in ROLES:
+            key = f"{role}_token"
+            if key in data:
+                value = data[key]
+                out[role] = value.get("content") if isinstance(value, dict) else value
+    return out
+
+
+def _wordpiece_from_vocab(folder: Path) -> HFTokenizer:
+    """A BERT tokenizer.json built from vocab.txt, as transformers' BertTokenizerFast does."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    from lmforge.utils import read_json
+
+    config = (
+        read_json(folder / "tokenizer_config.json")
+        if (folder / "tokenizer_config.json").is_file()
+        else {}
+    )
+    wp = BertWordPieceTokenizer(
+        str(folder / "vocab.txt"), lowercase=config.get("do_lower_case", True)
+    )
+    return wp._tokenizer
 
 
 def new_bpe() -> HFTokenizer:

@@ -213,3 +213,78 @@ def test_mlm_masking_rates_and_specials():
     assert abs(as_mask.sum().item() / chosen.sum().item() - 0.8) < 0.02
     assert 0.08 < unchanged.sum().item() / chosen.sum().item() < 0.12  # 10% kept (+ random hits)
     assert torch.equal(corrupted[~chosen], ids[~chosen])
+
+
+def _batch(loaded, texts, max_length=16):
+    from lmforge.data.tasks import pad_batch
+
+    ids, _ = loaded.tokenizer.encode_for_classification(texts, max_length)
+    return pad_batch(ids, loaded.model.cfg.pad_token_id, "right")
+
+
+def _exported_logits_agree(run, export, texts, num_labels):
+    """The run's merged classifier, its transformers export, and PEFT's adapter on the exported
+    base all give the same logits."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    ours = load(run)
+    batch = _batch(ours, texts)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    want = ours.model(ids, attention_mask=mask)
+    auto = transformers.AutoModelForSequenceClassification
+    merged = auto.from_pretrained(export).eval()
+    assert (merged(input_ids=ids, attention_mask=mask).logits - want).abs().max() < 1e-4
+    base = auto.from_pretrained(export / "base", num_labels=num_labels).eval()
+    with_adapter = peft.PeftModel.from_pretrained(base, export / "adapter").eval()
+    assert (with_adapter(input_ids=ids, attention_mask=mask).logits - want).abs().max() < 1e-4
+    return merged
+
+
+def test_lora_decoder_run_exports_for_transformers_and_peft(tmp_path, decoder_dir, task_csv):
+    train(
+        recipe(tmp_path, decoder_dir, task_csv, "lora", epochs=1, speed=False,
+               eval_splits=["val"], lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    )  # fmt: skip
+    assert main(["convert", "--to-hf", str(tmp_path / "lora"), "--out", str(tmp_path / "x")]) == 0
+    merged = _exported_logits_agree(
+        tmp_path / "lora", tmp_path / "x", ["dog cat rain", "the soup and bread"], 4
+    )
+    assert type(merged).__name__ == "LlamaForSequenceClassification"
+    assert merged.config.id2label[0] == "animal"
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny transformers BertModel with a WordPiece vocab.txt (no tokenizer.json)."""
+    transformers = pytest.importorskip("transformers")
+    from test_baseline import TOPICS
+
+    words = sorted({w for ws in TOPICS.values() for w in ws} | set("the a of with and in".split()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    out = tmp_path_factory.mktemp("bert") / "bert"
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=0,
+    )  # fmt: skip
+    transformers.BertModel(cfg).save_pretrained(out)
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return out
+
+
+def test_classify_from_a_transformers_bert_with_lora_exports_for_peft(tmp_path, bert_dir, task_csv):
+    """init is a Hugging Face directory: BERT's pooler + classifier head, [CLS] pooling, and a
+    LoRA adapter whose keys and targets are BERT's own names."""
+    summary = train(
+        recipe(tmp_path, bert_dir, task_csv, "lora", epochs=2, speed=False, eval_splits=["val"],
+               lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    )  # fmt: skip
+    run = tmp_path / "lora"
+    assert summary["adapter_hf_names"] is True
+    head = load(run).model.head_cfg
+    assert (head.head, head.pooling) == ("pooler_tanh", "cls")
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert "bert.encoder.layer.0.attention.self.query" in config["target_modules"]
+    assert main(["convert", "--to-hf", str(run), "--out", str(tmp_path / "x")]) == 0
+    merged = _exported_logits_agree(run, tmp_path / "x", ["dog cat rain", "the soup bread"], 4)
+    assert type(merged).__name__ == "BertForSequenceClassification"

