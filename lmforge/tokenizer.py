@@ -162,23 +162,33 @@ class Tokenizer:
         nothing (its classifier reads the last text token); lmforge's tokenizers add BOS ... EOS.
         Returns the ids and, per text, whether it was truncated (reported as a slice).
         """
-        from tokenizers import processors
-
-        hf = HFTokenizer.from_str(self.hf.to_str())  # a copy: truncation is a setting on it
-        if self.is_lmforge:
-            hf.post_processor = processors.TemplateProcessing(
-                single=f"{BOS} $A {EOS}",
-                special_tokens=[(BOS, self.bos_id), (EOS, self.eos_id)],
-            )
-        if max_length <= hf.num_special_tokens_to_add(is_pair=False):
-            raise ConfigError(
-                f"task.max_length {max_length} leaves no room for text next to the "
-                f"{hf.num_special_tokens_to_add(is_pair=False)} special tokens this tokenizer adds"
-            )
-        hf.enable_truncation(max_length)
-        hf.no_padding()
+        hf = self._truncating(max_length)
         encodings = hf.encode_batch(list(texts), add_special_tokens=True)
         return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+
+    def _truncating(self, max_length: int) -> HFTokenizer:
+        """A copy with the template and truncation set (settings live on the tokenizer), made
+        once per length: copying a 150k-token vocabulary costs far more than encoding."""
+        from tokenizers import processors
+
+        cache = self.__dict__.setdefault("_truncating_cache", {})
+        if max_length not in cache:
+            hf = HFTokenizer.from_str(self.hf.to_str())
+            if self.is_lmforge:
+                hf.post_processor = processors.TemplateProcessing(
+                    single=f"{BOS} $A {EOS}",
+                    special_tokens=[(BOS, self.bos_id), (EOS, self.eos_id)],
+                )
+            added = hf.num_special_tokens_to_add(is_pair=False)
+            if max_length <= added:
+                raise ConfigError(
+                    f"task.max_length {max_length} leaves no room for text next to the "
+                    f"{added} special tokens this tokenizer adds"
+                )
+            hf.enable_truncation(max_length)
+            hf.no_padding()
+            cache[max_length] = hf
+        return cache[max_length]
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special)

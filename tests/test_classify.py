@@ -288,3 +288,66 @@ def test_classify_from_a_transformers_bert_with_lora_exports_for_peft(tmp_path, 
     assert main(["convert", "--to-hf", str(run), "--out", str(tmp_path / "x")]) == 0
     merged = _exported_logits_agree(run, tmp_path / "x", ["dog cat rain", "the soup bread"], 4)
     assert type(merged).__name__ == "BertForSequenceClassification"
+
+
+def _hf_backbone(family, tok, out):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    v = tok.vocab_size
+    if family == "modernbert":
+        model = transformers.ModernBertModel(
+            transformers.ModernBertConfig(
+                vocab_size=v,
+                hidden_size=32,
+                intermediate_size=48,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                local_attention=8,
+                global_attn_every_n_layers=2,
+                pad_token_id=tok.pad_id,
+                bos_token_id=tok.bos_id,
+                eos_token_id=tok.eos_id,
+                cls_token_id=tok.bos_id,
+                sep_token_id=tok.eos_id,
+                classifier_pooling="mean",
+            )
+        )
+    else:
+        model = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(
+                vocab_size=v,
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_positions=64,
+                bos_token_id=tok.bos_id,
+                eos_token_id=tok.eos_id,
+                pad_token_id=tok.pad_id,
+            )
+        )
+    model.save_pretrained(out)  # fmt: skip
+    tok.save(out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "family,targets", [("modernbert", ["Wqkv", "Wo", "Wi"]), ("gpt2", ["c_attn", "c_proj"])]
+)
+def test_lora_on_fused_families_exports_an_exact_fused_peft_adapter(
+    tmp_path, tiny_tokenizer_dir, task_csv, family, targets
+):
+    """ModernBERT (Wqkv, Wi) and GPT-2 (c_attn) fuse layers lmforge keeps apart: the run's
+    adapter keeps lmforge's names, and `convert --to-hf` rewrites it as one adapter per fused
+    matrix (rank k*r, block-diagonal B) that PEFT loads onto the exported base, same logits."""
+    tok = Tokenizer.load(tiny_tokenizer_dir)
+    init = _hf_backbone(family, tok, tmp_path / family)
+    summary = train(
+        recipe(tmp_path, init, task_csv, "lora", epochs=1, speed=False, eval_splits=["val"],
+               lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": targets})
+    )  # fmt: skip
+    assert summary["adapter_hf_names"] is False
+    assert main(["convert", "--to-hf", str(tmp_path / "lora"), "--out", str(tmp_path / "x")]) == 0
+    config = json.loads((tmp_path / "x" / "adapter" / "adapter_config.json").read_text())
+    fused = "model.layers.0.attn.Wqkv" if family == "modernbert" else "transformer.h.0.attn.c_attn"
+    assert config["rank_pattern"][fused] == 12 and config["alpha_pattern"][fused] == 24
+    _exported_logits_agree(tmp_path / "lora", tmp_path / "x", ["dog cat rain", "the soup"], 4)

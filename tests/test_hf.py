@@ -344,3 +344,28 @@ def test_the_real_minilm_from_its_package_matches_transformers():
     want = outputs(ref, batch["input_ids"], batch["attention_mask"])
     got = loaded.model(batch["input_ids"], attention_mask=batch["attention_mask"])
     assert max_diff(got, want, batch["attention_mask"]) < TOL
+
+
+def test_generate_from_an_exported_gpt2_matches_transformers_greedy(tmp_path, tiny_tokenizer_dir):
+    """`lmforge generate` on a transformers directory (learned positions + the KV cache) gives
+    transformers' own greedy continuation."""
+    from lmforge.infer.generate import SamplingConfig, generate_tokens
+
+    tok = Tokenizer.load(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = tiny_config(
+        vocab_size=tok.vocab_size, pos_embedding="learned", norm="layernorm", norm_bias=True,
+        mlp="gelu", activation="gelu_tanh", attn_qkv_bias=True, attn_out_bias=True,
+        mlp_bias=True, tie_embeddings=True, max_seq_len=64,
+    )  # fmt: skip
+    back = _export_and_compare(
+        LanguageModel(cfg), tok, tmp_path, "AutoModelForCausalLM", "GPT2LMHeadModel"
+    )
+    prompt = tok.encode("the meaning of", add_bos=True)
+    ours = list(generate_tokens(load(tmp_path / "hf").model, prompt, SamplingConfig(
+        max_new_tokens=12, temperature=0.0, stop_token_ids=[])))  # fmt: skip
+    want = back.generate(
+        torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+        pad_token_id=tok.pad_id, min_new_tokens=12,
+    )[0, len(prompt):].tolist()  # fmt: skip
+    assert ours == want

@@ -98,7 +98,7 @@ def stream_text(
     Byte-level tokens can end mid-character, so text is released only once it decodes cleanly,
     and held back while it could still be the start of a stop string.
     """
-    prompt_ids = tokenizer.encode(prompt, add_bos=add_bos)
+    prompt_ids = tokenizer.encode(prompt, add_bos=add_bos and tokenizer.bos_id is not None)
     if tokenizer.eos_id is not None and tokenizer.eos_id not in cfg.stop_token_ids:
         cfg = SamplingConfig(
             **{**cfg.__dict__, "stop_token_ids": [*cfg.stop_token_ids, tokenizer.eos_id]}

@@ -351,6 +351,9 @@ def config_from_hf(hf: dict, where: str = "config.json") -> tuple[str, ModelConf
     return kind, cfg, meta
 
 
+_ACT_TO_HF = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_new"}
+
+
 def config_to_hf(kind: str, cfg: ModelConfig, meta: dict, torch_dtype: str) -> dict:
     """The transformers config.json for an lmforge model (the inverse of config_from_hf)."""
     family = export_family(cfg)
@@ -368,7 +371,7 @@ def config_to_hf(kind: str, cfg: ModelConfig, meta: dict, torch_dtype: str) -> d
             intermediate_size=cfg.intermediate_size,
             max_position_embeddings=cfg.max_seq_len,
             rms_norm_eps=cfg.norm_eps,
-            hidden_act=cfg.activation,
+            hidden_act=_ACT_TO_HF[cfg.activation],
             rope_theta=cfg.rope_theta,
             rope_scaling=_rope_to_hf(cfg),
         )
@@ -380,7 +383,7 @@ def config_to_hf(kind: str, cfg: ModelConfig, meta: dict, torch_dtype: str) -> d
         out = dict(
             n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.intermediate_size,
             n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
-            activation_function={"gelu_tanh": "gelu_new", "gelu": "gelu"}[cfg.activation],
+            activation_function=_ACT_TO_HF[cfg.activation],
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )  # fmt: skip
     elif family == "modernbert":
@@ -389,7 +392,7 @@ def config_to_hf(kind: str, cfg: ModelConfig, meta: dict, torch_dtype: str) -> d
             hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
             intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_seq_len,
             norm_eps=cfg.norm_eps, norm_bias=cfg.norm_bias, attention_bias=cfg.attn_qkv_bias,
-            mlp_bias=cfg.mlp_bias, hidden_activation={"gelu_tanh": "gelu_pytorch_tanh"}.get(cfg.activation, cfg.activation),
+            mlp_bias=cfg.mlp_bias, hidden_activation=_ACT_TO_HF[cfg.activation],
             global_attn_every_n_layers=cfg.global_every or cfg.n_layer,
             local_attention=cfg.local_window or cfg.max_seq_len,
             global_rope_theta=cfg.rope_theta, local_rope_theta=cfg.rope_theta_local or cfg.rope_theta,
@@ -403,7 +406,8 @@ def config_to_hf(kind: str, cfg: ModelConfig, meta: dict, torch_dtype: str) -> d
         out = dict(
             hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
             intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_seq_len,
-            type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.norm_eps, hidden_act=cfg.activation,
+            type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.norm_eps,
+            hidden_act=_ACT_TO_HF[cfg.activation],
             hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=0.0,
         )  # fmt: skip
     suffix = {"causal_lm": "ForCausalLM", "masked_lm": "ForMaskedLM",
@@ -412,7 +416,7 @@ def config_to_hf(kind: str, cfg: ModelConfig, meta: dict, torch_dtype: str) -> d
         suffix = "LMHeadModel"
     arch = {"llama": "Llama", "qwen2": "Qwen2", "gpt2": "GPT2", "modernbert": "ModernBert",
             "bert": "Bert"}[family] + suffix  # fmt: skip
-    if arch not in ARCHITECTURES.keys() | {"LlamaForCausalLM", "ModernBertForMaskedLM"}:
+    if arch not in ARCHITECTURES:
         raise CheckpointError(
             f"cannot export a {kind} of family {family} ({arch} is not supported)"
         )
@@ -463,6 +467,7 @@ def export_family(cfg: ModelConfig) -> str:
              embed_norm=False, final_norm=True, type_vocab_size=0)  # fmt: skip
     if cfg.attn_qkv_bias and not cfg.attn_out_bias and not cfg.mlp_bias:
         return "qwen2"
+    _require(cfg, "Llama (one attention_bias flag for q/k/v/o)", attn_out_bias=cfg.attn_qkv_bias)
     return "llama"
 
 
@@ -805,3 +810,59 @@ def rename_with(names: dict[str, str]):
         return key
 
     return rename
+
+
+def adapter_to_hf(tensors: dict, config: dict, cfg: ModelConfig, kind: str, meta: dict):
+    """A PEFT adapter saved in lmforge's module names -> the same adapter in the transformers
+    model's names, for families that fuse layers lmforge keeps apart (ModernBERT's Wqkv and Wi,
+    GPT-2's c_attn). Exact: adapters on q, k, v of rank r with scaling s equal one adapter on the
+    fused matrix of rank 3r, A = [A_q; A_k; A_v] and B = blockdiag(B_q, B_k, B_v), with the same
+    scaling (alpha raised to match the rank in `alpha_pattern`). Returns (tensors, config)."""
+    import math
+
+    from lmforge.artifact import build_model
+    from lmforge.model.lora import PEFT_PREFIX
+
+    with torch.device("meta"):
+        clean = build_model(kind, cfg, meta)
+    family = export_family(cfg)
+    mapping = name_map(clean, family, _PREFIX.get(family, {}).get(kind, ""))
+    rename = rename_with(module_names(cfg, kind, meta))
+    r, alpha, rs = config["r"], config["lora_alpha"], config.get("use_rslora", False)
+    lora = {}  # our module path -> (A, B)
+    out: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        name = key[len(PEFT_PREFIX) :]
+        for part in (".lora_A.weight", ".lora_B.weight"):
+            if name.endswith(part):
+                lora.setdefault(name[: -len(part)], {})[part[6]] = t
+                break
+        else:  # a saved module (the head): rename only
+            out[PEFT_PREFIX + rename(name)] = t
+    targets, ranks, alphas = [], {}, {}
+    for hf_name, ours in mapping.items():
+        mods = [o.removesuffix(".weight") for o in ours if o.endswith(".weight")]
+        if not any(m in lora for m in mods):
+            continue
+        hf_mod = hf_name.removesuffix(".weight")
+        some = next(lora[m] for m in mods if m in lora)
+        n_in = some["A"].shape[1]
+        shapes = {o.removesuffix(".weight"): clean.state_dict()[o].shape[0] for o in ours}
+        a = [lora[m]["A"] if m in lora else torch.zeros(r, n_in) for m in mods]
+        b = [lora[m]["B"] if m in lora else torch.zeros(shapes[m], r) for m in mods]
+        out[f"{PEFT_PREFIX}{hf_mod}.lora_A.weight"] = torch.cat(a, 0).contiguous()
+        out[f"{PEFT_PREFIX}{hf_mod}.lora_B.weight"] = torch.block_diag(*b).contiguous()
+        targets.append(hf_mod)
+        if len(mods) > 1:  # rank k*r; keep the scaling alpha/r (or alpha/sqrt(r) for rsLoRA)
+            k = len(mods)
+            ranks[hf_mod] = k * r
+            alphas[hf_mod] = alpha * (math.sqrt(k) if rs else k)
+    new = {
+        **config,
+        "target_modules": sorted(targets),
+        "rank_pattern": ranks,
+        "alpha_pattern": alphas,
+        "modules_to_save": [rename(m) for m in config.get("modules_to_save") or []],
+        "fan_in_fan_out": family == "gpt2",  # GPT-2's Conv1D stores weights (in, out)
+    }
+    return out, new

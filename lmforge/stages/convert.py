@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from lmforge.artifact import Loaded, load, save_model_artifact
 from lmforge.errors import CheckpointError, ConfigError
@@ -81,16 +82,22 @@ def _export_adapter(
     """Copy the run's PEFT adapter and write the base it applies to (the run's `init`)."""
     config = json.loads((adapter / "adapter_config.json").read_text())
     summary = loaded.path / "summary.json"
-    if summary.is_file() and read_json(summary).get("adapter_hf_names") is False:
-        return {"adapter": "not exported: this family stores the adapted layers fused (ModernBERT's "
-                "Wqkv, GPT-2's c_attn); the merged classifier carries the adapter's effect"}  # fmt: skip
     init = config.get("base_model_name_or_path")
+    tensors = None
+    if summary.is_file() and read_json(summary).get("adapter_hf_names") is False:
+        # saved in lmforge's names: fuse into the family's layers (ModernBERT's Wqkv, ...)
+        tensors, config = hf.adapter_to_hf(
+            load_file(str(adapter / "adapter_model.safetensors")),
+            config, loaded.config, loaded.kind, loaded.meta,
+        )  # fmt: skip
     base = load(init)
     # PEFT finds the last token through the base config's pad id, as the classifier did
     base.model.cfg = base.model.cfg.model_copy(update={"pad_token_id": loaded.config.pad_token_id})
     hf.write_hf(base.model, base.kind, base.meta, base.tokenizer, tmp / "base", dtype)
     base_ref = str((final / "base").resolve())
     shutil.copytree(adapter, tmp / "adapter")
+    if tensors is not None:
+        save_file(tensors, str(tmp / "adapter" / "adapter_model.safetensors"), {"format": "pt"})
     config["base_model_name_or_path"] = base_ref
     (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return {"adapter": str(final / "adapter"), "base": base_ref}
