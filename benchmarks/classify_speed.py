@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -44,15 +45,24 @@ def main() -> None:
     )
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--task", default="data/wordnet-task")
+    ap.add_argument("--repeats", type=int, default=3, help="round-robin repeats; medians reported")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results-classify_speed.json")))
     args = ap.parse_args()
-    rows = {}
-    for run in args.runs:
-        out = subprocess.run(
-            [sys.executable, "-c", ONE, run, args.task], check=True, capture_output=True, text=True
-        )
-        rows[run] = json.loads(out.stdout.strip().splitlines()[-1])
+    # Round robin over the runs, `repeats` times, then the median of each number: a shared VM's
+    # speed drifts, and interleaving spreads the drift over every run alike.
+    samples: dict[str, list[dict]] = {run: [] for run in args.runs}
+    for _ in range(args.repeats):
+        for run in args.runs:
+            out = subprocess.run(
+                [sys.executable, "-c", ONE, run, args.task],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            samples[run].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = {
+        run: {k: statistics.median(s[k] for s in ss) for k in ss[0]} for run, ss in samples.items()
+    }
     first = rows[args.runs[0]]
+    print(f"medians of {args.repeats} interleaved measurements per run")
     print(
         "| run | latency p50 ms | p95 ms | tokenize p50 ms | throughput /s (batch 32) | peak RSS MB | latency vs first |"
     )

@@ -53,7 +53,10 @@ class Loaded:
 
 
 def save_model_artifact(
-    out_dir: str | os.PathLike, model: nn.Module, kind: str = "causal_lm"
+    out_dir: str | os.PathLike,
+    model: nn.Module,
+    kind: str = "causal_lm",
+    extra_meta: dict | None = None,
 ) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,7 @@ def save_model_artifact(
     meta = {"kind": kind, "model": model.cfg.model_dump(mode="json")}
     if hasattr(model, "artifact_meta"):
         meta.update(model.artifact_meta())
+    meta.update(extra_meta or {})
     write_json(out_dir / "model.json", meta)
 
 
@@ -111,6 +115,11 @@ def load(
     kind, cfg = read_model_config(path)
     meta = read_model_meta(path)
     model = build_model(kind, cfg, meta)
+    if "quantization" in meta:  # quantized layers (or a cast) first, then their weights
+        from lmforge.model.quant import quantize_model
+
+        q = meta["quantization"]
+        quantize_model(model, q["method"], q.get("group_size", 128), empty=True)
     load_weights(model, path / "model.safetensors")
     model.to(device=device, dtype=dtype)
     model.eval()

@@ -292,6 +292,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", choices=["fp32", "bf16", "fp16"], help="cast the weights (default: keep)"
     )
 
+    qz = verbs.add_parser(
+        "quantize",
+        help="int8 / int4 / bf16 / fp16 copy of a trained model, evaluated and timed",
+        description=textwrap.dedent(
+            """\
+            Quantize the attention and MLP projections of a trained model (embeddings, norms
+            and the task head stay full precision). A classifier is re-evaluated on its run's
+            splits and timed with the classification speed protocol.
+              int8         W8A8 dynamic: int8 GEMM, activations quantized per row (faster)
+              int8-weight  int8 weights, fp32 matmul (smaller, not faster)
+              int4         4-bit weights per group of --group-size columns (smaller, not faster)
+              bf16, fp16   the whole model cast
+              lmforge quantize runs/demo/cls-decoder-lora --method int8 --out runs/demo/cls-decoder-int8
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    qz.add_argument("run", help="a trained artifact (classify run, pretrain output, ...)")
+    qz.add_argument(
+        "--method", required=True, choices=["int8", "int8-weight", "int4", "bf16", "fp16"]
+    )
+    qz.add_argument(
+        "--group-size", type=int, default=128, help="columns per int4 group (default 128)"
+    )
+    qz.add_argument("--out", required=True)
+
     gen = verbs.add_parser(
         "generate",
         help="continue a prompt with a trained model",
@@ -521,6 +547,14 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from lmforge.stages.compress import quantize
+
+    summary = quantize(args.run, args.out, args.method, args.group_size)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=2))
+    return 0
+
+
 def cmd_generate(args) -> int:
     from lmforge.artifact import load
     from lmforge.infer.generate import SamplingConfig, stream_text
@@ -558,6 +592,7 @@ COMMANDS = {
     "classify": cmd_classify,
     "compare": cmd_compare,
     "convert": cmd_convert,
+    "quantize": cmd_quantize,
 }
 
 

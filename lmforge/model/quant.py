@@ -1,0 +1,241 @@
+"""Post-training quantization of the Linear layers, with torchao's formulas.
+
+Symmetric (absmax), per output channel, b bits, q in [qmin, qmax] = [-2^(b-1), 2^(b-1) - 1]:
+
+    scale = max|w| / ((qmax - qmin) / 2)          (int8: max|w| / 127.5)
+    q     = clamp(round(w / scale), qmin, qmax)   w ~ q * scale
+
+Asymmetric, per group of `group_size` input columns, q in [0, 2^b - 1], the range always
+holding 0 so that 0 is exact:
+
+    lo, hi = min(min(w), 0), max(max(w), 0)
+    scale  = (hi - lo) / (qmax - qmin)
+    zero   = qmin - round(lo / scale)
+    q      = clamp(round(w / scale) + zero, qmin, qmax)    w ~ (q - zero) * scale
+
+Methods (what runs at inference on the CPU):
+- ``int8``: W8A8 dynamic. Weights symmetric int8 per channel; each row of activations is
+  quantized the same way on the fly, the product runs on PyTorch's int8 GEMM
+  (``torch._int_mm``, oneDNN) and is rescaled in fp32. Smaller and faster.
+- ``int8-weight``: int8 weights, dequantized for an fp32 matmul. Smaller, not faster.
+- ``int4``: asymmetric 4-bit weights per group, two per byte, dequantized for the matmul.
+  Smaller (about 1/7 of fp32), not faster.
+- ``bf16`` / ``fp16``: the whole model cast; bf16 runs on the CPU's bf16 kernels where it has
+  them (AVX-512 bf16 / AMX).
+
+The token embedding is stored as int8 rows (absmax per row) unless an LM head shares it;
+norms and the task head stay in full precision (they are small, and the head's errors land
+directly on the logits).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.errors import ConfigError
+
+METHODS = ("int8", "int8-weight", "int4", "bf16", "fp16")
+_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# The formulas
+# --------------------------------------------------------------------------------------------
+
+
+def quantize_symmetric(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``w`` (output channel): int8 codes and fp32 scales (see the module docstring)."""
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    w = w.float()
+    scale = w.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / ((qmax - qmin) / 2)
+    q = torch.clamp(torch.round(w / scale), qmin, qmax).to(torch.int8)
+    return q, scale.squeeze(-1)
+
+
+def quantize_asymmetric(
+    w: torch.Tensor, bits: int, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per group of ``group_size`` columns of each row: uint8 codes in [0, 2^bits - 1], fp32
+    scales and zero points of shape (rows, columns / group_size)."""
+    rows, cols = w.shape
+    if group_size <= 0 or cols % group_size:
+        raise ConfigError(
+            f"group size {group_size} does not divide the layer width {cols}; pick a divisor "
+            f"of {cols} (e.g. {_divisor_near(cols, group_size)})"
+        )
+    qmin, qmax = 0, 2**bits - 1
+    g = w.float().reshape(rows, cols // group_size, group_size)
+    lo = g.amin(-1).clamp(max=0)
+    hi = g.amax(-1).clamp(min=0)
+    scale = ((hi - lo) / (qmax - qmin)).clamp(min=_EPS)
+    zero = qmin - torch.round(lo / scale)
+    q = torch.clamp(torch.round(g / scale[..., None]) + zero[..., None], qmin, qmax)
+    return q.reshape(rows, cols).to(torch.uint8), scale, zero
+
+
+def dequantize_asymmetric(q, scale, zero, group_size: int) -> torch.Tensor:
+    rows, cols = q.shape
+    g = q.float().reshape(rows, cols // group_size, group_size)
+    return ((g - zero[..., None]) * scale[..., None]).reshape(rows, cols)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """(rows, cols) codes in [0, 15] -> (rows, cols / 2) bytes: even column low nibble."""
+    if q.shape[-1] % 2:
+        raise ConfigError("int4 packing needs an even number of columns")
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    low, high = packed & 0x0F, packed >> 4
+    return torch.stack([low, high], dim=-1).reshape(*packed.shape[:-1], -1)
+
+
+def _divisor_near(n: int, k: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))
+
+
+# --------------------------------------------------------------------------------------------
+# Quantized layers
+# --------------------------------------------------------------------------------------------
+
+
+class QuantLinear(nn.Module):
+    """A Linear whose weight is stored quantized (buffers: what safetensors saves)."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, method: str, group_size: int
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.method, self.group_size = method, group_size
+        if method == "int4":
+            self.register_buffer(
+                "qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8)
+            )
+            groups = (out_features, in_features // group_size)
+            self.register_buffer("scale", torch.ones(groups))
+            self.register_buffer("zero", torch.zeros(groups))
+        else:
+            self.register_buffer(
+                "qweight", torch.zeros(out_features, in_features, dtype=torch.int8)
+            )
+            self.register_buffer("scale", torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, method: str, group_size: int) -> QuantLinear:
+        q = cls(
+            linear.in_features, linear.out_features, linear.bias is not None, method, group_size
+        )
+        w = linear.weight.detach()
+        if method == "int4":
+            codes, scale, zero = quantize_asymmetric(w, 4, group_size)
+            q.qweight.copy_(pack_int4(codes))
+            q.scale.copy_(scale)
+            q.zero.copy_(zero)
+        else:
+            codes, scale = quantize_symmetric(w, 8)
+            q.qweight.copy_(codes)
+            q.scale.copy_(scale)
+        if linear.bias is not None:
+            q.bias.data.copy_(linear.bias.detach().float())
+        return q
+
+    def dequantized_weight(self) -> torch.Tensor:
+        if self.method == "int4":
+            return dequantize_asymmetric(
+                unpack_int4(self.qweight), self.scale, self.zero, self.group_size
+            )
+        return self.qweight.float() * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method != "int8":  # weight-only: smaller on disk and in memory, not faster
+            return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).float()
+        sx = x2.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / 127.5
+        xq = torch.clamp(torch.round(x2 / sx), -128, 127).to(torch.int8)
+        y = torch._int_mm(xq, self.qweight.t()).float() * sx * self.scale
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        gs = f", group_size={self.group_size}" if self.method == "int4" else ""
+        return f"{self.in_features}, {self.out_features}, method={self.method}{gs}"
+
+
+class QuantEmbedding(nn.Module):
+    """A token embedding stored as int8 rows with one absmax scale each (symmetric)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.register_buffer(
+            "qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8)
+        )
+        self.register_buffer("scale", torch.ones(num_embeddings))
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding) -> QuantEmbedding:
+        q = cls(emb.num_embeddings, emb.embedding_dim)
+        codes, scale = quantize_symmetric(emb.weight.detach(), 8)
+        q.qweight.copy_(codes)
+        q.scale.copy_(scale)
+        return q
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.qweight).float() * self.scale[ids][..., None]
+
+
+def quantizable(model: nn.Module) -> list[str]:
+    """The Linear layers inside the backbone (``model.*``): attention and MLP projections."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name.startswith("model.layers.")
+    ]
+
+
+def quantize_model(
+    model: nn.Module, method: str, group_size: int = 128, empty: bool = False
+) -> nn.Module:
+    """Replace the backbone's Linear layers in place (``empty``: shapes only, for loading)."""
+    if method not in METHODS:
+        raise ConfigError(
+            f"unknown quantization method '{method}'; use one of {', '.join(METHODS)}"
+        )
+    low = any(isinstance(m, QuantLinear | QuantEmbedding) for m in model.modules()) or any(
+        p.dtype != torch.float32 for p in model.parameters()
+    )
+    if low:
+        raise ConfigError(
+            "this model is already quantized or cast; quantize the full-precision run instead"
+        )
+    if method in ("bf16", "fp16"):
+        return model.to(torch.bfloat16 if method == "bf16" else torch.float16)
+    for name in quantizable(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        linear = getattr(parent, child)
+        if empty:
+            q = QuantLinear(
+                linear.in_features, linear.out_features, linear.bias is not None, method, group_size
+            )
+        else:
+            q = QuantLinear.from_linear(linear, method, group_size)
+        setattr(parent, child, q)
+    # The token embedding is often the largest tensor of a small model. Not when an LM head
+    # shares it: the head needs the full-precision matrix, and the tie must hold.
+    emb = getattr(getattr(model, "model", None), "embed_tokens", None)
+    tied = getattr(model.cfg, "tie_embeddings", False) and (
+        hasattr(model, "lm_head") or hasattr(model, "decoder")
+    )
+    if isinstance(emb, nn.Embedding) and not tied:
+        n, d = emb.num_embeddings, emb.embedding_dim
+        model.model.embed_tokens = (
+            QuantEmbedding(n, d) if empty else QuantEmbedding.from_embedding(emb)
+        )
+    return model

@@ -1,0 +1,130 @@
+"""Quantizers against their formulas and torch.ao, quantized layers, and the quantize stage."""
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_config
+from test_classify import decoder_dir, recipe, task_csv  # noqa: F401  (fixtures)
+
+from lmforge.artifact import load, save_model_artifact
+from lmforge.cli import main
+from lmforge.errors import ConfigError
+from lmforge.model.heads import HeadConfig, SequenceClassifier
+from lmforge.model.quant import (
+    QuantEmbedding,
+    QuantLinear,
+    pack_int4,
+    quantize_asymmetric,
+    quantize_model,
+    quantize_symmetric,
+    unpack_int4,
+)
+
+
+def test_symmetric_absmax_matches_the_formula_and_torch_ao():
+    torch.manual_seed(0)
+    w = torch.randn(6, 40)
+    q, scale = quantize_symmetric(w, 8)
+    assert torch.allclose(scale, w.abs().amax(1) / 127.5)
+    assert q.dtype == torch.int8 and q.min() >= -128 and q.max() <= 127
+    assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-6).all()
+    ao = torch.quantize_per_channel(
+        w, scale.double(), torch.zeros(6, dtype=torch.long), 0, torch.qint8
+    )
+    # the same codes, except where w/scale is exactly +-127.5 (the row's max): a rounding tie
+    diff = (ao.int_repr().int() - q.int()).abs()
+    at_max = w.abs() == w.abs().amax(1, keepdim=True)
+    assert diff[~at_max].max() == 0 and diff.max() <= 1
+
+
+def test_asymmetric_groups_keep_zero_exact_and_match_the_formula():
+    w = torch.tensor([[0.5, 1.0, 1.5, 3.0, -2.0, -1.0, 0.0, 1.0]])
+    q, scale, zero = quantize_asymmetric(w, 4, group_size=4)
+    # group 1: range [0, 3] (0 included): scale 3/15, zero 0; group 2: [-2, 1]: scale 3/15, zero 10
+    assert torch.allclose(scale, torch.tensor([[0.2, 0.2]]))
+    assert torch.equal(zero, torch.tensor([[0.0, 10.0]]))
+    assert q.max() <= 15 and q[0, 6] == zero[0, 1]  # 0.0 is exactly the zero point
+    deq = (q.float().reshape(1, 2, 4) - zero[..., None]) * scale[..., None]
+    assert (deq.reshape(1, 8) - w).abs().max() <= 0.1 + 1e-6
+    ao = torch.fake_quantize_per_channel_affine(
+        w.reshape(2, 4), scale.reshape(2), zero.reshape(2).int(), 0, 0, 15
+    )
+    assert torch.allclose(ao.reshape(1, 8), deq.reshape(1, 8))
+
+
+def test_group_size_that_does_not_divide_is_refused_with_a_divisor():
+    with pytest.raises(ConfigError, match="does not divide the layer width 96.*e.g. 96"):
+        quantize_asymmetric(torch.randn(4, 96), 4, group_size=128)
+
+
+def test_int4_packing_round_trips():
+    q = torch.randint(0, 16, (5, 32), dtype=torch.uint8)
+    packed = pack_int4(q)
+    assert packed.shape == (5, 16) and torch.equal(unpack_int4(packed), q)
+
+
+@pytest.mark.parametrize("method,tol", [("int8", 0.05), ("int8-weight", 0.02), ("int4", 0.25)])
+def test_quantized_linear_stays_close_to_fp32(method, tol):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    x = torch.randn(3, 7, 64)
+    q = QuantLinear.from_linear(lin, method, group_size=32)
+    want = lin(x)
+    rel = (q(x) - want).norm() / want.norm()
+    assert rel < tol, rel
+
+
+def _classifier():
+    torch.manual_seed(0)
+    cfg = tiny_config(
+        vocab_size=64, n_embd=64, intermediate_size=128, max_seq_len=32, pad_token_id=0
+    )
+    return SequenceClassifier(cfg, HeadConfig(num_labels=3))
+
+
+@pytest.mark.parametrize("method", ["int8", "int8-weight", "int4", "bf16"])
+def test_quantized_artifact_round_trips_and_is_smaller(tmp_path, method):
+    model = _classifier().eval()
+    ids = torch.randint(1, 64, (2, 10))
+    want = model(ids)
+    save_model_artifact(tmp_path / "fp32", model, "sequence_classifier")
+    quantize_model(model, method, group_size=32)
+    got = model(ids)
+    save_model_artifact(
+        tmp_path / "q",
+        model,
+        "sequence_classifier",
+        {"quantization": {"method": method, "group_size": 32}},
+    )
+    again = load(tmp_path / "q").model
+    assert torch.equal(again(ids), got)
+    assert (got.float() - want).abs().max() < 0.1
+    size = (tmp_path / "q" / "model.safetensors").stat().st_size
+    assert size < 0.6 * (tmp_path / "fp32" / "model.safetensors").stat().st_size
+    if method != "bf16":
+        assert isinstance(again.model.embed_tokens, QuantEmbedding)
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize_model(again, "int8")
+
+
+def test_quantize_cli_on_a_classify_run(tmp_path, decoder_dir, task_csv, capsys):  # noqa: F811
+    from lmforge.stages.classify import train
+
+    train(recipe(tmp_path, decoder_dir, task_csv, "full", epochs=2, speed=False))
+    capsys.readouterr()
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tmp_path / "full"), "--method", "int8", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["method"] == "int8" and summary["checkpoint_mb"] < summary["source_checkpoint_mb"]
+    )
+    assert {"macro_f1", "latency_ms_p50", "test"} <= set(summary)
+    src = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert abs(summary["test"]["macro_f1"] - src["test"]["macro_f1"]) < 0.1
+    # a quantized run is a run: eval and compare work on it
+    assert main(["classify", "eval", str(out), "--split", "test"]) == 0
+    assert main(["compare", str(out), str(tmp_path / "full"), "--split", "test"]) == 0
+    capsys.readouterr()
+    assert main(["quantize", str(out), "--method", "int4", "--out", str(tmp_path / "x")]) == 2
+    assert "already quantized" in capsys.readouterr().err
