@@ -318,6 +318,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     qz.add_argument("--out", required=True)
 
+    dis = verbs.add_parser(
+        "distill",
+        help="knowledge distillation: cache a teacher's logits, train a student on them",
+        description=textwrap.dedent(
+            """\
+            Distil a trained classifier (the teacher) into another (the student):
+              lmforge distill logits --teacher runs/demo/cls-minilm --out runs/demo/teacher-logits
+              lmforge distill train --config configs/demo/distill-encoder.yaml
+            The student's loss is alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE
+            (distill.temperature, default 4; distill.alpha, default 0.7). `distill train` is
+            `classify train` with a distill section: every classify option applies.
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    dis_verbs = dis.add_subparsers(dest="distill_verb", metavar="<action>")
+    dlog = dis_verbs.add_parser("logits", help="run the teacher once over the training examples")
+    dlog.add_argument("--teacher", required=True, help="a classify run directory")
+    dlog.add_argument("--out", required=True)
+    dlog.add_argument("--task", help="task directory (default: the teacher's own)")
+    dlog.add_argument(
+        "--max-examples", type=int, help="training subsample (default: the teacher's)"
+    )
+    dtrain = dis_verbs.add_parser("train", help="train a student (classify train + distill.*)")
+    _add_config_args(dtrain, None)
+
     gen = verbs.add_parser(
         "generate",
         help="continue a prompt with a trained model",
@@ -555,6 +581,20 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    if args.distill_verb == "logits":
+        from lmforge.stages.compress import teacher_logits
+
+        result = teacher_logits(args.teacher, args.out, args.task, args.max_examples)
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.distill_verb == "train":
+        args.cls_verb = "train"
+        return cmd_classify(args)
+    print("usage: lmforge distill {logits,train} ... (see lmforge distill --help)", file=sys.stderr)
+    return 2
+
+
 def cmd_generate(args) -> int:
     from lmforge.artifact import load
     from lmforge.infer.generate import SamplingConfig, stream_text
@@ -593,6 +633,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "convert": cmd_convert,
     "quantize": cmd_quantize,
+    "distill": cmd_distill,
 }
 
 

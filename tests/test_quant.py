@@ -128,3 +128,47 @@ def test_quantize_cli_on_a_classify_run(tmp_path, decoder_dir, task_csv, capsys)
     capsys.readouterr()
     assert main(["quantize", str(out), "--method", "int4", "--out", str(tmp_path / "x")]) == 2
     assert "already quantized" in capsys.readouterr().err
+
+
+def test_distillation_loss_is_the_course_formula():
+    from lmforge.train.objectives import distillation_loss
+
+    torch.manual_seed(0)
+    s, t, y = torch.randn(5, 4), torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    T, a = 4.0, 0.7
+    p_t = torch.softmax(t / T, -1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(s / T, -1))).sum(-1).mean()
+    ce = torch.nn.functional.cross_entropy(s, y)
+    assert torch.allclose(distillation_loss(s, t, y, T, a), a * T**2 * kl + (1 - a) * ce)
+    assert torch.allclose(distillation_loss(s, t, y, T, 0.0), ce)
+    assert distillation_loss(s, s, y, T, 1.0).abs() < 1e-6
+
+
+def test_distill_logits_then_a_student_and_bad_caches(tmp_path, decoder_dir, task_csv, capsys):  # noqa: F811
+    from lmforge.errors import CheckpointError
+    from lmforge.stages.classify import train
+
+    train(
+        recipe(tmp_path, decoder_dir, task_csv, "full", epochs=2, speed=False, eval_splits=["val"])
+    )
+    cache = tmp_path / "teacher-logits"
+    assert (
+        main(["distill", "logits", "--teacher", str(tmp_path / "full"), "--out", str(cache)]) == 0
+    )
+    info = json.loads((cache / "examples.json").read_text())
+    assert info["labels"] == ["animal", "food", "motion", "weather"] and len(info["ids"]) > 100
+    distill = {"teacher_logits": str(cache), "temperature": 2.0, "alpha": 0.5}
+    student = recipe(tmp_path, decoder_dir, task_csv, "probe", epochs=2, speed=False,
+                     eval_splits=["val"], distill=distill)  # fmt: skip
+    summary = train(student)
+    assert summary["distill"]["temperature"] == 2.0 and summary["macro_f1"] > 0
+    # a cache from another task: labels differ, or examples are missing
+    info["labels"] = ["a", "b", "c", "d"]
+    (cache / "examples.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="labels differ"):
+        train(student.model_copy(update={"out_dir": str(tmp_path / "s2")}))
+    info["labels"] = ["animal", "food", "motion", "weather"]
+    info["ids"] = info["ids"][:10] + ["0" * 16] * (len(info["ids"]) - 10)
+    (cache / "examples.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="no teacher logits for"):
+        train(student.model_copy(update={"out_dir": str(tmp_path / "s3")}))

@@ -440,9 +440,12 @@ class ClassificationBatches:
         pad_id: int,
         seed: int = 0,
         padding_side: str = "right",
+        teacher_logits=None,
     ):
         keep = [i for i, y in enumerate(labels) if y >= 0]
         self.ids, self.labels = [ids[i] for i in keep], [labels[i] for i in keep]
+        # distillation: the teacher's logits for each example, in the same order
+        self.teacher = None if teacher_logits is None else teacher_logits[keep]
         if not self.ids:
             raise DataError("no training examples with a known label")
         self.batch_size, self.pad_id, self.seed, self.side = batch_size, pad_id, seed, padding_side
@@ -468,6 +471,8 @@ class ClassificationBatches:
         self.pos += len(idx)
         batch = pad_batch([self.ids[i] for i in idx], self.pad_id, self.side)
         batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+        if self.teacher is not None:
+            batch["teacher_logits"] = torch.as_tensor(self.teacher[idx]).float()
         return batch
 
     def state_dict(self) -> dict:

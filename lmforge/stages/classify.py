@@ -36,7 +36,7 @@ from lmforge.eval.classification import evaluate_split, headline, length_bucket
 from lmforge.model.heads import HeadConfig, SequenceClassifier
 from lmforge.model.lora import inject_lora, merge_lora, save_adapter, unwrap_lora
 from lmforge.model.transformer import count_parameters
-from lmforge.train.objectives import class_weights, classification_loss_fn
+from lmforge.train.objectives import class_weights, classification_loss_fn, distillation_loss_fn
 from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig
 from lmforge.utils import read_json, seed_everything, write_json
@@ -61,6 +61,15 @@ class HeadSection(Section):
     dropout: float | None = None  # None: the checkpoint's classifier dropout (0 for our models)
 
 
+class DistillSection(Section):
+    # A teacher-logits cache from `lmforge distill logits`; empty = no distillation.
+    teacher_logits: str = ""
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)  # weight of the soft (teacher) term
+    # Divide the teacher's logits by the temperature fitted on its val split first.
+    calibrate_teacher: bool = False
+
+
 class ClassifyConfig(Section):
     out_dir: str = "runs/demo/cls"
     # A pretrained decoder or encoder: an lmforge artifact directory, a Hugging Face checkpoint
@@ -83,6 +92,7 @@ class ClassifyConfig(Section):
     slice_columns: list[str] = []
     eval_batch_size: int = 64
     speed: bool = True  # measure latency / throughput / memory with eval/bench.py's protocol
+    distill: DistillSection = Field(default_factory=DistillSection)
     trainer: TrainerConfig = Field(
         default_factory=lambda: TrainerConfig(
             lr=1e-3,
@@ -329,6 +339,11 @@ def train(cfg: ClassifyConfig) -> dict:
     train_ids, train_trunc = encode_examples(
         tokenizer, [t for t, _ in train_rows], cfg.task.max_length
     )
+    teacher = None
+    if cfg.distill.teacher_logits:
+        from lmforge.stages.compress import aligned_teacher_logits
+
+        teacher = aligned_teacher_logits(cfg.distill, [t for t, _ in train_rows], task.label_names)
     loader = ClassificationBatches(
         train_ids,
         [y for _, y in train_rows],
@@ -336,13 +351,17 @@ def train(cfg: ClassifyConfig) -> dict:
         tokenizer.pad_id,
         seed=cfg.trainer.seed,
         padding_side=cfg.padding_side,
+        teacher_logits=teacher,
     )
     tcfg = cfg.trainer.model_copy(update={"micro_batch_size": cfg.batch_size})
     tcfg.max_steps = max(1, round(cfg.epochs * loader.steps_per_epoch))
     counts = [0] * task.num_labels
     for _, y in train_rows:
         counts[y] += 1
-    loss_fn = classification_loss_fn(class_weights(counts, cfg.class_weights), cfg.label_smoothing)
+    weights = class_weights(counts, cfg.class_weights)
+    loss_fn = classification_loss_fn(weights, cfg.label_smoothing)
+    if teacher is not None:
+        loss_fn = distillation_loss_fn(cfg.distill.temperature, cfg.distill.alpha, weights)
     params = count_parameters(model)
     print(
         f"[classify] {cfg.method} on {cfg.init}: {params['trainable']:,} of {params['total']:,} "
@@ -425,6 +444,8 @@ def train(cfg: ClassifyConfig) -> dict:
         "trainable_pct": 100 * params["trainable"] / params["total"],
         "train": result,
     }
+    if teacher is not None:
+        summary["distill"] = cfg.distill.model_dump()
     for split in cfg.eval_splits:
         if task.split(split):
             report = evaluate_run(model, tokenizer, task, split, out, cfg)

@@ -31,6 +31,7 @@ SPEED_NOTE = {
 }
 # Files of a classify run that a quantized copy keeps (so eval, predict and compare work).
 RUN_FILES = ("config.yaml", "labels.json", "task")
+MODEL_FILES = ("model.safetensors", "model.json")  # what checkpoint_mb counts, as classify does
 
 
 def quantize(
@@ -57,8 +58,8 @@ def quantize(
             elif (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
         summary = {"stage": "quantize", **info, "speed_note": SPEED_NOTE[method],
-                   "checkpoint_mb": dir_size_mb(tmp),
-                   "source_checkpoint_mb": dir_size_mb(src)}  # fmt: skip
+                   "checkpoint_mb": dir_size_mb(tmp, MODEL_FILES),
+                   "source_checkpoint_mb": dir_size_mb(src, MODEL_FILES)}  # fmt: skip
         write_json(tmp / "summary.json", summary)
     if loaded.kind == "sequence_classifier" and (Path(out) / "config.yaml").is_file():
         summary.update(_evaluate_classifier(Path(out), src))
@@ -87,3 +88,89 @@ def _evaluate_classifier(run: Path, src: Path) -> dict:
         if key in src_summary:
             out[key] = src_summary[key]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Distillation: the teacher's logits, computed once
+# --------------------------------------------------------------------------------------------
+
+
+def text_id(text: str) -> str:
+    """An example's id in a logits cache: a hash of its text (stable across re-subsampling)."""
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def teacher_logits(
+    teacher: str | os.PathLike, out: str | os.PathLike, task_path: str | None = None,
+    max_examples: int | None = None,
+) -> dict:  # fmt: skip
+    """Run a trained classifier over the training examples a student will see (the teacher
+    run's own task and subsample unless given) and cache its logits: fp16 safetensors + ids."""
+    from safetensors.numpy import save_file as save_np
+
+    from lmforge.data.tasks import subsample
+    from lmforge.stages import classify
+
+    teacher = Path(teacher)
+    cfg = classify._run_config(teacher)
+    if task_path:
+        cfg.task.path = task_path
+    if max_examples is not None:
+        cfg.task.max_train_examples = max_examples
+    loaded = load(teacher)
+    if task_path:
+        import tempfile
+
+        task = classify.resolve_task(cfg.task, Path(tempfile.mkdtemp()) / "task")
+    else:
+        task = classify._run_task(teacher, cfg)
+    rows = subsample(task.train, cfg.task.max_train_examples, cfg.task.seed)
+    texts = [t for t, _ in rows]
+    logits, _, _ = classify.predict_logits(
+        loaded.model, loaded.tokenizer, texts, cfg.task.max_length, cfg.eval_batch_size,
+        cfg.padding_side,
+    )  # fmt: skip
+    fitted = read_json(teacher / "summary.json").get("temperature", 1.0)
+    with staging_dir(out) as tmp:
+        save_np({"logits": logits.astype("float16")}, str(tmp / "logits.safetensors"))
+        info = {"teacher": str(teacher), "labels": task.label_names, "temperature": fitted,
+                "ids": [text_id(t) for t in texts]}  # fmt: skip
+        write_json(tmp / "examples.json", info)
+    return {"teacher": str(teacher), "examples": len(texts), "labels": len(task.label_names),
+            "temperature": fitted, "out": str(out)}  # fmt: skip
+
+
+def aligned_teacher_logits(distill, texts: list[str], label_names: list[str]):
+    """The cached teacher logits in the order of the student's training texts; refuses a
+    cache whose labels differ or that lacks some of the student's examples."""
+    from safetensors.numpy import load_file as load_np
+
+    folder = Path(distill.teacher_logits)
+    if not (folder / "examples.json").is_file():
+        raise CheckpointError(
+            f"{folder} is not a teacher-logits cache; make one with `lmforge distill logits "
+            "--teacher RUN --out DIR`"
+        )
+    info = read_json(folder / "examples.json")
+    if info["labels"] != label_names:
+        extra = sorted(set(info["labels"]) ^ set(label_names))
+        raise CheckpointError(
+            f"{folder}: the teacher's labels differ from the task's "
+            f"({len(info['labels'])} vs {len(label_names)}; e.g. {extra[:3] or 'the order'}); "
+            "distil from a teacher trained on the same task"
+        )
+    index = {i: k for k, i in enumerate(info["ids"])}
+    missing = [t for t in texts if text_id(t) not in index]
+    if missing:
+        raise CheckpointError(
+            f"{folder}: no teacher logits for {len(missing)} of the student's {len(texts)} "
+            f"training examples (e.g. {missing[0][:60]!r}); compute them for the same task and "
+            "subsample (`lmforge distill logits --max-examples N`)"
+        )
+    logits = load_np(str(folder / "logits.safetensors"))["logits"].astype("float32")
+    logits = logits[[index[text_id(t)] for t in texts]]
+    if distill.calibrate_teacher:
+        logits = logits / info["temperature"]
+    return logits

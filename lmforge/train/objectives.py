@@ -163,3 +163,43 @@ def classification_loss_fn(weights: torch.Tensor | None = None, label_smoothing:
         return loss, int(batch["attention_mask"].sum())
 
     return loss_fn
+
+
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hinton et al. (2015), as the course writes it:
+
+        alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
+
+    T^2 keeps the soft term's gradients on the scale of the hard one's as T grows.
+    """
+    s, t = student.float(), teacher.float()
+    soft = F.kl_div(
+        F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
+        reduction="batchmean", log_target=True,
+    )  # fmt: skip
+    hard = F.cross_entropy(s, labels, weight=weight)
+    return alpha * temperature**2 * soft + (1 - alpha) * hard
+
+
+def distillation_loss_fn(temperature: float, alpha: float, weights: torch.Tensor | None = None):
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]):
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        w = weights.to(logits.device) if weights is not None else None
+        loss = distillation_loss(
+            logits,
+            batch["teacher_logits"].to(logits.device),
+            batch["labels"],
+            temperature,
+            alpha,
+            w,
+        )
+        return loss, int(batch["attention_mask"].sum())
+
+    return loss_fn
