@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
             Distil a trained classifier (the teacher) into another (the student):
               lmforge distill logits --teacher runs/demo/cls-minilm --out runs/demo/teacher-logits
               lmforge distill train --config configs/demo/distill-encoder.yaml
+              lmforge distill grid --config configs/demo/distill-encoder.yaml --temperatures 1 2 4 --alphas 0.5 0.9
             The student's loss is alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE
             (distill.temperature, default 4; distill.alpha, default 0.7). `distill train` is
             `classify train` with a distill section: every classify option applies.
@@ -343,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dtrain = dis_verbs.add_parser("train", help="train a student (classify train + distill.*)")
     _add_config_args(dtrain, None)
+    dgrid = dis_verbs.add_parser("grid", help="one student per temperature x alpha, one table")
+    _add_config_args(dgrid, None)
+    dgrid.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    dgrid.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.7, 0.9])
 
     gen = verbs.add_parser(
         "generate",
@@ -591,7 +596,24 @@ def cmd_distill(args) -> int:
     if args.distill_verb == "train":
         args.cls_verb = "train"
         return cmd_classify(args)
-    print("usage: lmforge distill {logits,train} ... (see lmforge distill --help)", file=sys.stderr)
+    if args.distill_verb == "grid":
+        from lmforge.stages.classify import ClassifyConfig
+        from lmforge.stages.compress import distill_grid
+
+        cfg = _load_stage_config(ClassifyConfig, args)
+        rows = distill_grid(cfg, args.temperatures, args.alphas)
+        print("| T | alpha | macro F1 | tail F1 | rare F1 | ECE | accuracy |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['temperature']:g} | {r['alpha']:g} | {r['macro_f1']:.3f} | {r['tail_f1']:.3f} "
+                f"| {r['rare_f1']:.3f} | {r['ece']:.3f} | {r['accuracy']:.3f} |"
+            )
+        return 0
+    print(
+        "usage: lmforge distill {logits,train,grid} ... (see lmforge distill --help)",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -162,6 +162,21 @@ def test_distill_logits_then_a_student_and_bad_caches(tmp_path, decoder_dir, tas
                      eval_splits=["val"], distill=distill)  # fmt: skip
     summary = train(student)
     assert summary["distill"]["temperature"] == 2.0 and summary["macro_f1"] > 0
+    # the grid: one run per (T, alpha), a table, finished runs read back rather than retrained
+    from lmforge.config import save_config
+
+    save_config(student.model_copy(update={"out_dir": str(tmp_path / "grid")}), tmp_path / "g.yaml")
+    capsys.readouterr()
+    argv = ["distill", "grid", "--config", str(tmp_path / "g.yaml"), "--temperatures", "1", "4",
+            "--alphas", "0.5"]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| 1 | 0.5 |" in table and "| 4 | 0.5 |" in table
+    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    assert [(r["temperature"], r["alpha"]) for r in grid] == [(1.0, 0.5), (4.0, 0.5)]
+    stamp = (tmp_path / "grid" / "T1-a0.5" / "summary.json").stat().st_mtime
+    assert main(argv) == 0
+    assert (tmp_path / "grid" / "T1-a0.5" / "summary.json").stat().st_mtime == stamp
     # a cache from another task: labels differ, or examples are missing
     info["labels"] = ["a", "b", "c", "d"]
     (cache / "examples.json").write_text(json.dumps(info))

@@ -174,3 +174,30 @@ def aligned_teacher_logits(distill, texts: list[str], label_names: list[str]):
     if distill.calibrate_teacher:
         logits = logits / info["temperature"]
     return logits
+
+
+def distill_grid(cfg, temperatures: list[float], alphas: list[float]) -> list[dict]:
+    """One student per (T, alpha) under cfg.out_dir/T{T}-a{alpha}, each a normal resumable run
+    (a finished one is read back, not retrained); returns the table rows."""
+    from lmforge.stages import classify
+
+    rows = []
+    for t in temperatures:
+        for a in alphas:
+            out = Path(cfg.out_dir) / f"T{t:g}-a{a:g}"
+            if (out / "summary.json").is_file():
+                summary = read_json(out / "summary.json")
+            else:
+                run = cfg.model_copy(deep=True)
+                run.out_dir = str(out)
+                run.distill.temperature, run.distill.alpha = t, a
+                summary = classify.train(run)
+            split = summary.get("test") or summary
+            rows.append({
+                "temperature": t, "alpha": a, "run": str(out),
+                "macro_f1": split["macro_f1"], "tail_f1": split["tier_macro_f1"]["tail"],
+                "rare_f1": split["tier_macro_f1"]["rare"], "ece": split["ece"],
+                "accuracy": split["accuracy"],
+            })  # fmt: skip
+    write_json(Path(cfg.out_dir) / "grid.json", rows)
+    return rows
