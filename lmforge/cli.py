@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 from lmforge.errors import LmforgeError
 
@@ -349,6 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     dgrid.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     dgrid.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.7, 0.9])
 
+    tr = verbs.add_parser(
+        "tradeoff",
+        help="every classifier under a directory: table, Pareto plot, compression damage, pick",
+        description=textwrap.dedent(
+            """\
+            One table of every classifier run under DIR (classify, baseline, quantize, distill),
+            the quality-vs-latency Pareto frontier (tradeoff.png), what each compression cost
+            against its source per tier (paired bootstrap), and the best run within your limits.
+            Writes DIR/tradeoff.md, tradeoff.png, tradeoff.json.
+              lmforge tradeoff runs/demo --max-latency-ms 10 --min-macro-f1 0.4 --max-ece 0.05
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    tr.add_argument("dir")
+    tr.add_argument("--split", default="test")
+    tr.add_argument("--max-latency-ms", type=float)
+    tr.add_argument("--min-macro-f1", type=float)
+    tr.add_argument("--max-ece", type=float)
+    tr.add_argument("--max-size-mb", type=float)
+
     gen = verbs.add_parser(
         "generate",
         help="continue a prompt with a trained model",
@@ -617,6 +639,17 @@ def cmd_distill(args) -> int:
     return 2
 
 
+def cmd_tradeoff(args) -> int:
+    from lmforge.stages.tradeoff import tradeoff
+
+    result = tradeoff(
+        args.dir, args.split, max_latency_ms=args.max_latency_ms, min_macro_f1=args.min_macro_f1,
+        max_ece=args.max_ece, max_size_mb=args.max_size_mb,
+    )  # fmt: skip
+    print((Path(args.dir) / "tradeoff.md").read_text())
+    return 0 if result["recommended"] else 1
+
+
 def cmd_generate(args) -> int:
     from lmforge.artifact import load
     from lmforge.infer.generate import SamplingConfig, stream_text
@@ -656,6 +689,7 @@ COMMANDS = {
     "convert": cmd_convert,
     "quantize": cmd_quantize,
     "distill": cmd_distill,
+    "tradeoff": cmd_tradeoff,
 }
 
 

@@ -129,6 +129,28 @@ def test_quantize_cli_on_a_classify_run(tmp_path, decoder_dir, task_csv, capsys)
     assert main(["quantize", str(out), "--method", "int4", "--out", str(tmp_path / "x")]) == 2
     assert "already quantized" in capsys.readouterr().err
 
+    # the trade-off over the two runs: table, plot, damage of int8 vs its source, a pick
+    assert main(["tradeoff", str(tmp_path), "--min-macro-f1", "0", "--max-ece", "1"]) == 0
+    result = json.loads((tmp_path / "tradeoff.json").read_text())
+    assert {r["run"] for r in result["runs"]} == {"full", "int8"}
+    assert result["damage"][0]["run"] == "int8" and result["damage"][0]["source"] == "full"
+    assert result["recommended"] in ("full", "int8") and (tmp_path / "tradeoff.png").is_file()
+    assert "## Recommendation" in (tmp_path / "tradeoff.md").read_text()
+    assert main(["tradeoff", str(tmp_path), "--min-macro-f1", "1.01"]) == 1
+    assert "no run meets every limit" in capsys.readouterr().out
+    # runs of another task are refused, naming them; so is a directory with no runs
+    import shutil
+
+    shutil.copytree(out, tmp_path / "other")
+    labels = json.loads((tmp_path / "other" / "labels.json").read_text())
+    labels["names"] = [n + "-x" for n in labels["names"]]
+    (tmp_path / "other" / "labels.json").write_text(json.dumps(labels))
+    assert main(["tradeoff", str(tmp_path)]) == 2
+    assert "mixes runs of different tasks" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["tradeoff", str(tmp_path / "empty")]) == 2
+    assert "holds no classifier runs" in capsys.readouterr().err
+
 
 def test_distillation_loss_is_the_course_formula():
     from lmforge.train.objectives import distillation_loss
