@@ -68,6 +68,7 @@ class Tokenizer:
         self.specials = {r: t for r, t in ROLES.items() if t is not None and t in vocab}
         self.specials.update({r: t for r, t in (specials or {}).items() if r in ROLES})
         self._ids = {r: vocab.get(t) if t else None for r, t in self.specials.items()}
+        self._truncating_cache: dict[int, HFTokenizer] = {}
 
     # --- ids -----------------------------------------------------------------------------
     @property
@@ -171,7 +172,7 @@ class Tokenizer:
         once per length: copying a 150k-token vocabulary costs far more than encoding."""
         from tokenizers import processors
 
-        cache = self.__dict__.setdefault("_truncating_cache", {})
+        cache = self._truncating_cache
         if max_length not in cache:
             hf = HFTokenizer.from_str(self.hf.to_str())
             if self.is_lmforge:

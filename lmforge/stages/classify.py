@@ -313,6 +313,26 @@ def speed(model, tokenizer, texts: list[str], cfg: ClassifyConfig) -> dict:
     return measure_speed(prepare, run, texts)
 
 
+def score(model, tokenizer, task: Task, cfg: ClassifyConfig, out: Path) -> dict:
+    """What every classifier's summary holds: each eval split's headline metrics (the first
+    split's also at the top level), and speed with the one protocol. Used by training and by
+    compression (a quantized copy is scored exactly as its source was)."""
+    result: dict = {}
+    for split in cfg.eval_splits:
+        if task.split(split):
+            report = evaluate_run(model, tokenizer, task, split, out, cfg)
+            result[split] = {
+                **headline(report),
+                "truncated_examples": report["truncated_examples"],
+            }
+    if cfg.speed:
+        result.update(speed(model, tokenizer, [t for t, _ in (task.val or task.train)[:200]], cfg))
+    first = next((s for s in cfg.eval_splits if s in result), None)
+    if first:
+        result.update(result[first])
+    return result
+
+
 # --------------------------------------------------------------------------------------------
 # The recipe
 # --------------------------------------------------------------------------------------------
@@ -446,22 +466,11 @@ def train(cfg: ClassifyConfig) -> dict:
     }
     if teacher is not None:
         summary["distill"] = cfg.distill.model_dump()
-    for split in cfg.eval_splits:
-        if task.split(split):
-            report = evaluate_run(model, tokenizer, task, split, out, cfg)
-            summary[split] = {
-                **headline(report),
-                "truncated_examples": report["truncated_examples"],
-            }
-    if cfg.speed:
-        summary.update(speed(model, tokenizer, [t for t, _ in (task.val or task.train)[:200]], cfg))
+    summary.update(score(model, tokenizer, task, cfg, out))
     summary["checkpoint_mb"] = dir_size_mb(out, ("model.safetensors", "model.json"))
     if adapter_mb is not None:
         summary["adapter_mb"] = adapter_mb
         summary["adapter_hf_names"] = adapter_hf_names  # PEFT loads it onto the transformers model
-    first = next((s for s in cfg.eval_splits if s in summary), None)
-    if first:
-        summary.update(summary[first])
     summary["stage_seconds"] = time.perf_counter() - t_start
     plot_training_curves(out / "metrics.jsonl", out / "loss.png", title=f"classify {cfg.method}")
     write_json(out / "summary.json", summary)

@@ -72,17 +72,10 @@ def _evaluate_classifier(run: Path, src: Path) -> dict:
     from lmforge.stages import classify
 
     cfg = classify._run_config(run)
+    cfg.speed = True
     loaded = load(run)
     task = classify._run_task(run, cfg)
-    out: dict = {}
-    for split in cfg.eval_splits:
-        report = classify.evaluate_run(loaded.model, loaded.tokenizer, task, split, run, cfg)
-        out[split] = classify.headline(report)
-    texts = [t for t, _ in (task.val or task.train)[:200]]
-    out.update(classify.speed(loaded.model, loaded.tokenizer, texts, cfg))
-    first = cfg.eval_splits[0] if cfg.eval_splits else None
-    if first in out:
-        out.update(out[first])
+    out = classify.score(loaded.model, loaded.tokenizer, task, cfg, run)
     src_summary = read_json(src / "summary.json") if (src / "summary.json").is_file() else {}
     for key in ("params_total", "params_trainable"):
         if key in src_summary:
