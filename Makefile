@@ -17,7 +17,9 @@ demo: setup
 	$(LMF) pretrain --config configs/demo/pretrain.yaml
 	$(LMF) generate runs/demo/pretrain --prompt "The meaning of" --max-new-tokens 60 --seed 0
 
-test: setup
+# The tests also drive the web chat in headless Chromium: set-up installs it for them.
+test:
+	@VENV=$(VENV) WITH_BROWSER=1 bash scripts/setup.sh
 	$(PY) -m pytest -q
 
 lint: setup

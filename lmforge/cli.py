@@ -120,6 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--out", required=True, help="task directory to write")
     _add_config_args(task, None)
 
+    ins = data_verbs.add_parser(
+        "instructions",
+        help="the offline default chat data: WordNet questions, answers and preference pairs",
+        description=textwrap.dedent(
+            """\
+            Write conversations for SFT (define X, a synonym of X, the opposite of X, X in a
+            sentence, X's category; varied phrasings) and preference pairs for a reward model
+            and DPO (chosen: the right answer; rejected: a plausible wrong one), built from
+            WordNet. Validation uses words never seen in training.
+              train.jsonl val.jsonl preferences-train.jsonl preferences-val.jsonl info.json
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    ins.add_argument("--out", required=True, help="directory to write (replaced atomically)")
+    ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument("--max-train", type=int, default=20000, help="training conversations")
+    ins.add_argument("--max-val", type=int, default=500, help="held-out conversations and pairs")
+
     stats = data_verbs.add_parser("stats", help="documents, characters and words of any corpus")
     stats.add_argument("path", help="a file or directory of txt / jsonl / parquet / csv")
     stats.add_argument("--text-column", default="text")
@@ -179,6 +198,89 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     _add_config_args(pre, "configs/demo/pretrain.yaml")
+
+    # post-training -----------------------------------------------------------------------
+    sft = verbs.add_parser(
+        "sft",
+        help="supervised fine-tuning on chat conversations (assistant-only loss)",
+        description=textwrap.dedent(
+            """\
+            Fine-tune a decoder on ChatML conversations, the loss on assistant tokens and their
+            <|im_end|> only, full or LoRA (method=lora, merged into the saved model). Evaluates
+            the val loss and greedy answers to held-out questions (exact match, token F1, per
+            task) before and after; writes a causal-LM artifact that chat / serve / dpo read.
+              lmforge data instructions --out data/instructions
+              lmforge sft --config configs/demo/sft.yaml
+              lmforge sft --config configs/demo/sft.yaml method=lora init=hf:Qwen/Qwen2.5-0.5B
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    _add_config_args(sft, "configs/demo/sft.yaml")
+    rw = verbs.add_parser(
+        "reward",
+        help="train a reward model on preference pairs (Bradley-Terry)",
+        description=textwrap.dedent(
+            """\
+            A decoder's body plus a scalar head on the answer's last token, trained with
+            -log sigmoid(r_chosen - r_rejected); reports held-out accuracy and margin.
+              lmforge reward --config configs/demo/reward.yaml
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    _add_config_args(rw, "configs/demo/reward.yaml")
+    dpo = verbs.add_parser(
+        "dpo",
+        help="direct preference optimisation from an SFT model",
+        description=textwrap.dedent(
+            """\
+            DPO's sigmoid loss (beta 0.1) on summed answer log-probabilities against a frozen
+            reference (LoRA: the same model with adapters off). Reports reward accuracy, chosen
+            and rejected rewards and margins, and the win rate over the starting model judged
+            by a reward model (win_rate.reward_model).
+              lmforge dpo --config configs/demo/dpo.yaml
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    _add_config_args(dpo, "configs/demo/dpo.yaml")
+
+    def sampling_args(p):
+        p.add_argument("--temperature", "-t", type=float, default=0.7, help="0 = greedy")
+        p.add_argument("--top-k", type=int, default=50, help="0 = off")
+        p.add_argument("--top-p", type=float, default=None)
+        p.add_argument("--max-new-tokens", "-n", type=int, default=256)
+        p.add_argument("--seed", type=int, default=None)
+
+    chat = verbs.add_parser(
+        "chat",
+        help="talk to a model in the terminal (multi-turn, streamed)",
+        description="A terminal conversation with a chat model. Commands: /reset, /system TEXT, /help, /quit.",
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    chat.add_argument("model", help="an SFT/DPO run directory, an HF chat model or hf:<repo>")
+    chat.add_argument("--system", default=None, help="a system prompt")
+    sampling_args(chat)
+    srv = verbs.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP API and a web chat page",
+        description=textwrap.dedent(
+            """\
+            Serve a model: POST /v1/chat/completions and /v1/completions (OpenAI wire format,
+            stream=true for server-sent events), GET /v1/models, and a web chat at /.
+            Binds 127.0.0.1 unless --host says otherwise.
+              lmforge serve runs/demo/dpo --port 8000
+              python -c "from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-'); ..."
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    srv.add_argument("model", help="a run directory, an HF directory or hf:<repo>")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--max-concurrent", type=int, default=2, help="generations at once")
+    srv.add_argument("--max-tokens-cap", type=int, default=512, help="upper bound on max_tokens")
 
     # generate ----------------------------------------------------------------------------
     base = verbs.add_parser(
@@ -465,6 +567,18 @@ def cmd_data(args) -> int:
             return _print_config(cfg)
         print(json.dumps(_task_stats(prepare_task(cfg, args.out)), indent=2))
         return 0
+    if args.data_verb == "instructions":
+        from lmforge.data.instructions import build_instructions
+
+        info = build_instructions(
+            args.out, seed=args.seed, max_train=args.max_train, max_val=args.max_val
+        )
+        print(
+            json.dumps(
+                {k: v for k, v in info.items() if k in ("counts", "heldout_words_count")}, indent=2
+            )
+        )
+        return 0
     if args.data_verb == "stats":
         from lmforge.data.sources import iter_texts
 
@@ -678,6 +792,57 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _post_training(module: str, cls: str, fn: str, keys: tuple[str, ...]):
+    def cmd(args) -> int:
+        import importlib
+
+        stage = importlib.import_module(f"lmforge.stages.{module}")
+        cfg = _load_stage_config(getattr(stage, cls), args)
+        if args.print_config:
+            return _print_config(cfg)
+        summary = getattr(stage, fn)(cfg)
+        print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+        print(f"artifact: {cfg.out_dir}")
+        return 0
+
+    return cmd
+
+
+cmd_sft = _post_training("sft", "SFTConfig", "run",
+                         ("steps", "val_loss", "answers_before", "answers", "wall_seconds"))  # fmt: skip
+cmd_reward = _post_training("preference", "RewardConfig", "train_reward",
+                            ("steps", "before", "val_accuracy", "val_margin", "wall_seconds"))  # fmt: skip
+cmd_dpo = _post_training(
+    "preference", "DPOConfig", "train_dpo",
+    ("steps", "before", "val_reward_accuracy", "val_margin", "val_policy_prefers_chosen",
+     "win_rate_over_init", "wall_seconds"),
+)  # fmt: skip
+
+
+def _sampling(args):
+    from lmforge.infer.generate import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k or None, top_p=args.top_p, seed=args.seed)  # fmt: skip
+
+
+def cmd_chat(args) -> int:
+    from lmforge.infer.chat_cli import repl
+    from lmforge.infer.serve import load_causal_lm
+
+    loaded = load_causal_lm(args.model)
+    repl(loaded.model, loaded.tokenizer, _sampling(args), system=args.system)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from lmforge.infer.serve import serve
+
+    serve(args.model, host=args.host, port=args.port, max_concurrent=args.max_concurrent,
+          max_tokens_cap=args.max_tokens_cap)  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "data": cmd_data,
     "tokenizer": cmd_tokenizer,
@@ -690,6 +855,11 @@ COMMANDS = {
     "quantize": cmd_quantize,
     "distill": cmd_distill,
     "tradeoff": cmd_tradeoff,
+    "sft": cmd_sft,
+    "reward": cmd_reward,
+    "dpo": cmd_dpo,
+    "chat": cmd_chat,
+    "serve": cmd_serve,
 }
 
 

@@ -15,6 +15,10 @@ TORCH_VERSION=2.13.0
 
 # 1. System packages: the Debian text corpora the embedded default corpus is built from.
 APT_PACKAGES="wordnet-base dict-gcide bible-kjv bible-kjv-text fortunes"
+# Chromium drives the web chat's browser test (tests/test_serve.py; it skips without it)
+if [ "${WITH_BROWSER:-0}" = 1 ]; then
+  APT_PACKAGES="$APT_PACKAGES chromium"
+fi
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

@@ -75,6 +75,24 @@ def test_quantized_linear_stays_close_to_fp32(method, tol):
     assert rel < tol, rel
 
 
+def test_w8a8_agrees_with_torch_ao_dynamic_int8_linear():
+    """Same weights codes as fbgemm's dynamic quantized Linear (torch.ao); activations are
+    quantized per tensor there and per row here, so the outputs agree to quantization noise."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    x = torch.randn(40, 64)
+    q = QuantLinear.from_linear(lin, "int8", group_size=32)
+    w = torch.quantize_per_channel(
+        lin.weight.detach(), q.scale.double(), torch.zeros(48, dtype=torch.long), 0, torch.qint8
+    )
+    packed = torch.ops.quantized.linear_prepack(w, lin.bias.detach())
+    ao = torch.ops.quantized.linear_dynamic(x, packed, False)
+    with torch.no_grad():
+        ours, want = q(x), lin(x)
+    assert (ours - ao).norm() / ao.norm() < 0.02
+    assert (ours - want).norm() < (ao - want).norm() * 1.5  # per-row scales are no worse
+
+
 def _classifier():
     torch.manual_seed(0)
     cfg = tiny_config(

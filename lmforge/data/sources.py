@@ -67,7 +67,8 @@ def _missing_column(file: Path, column: str, columns) -> DataError:
     )
 
 
-def _iter_jsonl(file: Path, text_column: str) -> Iterator[dict]:
+def iter_jsonl_objects(file: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line; a clear error for any bad line."""
     with open(file, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -84,9 +85,14 @@ def _iter_jsonl(file: Path, text_column: str) -> Iterator[dict]:
                 raise DataError(
                     f"{file}:{lineno} must hold a JSON object, not {type(obj).__name__}"
                 )
-            if text_column not in obj:
-                raise _missing_column(file, text_column, obj.keys())
-            yield {**obj, "text": str(obj[text_column])}
+            yield lineno, obj
+
+
+def _iter_jsonl(file: Path, text_column: str) -> Iterator[dict]:
+    for _, obj in iter_jsonl_objects(file):
+        if text_column not in obj:
+            raise _missing_column(file, text_column, obj.keys())
+        yield {**obj, "text": str(obj[text_column])}
 
 
 def _iter_parquet(file: Path, text_column: str) -> Iterator[dict]:

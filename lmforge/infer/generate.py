@@ -99,10 +99,14 @@ def stream_text(
     and held back while it could still be the start of a stop string.
     """
     prompt_ids = tokenizer.encode(prompt, add_bos=add_bos and tokenizer.bos_id is not None)
-    if tokenizer.eos_id is not None and tokenizer.eos_id not in cfg.stop_token_ids:
-        cfg = SamplingConfig(
-            **{**cfg.__dict__, "stop_token_ids": [*cfg.stop_token_ids, tokenizer.eos_id]}
-        )
+    yield from stream_ids(model, tokenizer, prompt_ids, cfg)
+
+
+def stream_ids(model: nn.Module, tokenizer, prompt_ids: list[int], cfg: SamplingConfig):
+    """`stream_text` from token ids; stops at EOS and at <|im_end|> (the end of a chat turn)."""
+    ends = [t for t in (tokenizer.eos_id, tokenizer.im_end_id) if t is not None]
+    if any(t not in cfg.stop_token_ids for t in ends):
+        cfg = SamplingConfig(**{**cfg.__dict__, "stop_token_ids": [*cfg.stop_token_ids, *ends]})
     new: list[int] = []
     emitted = 0
     for tok in generate_tokens(model, prompt_ids, cfg):
@@ -124,6 +128,18 @@ def stream_text(
     text = tokenizer.decode(new)
     if len(text) > emitted:
         yield text[emitted:]
+
+
+def stream_chat(
+    model: nn.Module, tokenizer, messages: list[dict], cfg: SamplingConfig
+) -> Iterator[str]:
+    """The assistant's next turn, streamed. The prompt is the training template's
+    (data/chat.py), cut from the left when the conversation outgrows the context."""
+    from lmforge.data.chat import encode_prompt
+
+    room = model.cfg.max_seq_len - min(cfg.max_new_tokens, model.cfg.max_seq_len // 2)
+    ids, _ = encode_prompt(tokenizer, messages, max(1, room))
+    yield from stream_ids(model, tokenizer, ids, cfg)
 
 
 def generate_text(

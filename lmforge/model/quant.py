@@ -30,6 +30,9 @@ directly on the logits).
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,6 +105,39 @@ def _divisor_near(n: int, k: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _w8a8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias):
+    """y = (q(x) @ q(W)^T) * s_x * s_W + b, activations quantized per row (symmetric absmax)."""
+    x = x.float()
+    sx = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / 127.5
+    xq = torch.clamp(torch.round(x / sx), -128, 127).to(torch.int8)
+    y = torch._int_mm(xq, qweight.t()).float() * sx * scale
+    return y if bias is None else y + bias
+
+
+_W8A8 = {"fn": None}
+
+
+def w8a8_linear(x, qweight, scale, bias=None) -> torch.Tensor:
+    """`_w8a8`, compiled once (dynamic shapes) so that quantizing the activations is one fused
+    pass instead of five: 1.3x -> ~2x faster than fp32 per layer on 2 cores
+    (benchmarks/classify_speed.py). Falls back to eager where compiling is not possible
+    (no C compiler) or is switched off with LMFORGE_COMPILE=0."""
+    if _W8A8["fn"] is None:
+        _W8A8["fn"] = _w8a8
+        if os.environ.get("LMFORGE_COMPILE", "1") != "0":
+            _W8A8["fn"] = torch.compile(_w8a8, dynamic=True)
+    try:
+        return _W8A8["fn"](x, qweight, scale, bias)
+    except Exception as e:  # a compiler problem must not take inference down: run eagerly
+        if _W8A8["fn"] is _w8a8:
+            raise
+        warnings.warn(
+            f"compiling the int8 matmul failed ({type(e).__name__}); running eagerly", stacklevel=2
+        )
+        _W8A8["fn"] = _w8a8
+        return _w8a8(x, qweight, scale, bias)
+
+
 class QuantLinear(nn.Module):
     """A Linear whose weight is stored quantized (buffers: what safetensors saves)."""
 
@@ -155,12 +191,7 @@ class QuantLinear(nn.Module):
         if self.method != "int8":  # weight-only: smaller on disk and in memory, not faster
             return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).float()
-        sx = x2.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / 127.5
-        xq = torch.clamp(torch.round(x2 / sx), -128, 127).to(torch.int8)
-        y = torch._int_mm(xq, self.qweight.t()).float() * sx * self.scale
-        if self.bias is not None:
-            y = y + self.bias
+        y = w8a8_linear(x.reshape(-1, self.in_features), self.qweight, self.scale, self.bias)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

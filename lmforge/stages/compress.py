@@ -64,6 +64,9 @@ def quantize(
     if loaded.kind == "sequence_classifier" and (Path(out) / "config.yaml").is_file():
         summary.update(_evaluate_classifier(Path(out), src))
         write_json(Path(out) / "summary.json", summary)
+    elif loaded.kind == "causal_lm" and (src / "config.yaml").is_file():
+        summary.update(_evaluate_lm(Path(out), src))
+        write_json(Path(out) / "summary.json", summary)
     return summary
 
 
@@ -80,6 +83,40 @@ def _evaluate_classifier(run: Path, src: Path) -> dict:
     for key in ("params_total", "params_trainable"):
         if key in src_summary:
             out[key] = src_summary[key]
+    return out
+
+
+def _evaluate_lm(run: Path, src: Path) -> dict:
+    """Val loss and bits per byte of the quantized LM and of its source, in fp32 on the same
+    held-out batches as pre-training (the source's own summary was measured under autocast),
+    and the time each pass took."""
+    import time
+
+    import torch
+
+    from lmforge.config import load_config
+    from lmforge.data.shards import ShardDataset, iter_eval_batches
+    from lmforge.stages.pretrain import PretrainConfig
+    from lmforge.tokenizer import token_byte_lengths
+    from lmforge.train.objectives import lm_eval
+
+    cfg = load_config(PretrainConfig, src / "config.yaml")
+    shards = Path(cfg.data.shards) if cfg.data.shards else src / "shards"
+    if not (shards / "val").is_dir():
+        return {"eval_note": f"no held-out shards at {shards}: val bpb not measured"}
+    val = ShardDataset(shards, "val")
+    out = {}
+    for name, path in (("", run), ("source_", src)):
+        loaded = load(path)
+        token_bytes = torch.tensor(token_byte_lengths(loaded.tokenizer), dtype=torch.long)
+        batches = iter_eval_batches(
+            val, cfg.trainer.micro_batch_size, cfg.data.seq_len, cfg.data.eval_batches
+        )
+        t0 = time.perf_counter()
+        result = lm_eval(loaded.model.eval(), batches, token_bytes)
+        out.update({name + k: v for k, v in result.items()})
+        out[name + "eval_seconds"] = time.perf_counter() - t0
+    out["val_bpb_change"] = out["val_bpb"] - out["source_val_bpb"]
     return out
 
 

@@ -29,7 +29,13 @@ from lmforge.model.config import ModelConfig, from_preset
 from lmforge.model.heads import MaskedLM
 from lmforge.model.transformer import LanguageModel, count_parameters
 from lmforge.tokenizer import Tokenizer, token_byte_lengths
-from lmforge.train.objectives import clm_loss, lm_eval, mlm_eval, mlm_loss_fn
+from lmforge.train.objectives import (
+    clm_loss,
+    lm_distillation_loss_fn,
+    lm_eval,
+    mlm_eval,
+    mlm_loss_fn,
+)
 from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig
 from lmforge.utils import seed_everything, write_json
@@ -53,6 +59,14 @@ class SampleConfig(Section):
     seed: int = 0
 
 
+class LMDistillConfig(Section):
+    # A trained causal LM with the same tokenizer; each step it scores the same batch and the
+    # student also learns its per-token distribution (forward KL, teacher -> student).
+    teacher: str | None = None
+    temperature: float = Field(1.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KL term; 1 - alpha on next-token CE
+
+
 class PretrainConfig(Section):
     out_dir: str = "runs/demo/pretrain"
     tokenizer: str = "runs/demo/tokenizer"
@@ -67,6 +81,7 @@ class PretrainConfig(Section):
     data: PretrainData = Field(default_factory=PretrainData)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     samples: SampleConfig = Field(default_factory=SampleConfig)
+    distill: LMDistillConfig = Field(default_factory=LMDistillConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -96,12 +111,28 @@ def check_inputs(cfg: PretrainConfig) -> None:
         raise ConfigError(
             "objective mlm trains an encoder: set model.causal=false (see configs/demo/encoder.yaml)"
         )
+    if cfg.distill.teacher:
+        check_teacher(cfg)
     if cfg.data.seq_len < 2:
         raise ConfigError("data.seq_len must be at least 2")
     if cfg.init is None and cfg.data.seq_len > cfg.model.max_seq_len:
         raise ConfigError(
             f"data.seq_len ({cfg.data.seq_len}) exceeds model.max_seq_len ({cfg.model.max_seq_len}); "
             "lower data.seq_len or raise model.max_seq_len"
+        )
+
+
+def check_teacher(cfg: PretrainConfig) -> None:
+    if cfg.objective != "clm":
+        raise ConfigError("distill.teacher distils a causal LM: it needs objective clm")
+    if not (Path(cfg.distill.teacher) / "tokenizer.json").is_file():
+        raise ConfigError(f"distill.teacher {cfg.distill.teacher} is not a trained LM directory")
+    theirs = Tokenizer.load(cfg.distill.teacher).hf.get_vocab()
+    if theirs != Tokenizer.load(cfg.tokenizer).hf.get_vocab():
+        raise ConfigError(
+            f"distill.teacher {cfg.distill.teacher} uses another tokenizer than {cfg.tokenizer}; "
+            "per-token distillation needs the same vocabulary (train the student with the "
+            "teacher's tokenizer)"
         )
 
 
@@ -176,6 +207,22 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> dict:
     return {"prompt": text, "guesses": guesses}
 
 
+def lm_distillation(cfg: PretrainConfig, tokenizer: Tokenizer, val_ds, token_bytes, eval_fn):
+    """The per-token distillation loss from cfg.distill.teacher, and the teacher's own val
+    numbers for the summary. The teacher must speak the student's tokenizer."""
+    teacher = load(cfg.distill.teacher)
+    if teacher.kind != "causal_lm":
+        raise ConfigError(
+            f"distill.teacher {cfg.distill.teacher} is a {teacher.kind}, not a causal LM"
+        )
+    model = teacher.model.eval().requires_grad_(False)
+    scored = eval_fn(model)
+    info = {"distill": {**cfg.distill.model_dump(), "teacher_val_loss": scored.get("val_loss"),
+                        "teacher_val_bpb": scored.get("val_bpb"),
+                        "teacher_params": count_parameters(model)["total"]}}  # fmt: skip
+    return lm_distillation_loss_fn(model, cfg.distill.temperature, cfg.distill.alpha), info
+
+
 def run(cfg: PretrainConfig) -> dict:
     check_inputs(cfg)
     out = Path(cfg.out_dir)
@@ -218,6 +265,10 @@ def run(cfg: PretrainConfig) -> dict:
         specials = sorted(tokenizer.special_ids)
         mlm_args = (tokenizer.mask_id, mcfg.vocab_size, specials, cfg.mlm_rate)
         loss_fn = mlm_loss_fn(*mlm_args)
+
+    teacher_info = {}
+    if cfg.distill.teacher:
+        loss_fn, teacher_info = lm_distillation(cfg, tokenizer, val_ds, token_bytes, eval_fn)
 
     trainer = Trainer(
         cfg.trainer,
@@ -267,6 +318,7 @@ def run(cfg: PretrainConfig) -> dict:
         "train_tokens_available": train_ds.num_tokens,
         "epochs": result["tokens_seen"] / max(1, train_ds.num_tokens),
         "samples": samples,
+        **teacher_info,
         "stage_seconds": time.perf_counter() - t_start,
     }
     write_json(out / "summary.json", summary)

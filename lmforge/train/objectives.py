@@ -203,3 +203,71 @@ def distillation_loss_fn(temperature: float, alpha: float, weights: torch.Tensor
         return loss, int(batch["attention_mask"].sum())
 
     return loss_fn
+
+
+def lm_distillation_loss_fn(teacher: nn.Module, temperature: float = 1.0, alpha: float = 0.5):
+    """Per-token distillation of a causal LM: `distillation_loss` over every target position,
+    KL(teacher || student) averaged over tokens (forward KL, as in Hinton et al. and
+    DistilGPT-2), mixed with next-token cross-entropy. The teacher runs under no_grad on the
+    same batch, so nothing is cached: a vocabulary-sized distribution per token is too big."""
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]):
+        input_ids, targets = batch["input_ids"], batch["targets"]
+        logits = model(input_ids)
+        with torch.no_grad():
+            t = teacher.to(input_ids.device)(input_ids)
+        valid = targets.flatten() >= 0
+        loss = distillation_loss(
+            logits.flatten(0, 1)[valid], t.flatten(0, 1)[valid], targets.flatten()[valid],
+            temperature, alpha,
+        )  # fmt: skip
+        return loss, int(targets.numel())
+
+    return loss_fn
+
+
+# --------------------------------------------------------------------------------------------
+# Preferences: a reward model (Bradley-Terry) and DPO
+# --------------------------------------------------------------------------------------------
+
+
+def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry: -log sigmoid(r_chosen - r_rejected), averaged over pairs."""
+    return -F.logsigmoid(r_chosen.float() - r_rejected.float()).mean()
+
+
+def reward_loss_fn():
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]):
+        # chosen and rejected in one forward: the first half of the batch, then the second
+        rewards = model(batch["input_ids"])[:, 0]
+        n = rewards.shape[0] // 2
+        return reward_loss(rewards[:n], rewards[n:]), int((batch["input_ids"] >= 0).sum())
+
+    return loss_fn
+
+
+def completion_logps(model: nn.Module, input_ids: torch.Tensor, answer: torch.Tensor):
+    """Log-probability of each row's answer tokens, **summed** (not averaged) as DPO defines
+    it. ``answer`` (B, T) is True where a token belongs to the answer."""
+    logits = model(input_ids[:, :-1])
+    logp = torch.log_softmax(logits.float(), -1)
+    picked = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return (picked * answer[:, 1:]).sum(-1)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Rafailov et al. (2023), the sigmoid loss:
+
+        delta = (logp_c - ref_c) - (logp_r - ref_r);   loss = -log sigmoid(beta * delta)
+
+    and the implicit rewards beta * (logp - ref) that measure how far each answer moved."""
+    chosen = beta * (policy_chosen - ref_chosen)
+    rejected = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    return loss, {"chosen": chosen.detach(), "rejected": rejected.detach()}

@@ -1,0 +1,639 @@
+"""An OpenAI-compatible HTTP server and a one-page web chat for an lmforge causal LM.
+
+Any OpenAI client (the `openai` package, curl, chat front-ends) can talk to a model trained
+here, and a person can talk to it from a browser. It is built on the standard library's
+`ThreadingHTTPServer`: a teaching and local-use server, not a production one, so it adds no
+dependency and every limit is visible below.
+
+    POST /v1/chat/completions   the assistant's next turn (`stream_chat`: the training template)
+    POST /v1/completions        a continuation of a raw prompt (`stream_text`)
+    GET  /v1/models             the one model served (also /v1/models/{id})
+    GET  /health                status, slots in use and the limits
+    GET  /                      the web chat (chat.html beside this file)
+
+Requests and answers follow OpenAI's wire format: `stream: true` answers with server-sent
+events (`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`). Sampling honours temperature, top_p,
+max_tokens (or max_completion_tokens), stop (up to 4 strings), seed, and top_k (an extension,
+off by default as in OpenAI). The `model` field may name anything: one model is served, and
+answers carry its name. Other fields (penalties, logprobs, user, ...) are ignored.
+
+Limits, each answered with JSON in OpenAI's error shape
+`{"error": {"message", "type", "param", "code"}}`:
+- it binds 127.0.0.1 unless told otherwise: there is no authentication;
+- a body over `max_body_bytes` is 413, a POST without `Content-Type: application/json` is 415
+  (which also keeps other web sites' pages from posting to it: their JSON needs a CORS
+  preflight, and this server answers none);
+- max_tokens above `max_tokens_cap` is 400, not silently clamped, so a client never mistakes
+  a cut answer for the length it asked for; without max_tokens the cap is the limit;
+- at most `max_concurrent` generations run at once (they share the cores); a request that
+  finds no free slot within `queue_timeout_s` gets 503 with `Retry-After`;
+- a bad request is 4xx, an unknown path 404, a wrong method 405; an error inside generation
+  is 500 (or, once an event stream has begun, an `error` event), logged, and the server
+  keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import torch
+from torch import nn
+
+from lmforge.data.chat import encode_prompt
+from lmforge.errors import CheckpointError, LmforgeError
+from lmforge.infer.generate import SamplingConfig, stream_chat, stream_text
+
+CHAT_PAGE = Path(__file__).with_name("chat.html")
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+RETRY_AFTER_S = 1
+SOCKET_TIMEOUT_S = 30  # a client that stops sending or reading frees its thread after this
+
+
+class ApiError(Exception):
+    """A failure answered to the client as JSON in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status, message, type, param, code,
+        )  # fmt: skip
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+# --------------------------------------------------------------------------------------------
+# Requests: JSON -> validated messages / prompt and a SamplingConfig
+# --------------------------------------------------------------------------------------------
+
+
+def _number(body: dict, key: str, default: float, low: float, high: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    # bool is an int in Python, but `"temperature": true` is a client bug worth reporting
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise _bad(f"'{key}' must be a number from {low} to {high}, got {value!r:.40}", key)
+    return float(value)
+
+
+def _integer(body: dict, key: str, low: int, high: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(f"'{key}' must be an integer from {low} to {high}, got {value!r:.40}", key)
+    return value
+
+
+def parse_sampling(body: dict, max_tokens_cap: int) -> SamplingConfig:
+    """The sampling fields of a request, checked, as a SamplingConfig (400 ApiError if not)."""
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(key)
+    if isinstance(max_tokens, int) and max_tokens > max_tokens_cap:
+        raise _bad(
+            f"'{key}' is {max_tokens}, above this server's cap of {max_tokens_cap}; ask for "
+            f"at most {max_tokens_cap} (or restart the server with a larger cap)",
+            key,
+            "max_tokens_too_large",
+        )
+    max_tokens = _integer(body, key, 1, max_tokens_cap)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0:
+        raise _bad("'top_p' must be above 0 (use temperature 0 for greedy decoding)", "top_p")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is None:
+        stop = []
+    if (
+        not isinstance(stop, list)
+        or len(stop) > MAX_STOP_STRINGS
+        or not all(isinstance(s, str) and s for s in stop)
+    ):
+        raise _bad(f"'stop' must be a string or a list of up to {MAX_STOP_STRINGS} non-empty strings", "stop")  # fmt: skip
+    n = body.get("n", 1)
+    if n != 1 or isinstance(n, bool):
+        raise _bad("'n' must be 1: this server returns one choice per request", "n")
+    return SamplingConfig(
+        max_new_tokens=max_tokens or max_tokens_cap,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_k=_integer(body, "top_k", 0, 2**31) or None,
+        top_p=None if top_p >= 1 else top_p,
+        seed=_integer(body, "seed", 0, 2**63 - 1),
+        stop=stop,
+    )
+
+
+def _content_text(content, where: str) -> str:
+    """A message's content: a string, or OpenAI's list of text parts (joined)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    raise _bad(f"{where}.content must be a string (or a list of text parts)", f"{where}.content")
+
+
+def parse_messages(value) -> list[dict]:
+    """OpenAI chat messages as [{"role", "content"}] for the ChatML template (400 if not).
+
+    Unlike training data (data/chat.check_messages), an empty assistant turn is allowed: it
+    is what a model that stopped at once said, and clients send the history back as it was.
+    """
+    if not isinstance(value, list) or not value:
+        raise _bad("'messages' must be a non-empty list of {role, content} objects", "messages")
+    out = []
+    for i, m in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or "role" not in m:
+            raise _bad(f"{where} must be an object with 'role' and 'content'", where)
+        role = m["role"]
+        if role == "developer":  # OpenAI's newer name for the system turn
+            role = "system"
+        if role not in ("system", "user", "assistant"):
+            raise _bad(
+                f"{where}.role is {role!r:.40}; this model knows system, user and assistant",
+                f"{where}.role",
+            )
+        content = m.get("content")
+        if content is None and role == "assistant":  # OpenAI allows it (tool calls)
+            content = ""
+        out.append({"role": role, "content": _content_text(content, where)})
+    return out
+
+
+def parse_prompt(value) -> str:
+    """A completion prompt: a string, or a list holding exactly one string."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str):
+        raise _bad("'prompt' must be a string (one prompt per request)", "prompt")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# One generation: text pieces as they come, then the token counts and why it ended
+# --------------------------------------------------------------------------------------------
+
+
+class _CountingTokenizer:
+    """The tokenizer, also keeping the longest id list it decoded.
+
+    `stream_ids` decodes all the tokens generated so far at every step, so that list is the
+    completion (its stop token excluded): usage and finish_reason need the token count, and
+    `stream_chat` / `stream_text` yield only text.
+    """
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.completion_ids: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def decode(self, ids, *args, **kwargs) -> str:
+        ids = list(ids)
+        if len(ids) > len(self.completion_ids):
+            self.completion_ids = ids
+        return self._tokenizer.decode(ids, *args, **kwargs)
+
+
+class Generation:
+    """One request's answer. Iterate it for text pieces; afterwards `completion_tokens` and
+    `finish_reason` ("stop": a stop token or string; "length": max_tokens or the context end)
+    are set. `prompt_tokens` is known before it starts."""
+
+    def __init__(self, model: nn.Module, tokenizer, cfg: SamplingConfig,
+                 messages: list[dict] | None = None, prompt: str | None = None):  # fmt: skip
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.counter = _CountingTokenizer(tokenizer)
+        max_len = model.cfg.max_seq_len
+        if messages is not None:
+            # the room stream_chat leaves for the answer, so the count is the prompt it sends
+            room = max_len - min(cfg.max_new_tokens, max_len // 2)
+            self.prompt_tokens = len(encode_prompt(tokenizer, messages, max(1, room))[0])
+            self._pieces = stream_chat(model, self.counter, messages, cfg)
+        else:
+            ids = tokenizer.encode(prompt, add_bos=tokenizer.bos_id is not None)
+            if not ids:
+                raise _bad("'prompt' is empty and this tokenizer has no BOS token to start from", "prompt")  # fmt: skip
+            if len(ids) > max_len:
+                raise _bad(
+                    f"the prompt is {len(ids)} tokens; this model's context is {max_len}. "
+                    "Shorten the prompt",
+                    "prompt",
+                    "context_length_exceeded",
+                )
+            self.prompt_tokens = len(ids)
+            self._pieces = stream_text(model, self.counter, prompt, cfg)
+        self.completion_tokens = 0
+        self.finish_reason = "stop"
+
+    def __iter__(self) -> Iterator[str]:
+        with torch.no_grad():
+            yield from self._pieces
+        ids = self.counter.completion_ids
+        self.completion_tokens = len(ids)
+        text = self.tokenizer.decode(ids)
+        max_len = self.model.cfg.max_seq_len
+        # learned positions end at max_len; generate_tokens keeps max_len - 1 prompt tokens
+        context_full = (
+            self.model.cfg.pos_embedding == "learned"
+            and min(self.prompt_tokens, max_len - 1) + len(ids) >= max_len
+        )
+        if any(s in text for s in self.cfg.stop):
+            self.finish_reason = "stop"
+        elif len(ids) >= self.cfg.max_new_tokens or context_full:
+            self.finish_reason = "length"
+
+    def usage(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------
+
+
+class LmforgeServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer holding the model, its limits and the generation slots."""
+
+    daemon_threads = True  # a stuck client never blocks shutdown
+
+    def __init__(self, address, model: nn.Module, tokenizer, model_name: str,
+                 max_concurrent: int, max_tokens_cap: int, max_body_bytes: int,
+                 queue_timeout_s: float):  # fmt: skip
+        super().__init__(address, Handler)
+        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.max_concurrent, self.max_tokens_cap = max_concurrent, max_tokens_cap
+        self.max_body_bytes, self.queue_timeout_s = max_body_bytes, queue_timeout_s
+        self.slots = threading.BoundedSemaphore(max_concurrent)
+        self.busy = 0  # generations running (for /health)
+        self.busy_lock = threading.Lock()
+        self.created = int(time.time())
+        self.page = CHAT_PAGE.read_bytes()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: LmforgeServer
+    protocol_version = "HTTP/1.1"  # keep-alive for JSON answers; event streams close
+    timeout = SOCKET_TIMEOUT_S
+    server_version = "lmforge"
+    # headers, body and each event are separate small writes: with Nagle's algorithm and the
+    # client's delayed ACK, every answer would wait 40 ms
+    disable_nagle_algorithm = True
+
+    # --- routing ------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        path = unquote(urlsplit(self.path).path)
+        try:
+            if path in ("/", "/index.html"):
+                self._send(200, self.server.page, "text/html; charset=utf-8", {
+                    "Cache-Control": "no-store",
+                    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                    "script-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                })  # fmt: skip
+            elif path == "/health":
+                self._send_json(200, {
+                    "status": "ok", "model": self.server.model_name, "busy": self.server.busy,
+                    "max_concurrent": self.server.max_concurrent,
+                    "max_tokens_cap": self.server.max_tokens_cap,
+                })  # fmt: skip
+            elif path == "/v1/models":
+                self._send_json(200, {"object": "list", "data": [self._model_card()]})
+            elif path.startswith("/v1/models/"):
+                name = path.removeprefix("/v1/models/")
+                if name != self.server.model_name:
+                    raise ApiError(404, f"no model {name!r:.80}; this server serves "
+                                   f"{self.server.model_name!r}", param="model",
+                                   code="model_not_found")  # fmt: skip
+                self._send_json(200, self._model_card())
+            elif path in POST_PATHS:
+                raise ApiError(405, f"{path} takes POST, not GET", code="method_not_allowed")
+            else:
+                raise ApiError(404, f"no such path {path!r:.80}; see GET /v1/models, POST "
+                               "/v1/chat/completions, POST /v1/completions", code="not_found")  # fmt: skip
+        except ApiError as e:
+            self._send_json(e.status, e.body(), e.headers)
+
+    def do_POST(self) -> None:
+        path = unquote(urlsplit(self.path).path)
+        self.responded = False
+        try:
+            if path not in POST_PATHS:
+                self.close_connection = True  # the body is left unread
+                if path in ("/", "/health", "/v1/models"):
+                    raise ApiError(405, f"{path} takes GET, not POST", code="method_not_allowed")
+                raise ApiError(404, f"no such path {path!r:.80}", code="not_found")
+            body = self._read_json()
+            sampling = parse_sampling(body, self.server.max_tokens_cap)
+            if not isinstance(body.get("stream", False), bool):
+                raise _bad("'stream' must be true or false", "stream")
+            chat = path == "/v1/chat/completions"
+            try:
+                if chat:
+                    messages = parse_messages(body.get("messages"))
+                    gen = Generation(self.server.model, self.server.tokenizer, sampling, messages=messages)  # fmt: skip
+                else:
+                    gen = Generation(self.server.model, self.server.tokenizer, sampling,
+                                     prompt=parse_prompt(body.get("prompt")))  # fmt: skip
+            except LmforgeError as e:  # e.g. a tokenizer without the ChatML tokens
+                raise _bad(str(e)) from None
+            options = body.get("stream_options") or {}
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            self._run(gen, chat, bool(body.get("stream")), include_usage)
+        except ApiError as e:
+            self._send_json(e.status, e.body(), e.headers)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client left before its answer was written
+        except Exception:  # a bug or a model failure: answer it, log it, keep serving
+            traceback.print_exc(file=sys.stderr)
+            if not self.responded:
+                self._send_json(500, GENERATION_FAILED.body())
+
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True  # a body may follow, unread
+        e = ApiError(405, f"{self.command} is not supported here; use GET or POST",
+                     code="method_not_allowed")  # fmt: skip
+        self._send_json(405, e.body())
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _method_not_allowed
+
+    # --- generation ---------------------------------------------------------------------
+    def _run(self, gen: Generation, chat: bool, stream: bool, include_usage: bool) -> None:
+        server = self.server
+        if not server.slots.acquire(timeout=server.queue_timeout_s):
+            raise ApiError(
+                503,
+                f"all {server.max_concurrent} generation slots are busy; retry in a moment",
+                type="server_error",
+                code="server_busy",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        with server.busy_lock:
+            server.busy += 1
+        try:
+            if stream:
+                self._stream(gen, chat, include_usage)
+            else:
+                self._complete(gen, chat)
+        finally:
+            with server.busy_lock:
+                server.busy -= 1
+            server.slots.release()
+
+    def _complete(self, gen: Generation, chat: bool) -> None:
+        text = "".join(gen)
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+        else:
+            choice = {"index": 0, "text": text}
+        choice |= {"logprobs": None, "finish_reason": gen.finish_reason}
+        self._send_json(200, {
+            "id": _new_id(chat), "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": self.server.model_name,
+            "choices": [choice], "usage": gen.usage(),
+        })  # fmt: skip
+
+    def _stream(self, gen: Generation, chat: bool, include_usage: bool) -> None:
+        # The stream's end is the connection's end, so no length or chunked encoding is needed.
+        self.close_connection = True
+        self.responded = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        head = {
+            "id": _new_id(chat),
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.server.model_name,
+        }
+
+        def choice(piece: str | None, finish_reason: str | None = None) -> dict:
+            if chat:
+                delta = {} if piece is None else {"content": piece}
+                return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}  # fmt: skip
+            return {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish_reason}  # fmt: skip
+
+        try:
+            if chat:
+                first = {"index": 0, "delta": {"role": "assistant", "content": ""},
+                         "logprobs": None, "finish_reason": None}  # fmt: skip
+                self._event(head | {"choices": [first]})
+            pieces = iter(gen)
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration:
+                    break
+                except Exception:  # inside generation: tell the client in the stream, go on
+                    traceback.print_exc(file=sys.stderr)
+                    self._event(GENERATION_FAILED.body())
+                    self._event("[DONE]")
+                    return
+                try:
+                    self._event(head | {"choices": [choice(piece)]})
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                    pieces.close()  # the client went away: stop spending the cores on it
+                    return
+            self._event(head | {"choices": [choice(None, gen.finish_reason)]})
+            if include_usage:
+                self._event(head | {"choices": [], "usage": gen.usage()})
+            self._event("[DONE]")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the client went away after its answer
+
+    def _event(self, data: dict | str) -> None:
+        text = data if isinstance(data, str) else json.dumps(data)
+        self.wfile.write(f"data: {text}\n\n".encode())
+
+    # --- requests and responses ---------------------------------------------------------
+    def _read_json(self) -> dict:
+        if self.headers.get_content_type() != "application/json":
+            self.close_connection = True
+            raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'",
+                           code="unsupported_media_type")  # fmt: skip
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise ApiError(411, "chunked bodies are not supported; send Content-Length",
+                           code="length_required")  # fmt: skip
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise ApiError(411, "a POST needs a Content-Length header", code="length_required")
+        try:
+            length = int(length)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise _bad(f"Content-Length {length!r:.20} is not a byte count") from None
+        if length > self.server.max_body_bytes:
+            self.close_connection = True  # the body is left unread, so this connection is done
+            raise ApiError(413, f"the body is {length:,} bytes; this server takes at most "
+                           f"{self.server.max_body_bytes:,}", code="request_too_large")  # fmt: skip
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+            raise _bad(f"the body is not valid JSON ({str(e)[:80]})", code="invalid_json") from None  # fmt: skip
+        if not isinstance(body, dict):
+            raise _bad("the body must be a JSON object", code="invalid_json")
+        return body
+
+    def _model_card(self) -> dict:
+        return {"id": self.server.model_name, "object": "model",
+                "created": self.server.created, "owned_by": "lmforge"}  # fmt: skip
+
+    def _send(self, status: int, data: bytes, content_type: str, headers: dict | None = None) -> None:  # fmt: skip
+        self.responded = True
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _send_json(self, status: int, obj: dict, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", headers)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:  # fmt: skip
+        # http.server's own refusals (a malformed request line, oversized headers) in the
+        # API's error shape too
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unparsable request line leaves http.server's
+            self.request_version = "HTTP/1.0"  # default, which would drop the status line
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        kind = "invalid_request_error" if code < 500 else "server_error"
+        self._send_json(code, ApiError(code, message or phrase, type=kind).body())
+
+
+POST_PATHS = ("/v1/chat/completions", "/v1/completions")
+GENERATION_FAILED = ApiError(
+    500,
+    "generation failed inside the server (the traceback is in its log); the server goes on serving",
+    type="server_error",
+    code="generation_failed",
+)
+
+
+def _new_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def make_server(
+    model: nn.Module,
+    tokenizer,
+    model_name: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_concurrent: int = 2,
+    max_tokens_cap: int = 512,
+    max_body_bytes: int = 1_000_000,
+    queue_timeout_s: float = 5.0,
+) -> LmforgeServer:
+    """A bound, not yet running server (call `.serve_forever()`; port 0 picks a free port,
+    read it from `.server_address[1]` or `.url`). The model is shared by all requests: each
+    generation makes its own KV cache, and the weights are only read."""
+    if max_concurrent < 1 or max_tokens_cap < 1 or max_body_bytes < 1:
+        raise ValueError("max_concurrent, max_tokens_cap and max_body_bytes must be >= 1")
+    model.eval()
+    return LmforgeServer((host, port), model, tokenizer, model_name, max_concurrent,
+                         max_tokens_cap, max_body_bytes, queue_timeout_s)  # fmt: skip
+
+
+def load_causal_lm(path: str, device: str = "cpu"):
+    """`artifact.load` for generation: a causal LM with its tokenizer, or an error saying so."""
+    from lmforge.artifact import load
+
+    loaded = load(path, device=device)
+    if loaded.kind != "causal_lm":
+        raise CheckpointError(
+            f"{path} is a {loaded.kind} artifact; generation needs a causal_lm "
+            "(the output of `lmforge pretrain` or a fine-tuned chat model)"
+        )
+    if loaded.tokenizer is None:
+        raise CheckpointError(f"{path} has no tokenizer.json; generation needs one beside the model")  # fmt: skip
+    return loaded
+
+
+def serve(
+    run_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_concurrent: int = 2,
+    max_tokens_cap: int = 512,
+    max_body_bytes: int = 1_000_000,
+    queue_timeout_s: float = 5.0,
+    device: str = "cpu",
+) -> None:
+    """Load an artifact and serve it until Ctrl-C; prints the URLs first."""
+    loaded = load_causal_lm(run_dir, device)
+    name = str(run_dir).rstrip("/")
+    server = make_server(loaded.model, loaded.tokenizer, name, host, port, max_concurrent,
+                         max_tokens_cap, max_body_bytes, queue_timeout_s)  # fmt: skip
+    tok = loaded.tokenizer
+    if tok.im_start_id is None or tok.im_end_id is None:
+        print("note: this tokenizer has no <|im_start|>/<|im_end|>, so chat requests are "
+              "refused; /v1/completions works", flush=True)  # fmt: skip
+    if host not in ("127.0.0.1", "localhost"):
+        print(f"warning: listening on {host} without authentication: anyone who can reach "
+              "this address can use the model", flush=True)  # fmt: skip
+    print(f"serving {name} at {server.url}/ (web chat) and {server.url}/v1 (OpenAI API); "
+          "Ctrl-C stops", flush=True)  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    finally:
+        server.server_close()

@@ -1,0 +1,235 @@
+"""Supervised fine-tuning recipe: a decoder -> chat conversations -> an assistant.
+
+    lmforge data instructions --out data/instructions
+    lmforge sft --config configs/demo/sft.yaml
+
+The next-token loss of pre-training, on ChatML conversations, counted on assistant tokens
+only (data/chat.py), full or with LoRA. Evaluation on held-out conversations (about words
+never seen in training): the loss, and the model's own greedy answers scored against the
+reference by exact match and token F1, overall and per task, next to the starting model's.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import string
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from lmforge.artifact import load, save_model_artifact
+from lmforge.config import Section, save_config
+from lmforge.data.chat import (
+    PackedChatBatches,
+    check_chat_tokenizer,
+    encode_chat,
+    load_conversation_records,
+)
+from lmforge.errors import ConfigError
+from lmforge.infer.generate import SamplingConfig, stream_chat
+from lmforge.model.lora import inject_lora, unwrap_lora
+from lmforge.model.transformer import count_parameters
+from lmforge.stages.classify import LoraSection, lora_targets
+from lmforge.train.objectives import clm_loss
+from lmforge.train.plots import plot_training_curves
+from lmforge.train.trainer import Trainer, TrainerConfig
+from lmforge.utils import seed_everything, write_json
+
+
+class ChatData(Section):
+    train: str = "data/instructions/train.jsonl"
+    val: str = "data/instructions/val.jsonl"
+    seq_len: int = 256
+    max_val: int = 200  # held-out conversations for the val loss and the answer metrics
+
+
+class AnswerEval(Section):
+    n: int = 100  # held-out conversations answered greedily at the end (0: skip)
+    max_new_tokens: int = 64
+    baseline: bool = True  # also answer them with the starting model, for the before/after
+
+
+class SFTConfig(Section):
+    out_dir: str = "runs/demo/sft"
+    # A decoder: an lmforge causal LM run (pretrain, midtrain), an HF checkpoint, hf:<repo>.
+    init: str = "runs/demo/pretrain"
+    data: ChatData = Field(default_factory=ChatData)
+    method: Literal["full", "lora"] = "full"
+    lora: LoraSection = Field(
+        default_factory=lambda: LoraSection(
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+        )
+    )
+    epochs: float = 1.0  # sets trainer.max_steps from the number of packed rows
+    answers: AnswerEval = Field(default_factory=AnswerEval)
+    trainer: TrainerConfig = Field(
+        default_factory=lambda: TrainerConfig(lr=3e-4, warmup_steps=20, eval_every=100)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces shared by the post-training stages (SFT, reward, DPO)
+# --------------------------------------------------------------------------------------------
+
+
+def load_decoder(init: str, method: str, lora: LoraSection):
+    """A causal LM to train, with LoRA adapters injected when asked."""
+    base = load(init)
+    if base.kind != "causal_lm":
+        raise ConfigError(
+            f"{init} is a {base.kind}; post-training starts from a decoder (a pretrain or "
+            "midtrain run, an SFT run, or a Hugging Face causal LM)"
+        )
+    if base.tokenizer is None:
+        raise ConfigError(f"{init} has no tokenizer.json next to its weights")
+    check_chat_tokenizer(base.tokenizer)
+    model = base.model.float().train()
+    if method == "lora":
+        inject_lora(model, lora_targets(lora.target_modules), r=lora.r, alpha=lora.alpha,
+                    dropout=lora.dropout, rslora=lora.rslora)  # fmt: skip
+    return model, base.tokenizer
+
+
+def save_decoder(out: Path, model, tokenizer, extra_meta: dict | None = None) -> None:
+    """A plain causal LM artifact (LoRA merged): chat, serve, DPO and convert --to-hf read it."""
+    model = unwrap_lora(model).float().eval()
+    save_model_artifact(out, model, kind="causal_lm", extra_meta=extra_meta)
+    tokenizer.save(out)
+
+
+def steps_for(epochs: float, rows: int, cfg: TrainerConfig) -> int:
+    return max(1, round(epochs * rows / (cfg.micro_batch_size * cfg.grad_accum_steps)))
+
+
+# --------------------------------------------------------------------------------------------
+# Answer metrics (SQuAD's normalisation)
+# --------------------------------------------------------------------------------------------
+
+
+def normalize(text: str) -> str:
+    text = text.lower()
+    text = "".join(c for c in text if c not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize(prediction).split(), normalize(reference).split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref or common == 0:
+        return float(pred == ref)
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+@torch.no_grad()
+def answer_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -> dict:
+    """Greedy answers to each record's last user turn, scored against its last assistant turn."""
+    model.eval()
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
+    rows, by_task = [], {}
+    for r in records:
+        prompt, reference = r["messages"][:-1], r["messages"][-1]["content"]
+        answer = "".join(stream_chat(model, tokenizer, prompt, sampling)).strip()
+        row = {"task": r.get("task", "all"), "user": prompt[-1]["content"],
+               "reference": reference, "answer": answer,
+               "exact_match": float(normalize(answer) == normalize(reference)),
+               "token_f1": token_f1(answer, reference)}  # fmt: skip
+        rows.append(row)
+        by_task.setdefault(row["task"], []).append(row)
+
+    def mean(rs, key):
+        return sum(x[key] for x in rs) / max(1, len(rs))
+
+    return {
+        "n": len(rows),
+        "exact_match": mean(rows, "exact_match"),
+        "token_f1": mean(rows, "token_f1"),
+        "by_task": {t: {"n": len(rs), "exact_match": mean(rs, "exact_match"),
+                        "token_f1": mean(rs, "token_f1")} for t, rs in sorted(by_task.items())},
+        "transcripts": rows,
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe
+# --------------------------------------------------------------------------------------------
+
+
+def run(cfg: SFTConfig) -> dict:
+    out = Path(cfg.out_dir)
+    t_start = time.perf_counter()
+    seed_everything(cfg.trainer.seed)
+    model, tokenizer = load_decoder(cfg.init, cfg.method, cfg.lora)
+    train = load_conversation_records(cfg.data.train)
+    val = load_conversation_records(cfg.data.val)[: cfg.data.max_val]
+    seq_len = min(cfg.data.seq_len, model.cfg.max_seq_len)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    encode = [encode_chat(tokenizer, r["messages"]) for r in train]
+    loader = PackedChatBatches(encode, cfg.trainer.micro_batch_size, seq_len, pad, cfg.trainer.seed)
+    val_encoded = [encode_chat(tokenizer, r["messages"]) for r in val]
+    if loader.truncated:
+        print(f"[sft] {loader.truncated} conversations are longer than {seq_len} tokens: cut")
+    cfg.trainer.max_steps = steps_for(cfg.epochs, loader.rows_per_epoch(), cfg.trainer)
+    params = count_parameters(model)
+    trainable = params["trainable"]
+    print(f"[sft] {cfg.method} from {cfg.init}: {trainable / 1e6:.2f}M of "
+          f"{params['total'] / 1e6:.2f}M params trained; {len(train)} conversations in "
+          f"{loader.rows_per_epoch()} rows of {seq_len}; {cfg.trainer.max_steps} steps")  # fmt: skip
+
+    def eval_fn(m):
+        batches = PackedChatBatches(val_encoded, cfg.trainer.micro_batch_size, seq_len, pad,
+                                    shuffle=False)  # fmt: skip
+        nats, n = 0.0, 0
+        with torch.no_grad():
+            for batch in batches.batches():
+                loss, _ = clm_loss(m, batch)
+                k = int((batch["targets"] >= 0).sum())
+                nats, n = nats + loss.item() * k, n + k
+        return {"val_loss": nats / max(1, n)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "checkpoints").exists():
+        save_config(cfg, out / "config.yaml")
+    baseline = None
+    if cfg.answers.n and cfg.answers.baseline:
+        start = load(cfg.init).model
+        baseline = answer_metrics(
+            start, tokenizer, val[: cfg.answers.n], cfg.answers.max_new_tokens
+        )
+        del start
+    trainer = Trainer(cfg.trainer, model, clm_loss, loader, out, eval_fn=eval_fn,
+                      tokens_per_micro_batch=cfg.trainer.micro_batch_size * seq_len)  # fmt: skip
+    result = trainer.fit()
+
+    model = trainer.model
+    save_decoder(out, model, tokenizer, extra_meta={"post_training": "sft"})
+    summary = {"stage": "sft", "init": cfg.init, "method": cfg.method, **result,
+               "params": params["total"], "params_trainable": trainable,
+               "train_conversations": len(train), "val_conversations": len(val),
+               "truncated_conversations": loader.truncated}  # fmt: skip
+    if cfg.answers.n:
+        answers = answer_metrics(model, tokenizer, val[: cfg.answers.n], cfg.answers.max_new_tokens)
+        write_json(out / "answers.json", {"after": answers, "before": baseline})
+        summary["answers"] = {k: v for k, v in answers.items() if k != "transcripts"}
+        summary["samples"] = answers["transcripts"][:8]
+        if baseline:
+            summary["answers_before"] = {k: v for k, v in baseline.items() if k != "transcripts"}
+    plot_training_curves(out / "metrics.jsonl", out / "loss.png", title=f"SFT ({cfg.method})")
+    summary["stage_seconds"] = time.perf_counter() - t_start
+    write_json(out / "summary.json", summary)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return summary

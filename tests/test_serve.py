@@ -1,0 +1,460 @@
+"""The OpenAI-compatible server, its web chat and the terminal chat, against a tiny untrained
+model: what is pinned is the wire format, the limits and that the server runs the model with
+the training template (its temperature-0 answers equal lmforge.infer.generate's)."""
+
+import json
+import random
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from helpers import tiny_config
+
+from lmforge.artifact import save_model_artifact
+from lmforge.data.chat import encode_prompt
+from lmforge.infer.chat_cli import HELP, repl
+from lmforge.infer.generate import SamplingConfig, generate_tokens, stream_chat, stream_text
+from lmforge.infer.serve import load_causal_lm, make_server
+from lmforge.model.transformer import LanguageModel
+from lmforge.tokenizer import Tokenizer
+
+MAX_SEQ_LEN = 128
+MAX_TOKENS_CAP = 64
+MAX_BODY_BYTES = 20_000
+HELLO = [{"role": "user", "content": "hello there"}]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_tokenizer_dir, tmp_path_factory):
+    """A saved and re-loaded tiny causal LM (the path `lmforge serve` takes)."""
+    tokenizer = Tokenizer.load(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    model = LanguageModel(tiny_config(vocab_size=tokenizer.vocab_size, max_seq_len=MAX_SEQ_LEN))
+    run = tmp_path_factory.mktemp("serve") / "run"
+    save_model_artifact(run, model, kind="causal_lm")
+    tokenizer.save(run)
+    return load_causal_lm(str(run))
+
+
+@contextmanager
+def running(server):
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def url(tiny_lm):
+    server = make_server(
+        tiny_lm.model, tiny_lm.tokenizer, "tiny", port=0, max_concurrent=2,
+        max_tokens_cap=MAX_TOKENS_CAP, max_body_bytes=MAX_BODY_BYTES,
+    )  # fmt: skip
+    with running(server) as base:
+        yield base
+
+
+@pytest.fixture
+def client(url):
+    with httpx.Client(base_url=url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def oai(url):
+    with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30) as c:
+        yield c
+
+
+def greedy_chat(tiny_lm, messages, max_tokens):
+    cfg = SamplingConfig(max_new_tokens=max_tokens, temperature=0)
+    return "".join(stream_chat(tiny_lm.model, tiny_lm.tokenizer, messages, cfg))
+
+
+def assert_error_shape(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+# --- the wire format ------------------------------------------------------------------------
+
+
+def test_chat_at_temperature_0_equals_local_generation_with_the_training_template(tiny_lm, client):
+    r = client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 12, "temperature": 0})  # fmt: skip
+    assert r.status_code == 200
+    out = r.json()
+    assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
+    assert out["model"] == "tiny" and isinstance(out["created"], int)
+    (choice,) = out["choices"]
+    assert choice["message"] == {"role": "assistant", "content": greedy_chat(tiny_lm, HELLO, 12)}
+    prompt_ids, _ = encode_prompt(tiny_lm.tokenizer, HELLO, MAX_SEQ_LEN)
+    usage = out["usage"]
+    assert usage["prompt_tokens"] == len(prompt_ids)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_max_tokens_is_respected_and_reported_as_length(tiny_lm, client):
+    tok = tiny_lm.tokenizer
+    prompt_ids, _ = encode_prompt(tok, HELLO, MAX_SEQ_LEN)
+    cfg = SamplingConfig(
+        max_new_tokens=5, temperature=0, stop_token_ids=[tok.eos_id, tok.im_end_id]
+    )
+    local = list(generate_tokens(tiny_lm.model, prompt_ids, cfg))
+    assert len(local) == 5, "the fixture model ends its turn early; the test needs another seed"
+    for path, body in [
+        ("/v1/chat/completions", {"messages": HELLO}),
+        ("/v1/completions", {"prompt": "The house"}),
+    ]:
+        r = client.post(path, json=body | {"max_tokens": 5, "temperature": 0})
+        out = r.json()
+        assert out["usage"]["completion_tokens"] == 5, path
+        assert out["choices"][0]["finish_reason"] == "length", path
+
+
+def test_stop_string_cuts_the_answer_and_finishes_with_stop(tiny_lm, client):
+    full = greedy_chat(tiny_lm, HELLO, 12)
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    r = client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 12, "temperature": 0, "stop": [stop]})  # fmt: skip
+    (choice,) = r.json()["choices"]
+    assert choice["message"]["content"] == full[: full.find(stop)]
+    assert choice["finish_reason"] == "stop"
+
+
+def test_seed_makes_sampling_reproducible_and_matches_local_sampling(tiny_lm, client):
+    body = {"messages": HELLO, "max_tokens": 10, "temperature": 1.0, "seed": 7}
+    first, second = (client.post("/v1/chat/completions", json=body).json() for _ in range(2))
+    text = first["choices"][0]["message"]["content"]
+    assert text == second["choices"][0]["message"]["content"]
+    # top_k is off unless asked for, as in OpenAI's API
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=None, seed=7)
+    assert text == "".join(stream_chat(tiny_lm.model, tiny_lm.tokenizer, HELLO, cfg))
+
+
+def test_openai_client_chat_plain_and_streamed(tiny_lm, oai):
+    expected = greedy_chat(tiny_lm, HELLO, 12)
+    out = oai.chat.completions.create(model="tiny", messages=HELLO, max_tokens=12, temperature=0)
+    assert out.choices[0].message.content == expected
+    assert out.usage.completion_tokens <= 12
+
+    chunks = list(oai.chat.completions.create(
+        model="anything", messages=HELLO, max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    ))  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-2].choices[0].finish_reason == out.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == out.usage.total_tokens
+    assert len({c.id for c in chunks}) == 1 and chunks[0].object == "chat.completion.chunk"
+
+
+def test_openai_client_completions_equal_stream_text(tiny_lm, oai):
+    prompt = "The meaning of"
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0)
+    expected = "".join(stream_text(tiny_lm.model, tiny_lm.tokenizer, prompt, cfg))
+    out = oai.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0)
+    assert out.object == "text_completion" and out.choices[0].text == expected
+    assert out.usage.prompt_tokens == len(tiny_lm.tokenizer.encode(prompt, add_bos=True))
+    streamed = oai.completions.create(
+        model="tiny", prompt=prompt, max_tokens=10, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == expected
+
+
+def test_models_health_and_page(oai, client):
+    (model,) = oai.models.list().data
+    assert model.id == "tiny" and model.owned_by == "lmforge"
+    assert client.get("/v1/models/tiny").json()["id"] == "tiny"
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["max_tokens_cap"] == MAX_TOKENS_CAP
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/v1/chat/completions" in page.text
+
+
+# --- bad requests ---------------------------------------------------------------------------
+
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+BAD_REQUESTS = [
+    # (method, path, body: bytes or a JSON-able object, status, param)
+    ("POST", CHAT, b"{not json", 400, None),
+    ("POST", CHAT, b"[1, 2]", 400, None),
+    ("POST", CHAT, b"\xff\xfe\x00garbage", 400, None),
+    ("POST", CHAT, b"[" * 10_000, 400, None),
+    ("POST", CHAT, {}, 400, "messages"),
+    ("POST", CHAT, {"messages": []}, 400, "messages"),
+    ("POST", CHAT, {"messages": "hello"}, 400, "messages"),
+    ("POST", CHAT, {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
+    ("POST", CHAT, {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+    ("POST", CHAT, {"messages": [{"role": "user"}]}, 400, "messages[0].content"),
+    ("POST", CHAT, {"messages": ["hi"]}, 400, "messages[0]"),
+    ("POST", CHAT, {"messages": HELLO, "max_tokens": -1}, 400, "max_tokens"),
+    ("POST", CHAT, {"messages": HELLO, "max_tokens": 0}, 400, "max_tokens"),
+    ("POST", CHAT, {"messages": HELLO, "max_tokens": "5"}, 400, "max_tokens"),
+    ("POST", CHAT, {"messages": HELLO, "max_tokens": 2.5}, 400, "max_tokens"),
+    ("POST", CHAT, {"messages": HELLO, "max_tokens": True}, 400, "max_tokens"),
+    ("POST", CHAT, {"messages": HELLO, "max_tokens": MAX_TOKENS_CAP + 1}, 400, "max_tokens"),
+    ("POST", CHAT, {"messages": HELLO, "temperature": "hot"}, 400, "temperature"),
+    ("POST", CHAT, {"messages": HELLO, "temperature": 5}, 400, "temperature"),
+    ("POST", CHAT, {"messages": HELLO, "top_p": 0}, 400, "top_p"),
+    ("POST", CHAT, {"messages": HELLO, "stop": 5}, 400, "stop"),
+    ("POST", CHAT, {"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("POST", CHAT, {"messages": HELLO, "n": 2}, 400, "n"),
+    ("POST", CHAT, {"messages": HELLO, "seed": -1}, 400, "seed"),
+    ("POST", CHAT, {"messages": HELLO, "stream": "yes"}, 400, "stream"),
+    ("POST", COMPLETIONS, {}, 400, "prompt"),
+    ("POST", COMPLETIONS, {"prompt": ["a", "b"]}, 400, "prompt"),
+    ("POST", COMPLETIONS, {"prompt": "word " * 300}, 400, "prompt"),  # longer than the context
+    ("POST", CHAT, {"messages": [{"role": "user", "content": "x" * MAX_BODY_BYTES}]}, 413, None),
+    ("POST", "/v1/nope", {}, 404, None),
+    ("GET", "/nope", None, 404, None),
+    ("GET", "/v1/models/gpt-4", None, 404, "model"),
+    ("GET", CHAT, None, 405, None),
+    ("DELETE", "/v1/models", None, 405, None),
+]
+
+
+def _send(client, method, path, body, content_type="application/json"):
+    content = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    return client.request(method, path, content=content, headers={"Content-Type": content_type})
+
+
+@pytest.mark.parametrize("method,path,body,status,param", BAD_REQUESTS)
+def test_bad_requests_get_openai_shaped_errors(client, method, path, body, status, param):
+    error = assert_error_shape(_send(client, method, path, body), status)
+    assert error["param"] == param
+
+
+def test_body_must_be_declared_json(client):
+    r = _send(client, "POST", CHAT, {"messages": HELLO}, content_type="text/plain")
+    assert_error_shape(r, 415)
+
+
+def test_max_tokens_above_the_cap_names_the_cap(client):
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 10_000})
+    error = assert_error_shape(r, 400)
+    assert error["code"] == "max_tokens_too_large" and str(MAX_TOKENS_CAP) in error["message"]
+
+
+def _raw_exchange(url: str, data: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_server_survives_100_malformed_requests(url, client):
+    rng = random.Random(0)
+    statuses = []
+    for i in range(100):
+        kind = i % 4
+        if kind == 0:  # one of the bad requests above
+            method, path, body, _, _ = BAD_REQUESTS[i % len(BAD_REQUESTS)]
+            statuses.append(_send(client, method, path, body).status_code)
+        elif kind == 1:  # random bytes as a JSON body
+            noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+            statuses.append(_send(client, "POST", CHAT, noise).status_code)
+        elif kind == 2:  # valid JSON of the wrong shape
+            junk = rng.choice([None, 1, "s", [HELLO], {"messages": [None]}, {"messages": {}}])
+            statuses.append(_send(client, "POST", CHAT, json.dumps(junk).encode()).status_code)
+        else:  # not HTTP at all, or broken HTTP
+            junk = rng.choice([b"HELLO\r\n\r\n", b"GET / HTTP/1.1 extra\r\n\r\n",
+                               b"POST /v1/completions HTTP/1.1\r\nContent-Length: x\r\n"
+                               b"Content-Type: application/json\r\n\r\n"])  # fmt: skip
+            reply = _raw_exchange(url, junk)
+            statuses.append(int(reply.split()[1]) if reply.startswith(b"HTTP/") else 0)
+    assert all(400 <= s < 500 for s in statuses), statuses
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 3, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+
+
+# --- concurrency and failures ---------------------------------------------------------------
+
+
+class ControlledModel(LanguageModel):
+    """A tiny LM whose forward pass can be held (to keep a generation slot busy for as long as
+    a test needs) or made to fail."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.release.set()
+        self.fail = False
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        self.entered.set()
+        self.release.wait(10)
+        if self.fail:
+            raise RuntimeError("injected failure inside the model")
+        return super().forward(*args, **kwargs)
+
+
+@pytest.fixture
+def controlled(tiny_lm):
+    torch.manual_seed(0)
+    model = ControlledModel(tiny_config(vocab_size=tiny_lm.tokenizer.vocab_size, max_seq_len=64))
+    server = make_server(model, tiny_lm.tokenizer, "held", port=0, max_concurrent=1,
+                         queue_timeout_s=0.2)  # fmt: skip
+    with running(server) as base, httpx.Client(base_url=base, timeout=30) as c:
+        yield model, c
+
+
+def test_a_request_beyond_the_concurrency_bound_gets_503_with_retry_after(controlled):
+    model, client = controlled
+    model.release.clear()
+    model.entered.clear()
+    first = {}
+    body = {"messages": HELLO, "max_tokens": 3, "temperature": 0}
+    thread = threading.Thread(target=lambda: first.update(r=client.post(CHAT, json=body)))
+    thread.start()
+    try:
+        assert model.entered.wait(10), "the first generation never started"
+        busy = client.post(CHAT, json=body)  # the only slot is held: waits 0.2 s, then 503
+        error = assert_error_shape(busy, 503)
+        assert error["code"] == "server_busy" and busy.headers["Retry-After"] == "1"
+        assert client.get("/health").json()["busy"] == 1
+    finally:
+        model.release.set()
+        thread.join(30)
+    assert first["r"].status_code == 200
+    assert client.post(CHAT, json=body).status_code == 200  # the slot was given back
+
+
+def test_an_error_inside_generation_is_a_500_or_an_error_event_and_the_server_lives(controlled):
+    model, client = controlled
+    body = {"messages": HELLO, "max_tokens": 3, "temperature": 0}
+    model.fail = True
+    error = assert_error_shape(client.post(CHAT, json=body), 500)
+    assert error["type"] == "server_error" and error["code"] == "generation_failed"
+    with client.stream("POST", CHAT, json=body | {"stream": True}) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(events[1])["error"]["code"] == "generation_failed"
+    assert events[-1] == "[DONE]"
+    model.fail = False
+    assert client.post(CHAT, json=body).status_code == 200
+    assert client.get("/health").json()["busy"] == 0
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_generation_and_frees_the_slot(controlled):
+    model, client = controlled
+    model.release.clear()  # hold generation until the client has gone
+    body = {"messages": HELLO, "max_tokens": 60, "temperature": 0, "stream": True}
+    with client.stream("POST", CHAT, json=body) as r:
+        first = next(r.iter_lines())  # the role chunk, sent before generation starts
+        assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["role"]
+    model.release.set()
+    deadline = time.monotonic() + 10
+    while client.get("/health").json()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.get("/health").json()["busy"] == 0
+    assert model.calls < 20  # not the 60 tokens asked for: writing to the closed socket failed
+
+
+# --- the terminal chat ----------------------------------------------------------------------
+
+
+def test_repl_keeps_the_conversation_and_obeys_its_commands(tiny_lm):
+    lines = iter(["hello there", "/system Be brief.", "again", "", "/reset", "/help", "/bogus", "hi"])  # fmt: skip
+    prompts = []
+
+    def scripted_input(prompt):
+        prompts.append(prompt)
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    shown = []
+    sampling = SamplingConfig(max_new_tokens=6, temperature=0)
+    repl(tiny_lm.model, tiny_lm.tokenizer, sampling, input_fn=scripted_input, write=shown.append)
+    text = "".join(shown)
+
+    def answer(messages):
+        return greedy_chat(tiny_lm, messages, 6)
+
+    first = answer(HELLO)
+    system = {"role": "system", "content": "Be brief."}
+    second = answer([system, *HELLO, {"role": "assistant", "content": first},
+                     {"role": "user", "content": "again"}])  # fmt: skip
+    third = answer([system, {"role": "user", "content": "hi"}])  # /reset kept the system prompt
+    expected_in_order = [
+        f"assistant> {first}\n", "(system prompt set)", f"assistant> {second}\n",
+        "(conversation forgotten)", HELP, "unknown command /bogus", f"assistant> {third}\n",
+    ]  # fmt: skip
+    at = 0
+    for piece in expected_in_order:
+        at = text.index(piece, at) + len(piece)  # raises if missing or out of order
+    assert len(prompts) == 9 and text.endswith("\n")  # the 9th read hit end of input
+
+
+def test_repl_quit_stops_reading(tiny_lm):
+    lines = iter(["/quit", "never read"])
+    repl(tiny_lm.model, tiny_lm.tokenizer, SamplingConfig(), input_fn=lambda _: next(lines),
+         write=lambda _: None)  # fmt: skip
+    assert next(lines) == "never read"
+
+
+# --- the web chat in a real browser ---------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"the web-chat test needs Chromium at {CHROMIUM} (apt-get install chromium; "
+    "scripts/setup.sh installs it with WITH_BROWSER=1, as CI does)",
+)
+def test_web_chat_streams_answers_and_keeps_the_conversation(tiny_lm, url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    first = greedy_chat(tiny_lm, HELLO, 12)
+    second = greedy_chat(tiny_lm, [*HELLO, {"role": "assistant", "content": first},
+                                   {"role": "user", "content": "and then"}], 12)  # fmt: skip
+    page_errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.on("console", lambda m: m.type == "error" and page_errors.append(m.text))
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('model').textContent.includes('tiny')")
+            page.fill("#temperature", "0")
+            page.fill("#max-tokens", "12")
+            answers = []
+            for i, message in enumerate(["hello there", "and then"]):
+                page.fill("#input", message)
+                page.click("#send")
+                done = f".message.assistant[data-done] >> nth={i}"
+                page.wait_for_selector(done, timeout=20_000)
+                answers.append(page.locator(done).locator(".text").text_content())
+            page.screenshot(path=str(tmp_path / "web-chat.png"))
+            page.click("#reset")
+            assert page.locator(".message").count() == 0
+        finally:
+            browser.close()
+    assert answers == [first, second]
+    assert page_errors == []
+    assert (tmp_path / "web-chat.png").stat().st_size > 0
