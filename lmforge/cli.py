@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sources",
         nargs="+",
         default=["wordnet", "gcide", "kjv", "fortunes"],
-        help="which sources to include (default: all four)",
+        help="which sources to include (default: the four text sources; `python`: the Python "
+        "standard library's code, a mid-training domain)",
     )
     build.add_argument(
         "--max-docs-per-source", type=int, default=None, help="cap each source (for quick runs)"
@@ -138,6 +139,49 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--seed", type=int, default=0)
     ins.add_argument("--max-train", type=int, default=20000, help="training conversations")
     ins.add_argument("--max-val", type=int, default=500, help="held-out conversations and pairs")
+
+    cur = data_verbs.add_parser(
+        "curate",
+        help="normalise, deduplicate (exact + MinHash LSH) and quality-filter a corpus",
+        description=textwrap.dedent(
+            """\
+            Unicode normalisation, exact dedup on normalised text, near-dedup with MinHash +
+            LSH (word 5-gram shingles, bands x rows from the Jaccard threshold, one document
+            kept per cluster: the longest, then the first) and Gopher-style quality rules,
+            each with its own threshold. Writes the kept documents in the corpus format and a
+            report: what each step and rule removed, per source, with examples.
+              lmforge data curate data/default --out data/curated --near-dup 0.8 --report runs/demo/curation
+              lmforge data curate data/default --out data/curated quality.stop_words.enabled=false
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    cur.add_argument("input", help="a corpus: file or directory of txt / jsonl / parquet / csv")
+    cur.add_argument("--out", required=True, help="curated corpus directory (replaced atomically)")
+    cur.add_argument("--near-dup", type=float, default=None, help="Jaccard threshold (0, 1]")
+    cur.add_argument("--report", default=None, help="directory for curation.json/.md/png")
+    cur.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    cur.add_argument("--no-progress", action="store_true")
+    _add_config_args(cur, None)
+
+    mix = data_verbs.add_parser(
+        "mix",
+        help="tokenize weighted sources into a mixture for mid-training",
+        description=textwrap.dedent(
+            """\
+            Tokenize each source of a mixture (a file or directory, optionally filtered by a
+            column, or prebuilt shards) and record the weights (shares of training tokens, or
+            epochs) and a schedule that changes them over training. `lmforge midtrain
+            mixture=DIR` trains on it; the trainer logs the realised mix.
+              lmforge data mix --config configs/demo/mixture.yaml --out data/mix
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    mix.add_argument(
+        "--out", required=True, help="mixture directory to write (replaced atomically)"
+    )
+    _add_config_args(mix, "configs/demo/mixture.yaml")
 
     stats = data_verbs.add_parser("stats", help="documents, characters and words of any corpus")
     stats.add_argument("path", help="a file or directory of txt / jsonl / parquet / csv")
@@ -198,6 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     _add_config_args(pre, "configs/demo/pretrain.yaml")
+
+    # mid-training ------------------------------------------------------------------------
+    mid = verbs.add_parser(
+        "midtrain",
+        help="continue a decoder's training on a new data diet and/or a longer context",
+        description=textwrap.dedent(
+            """\
+            Start from a trained decoder and train on a new diet (mixture=DIR from `lmforge data
+            mix`) and/or at a longer context (context.seq_len, progressively with
+            context.schedule, with a RoPE adjustment: context.rope_theta, context.rope_scaling
+            linear|ntk|llama3). Reports val loss per domain and on the starting model's own
+            held-out data before and after (what was forgotten), and the loss at each position
+            of long held-out documents before and after (loss_by_position.png).
+              lmforge midtrain --config configs/demo/midtrain-context.yaml
+              lmforge midtrain --config configs/demo/midtrain-context.yaml context.rope_scaling=linear
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    _add_config_args(mid, "configs/demo/midtrain-context.yaml")
 
     # post-training -----------------------------------------------------------------------
     sft = verbs.add_parser(
@@ -579,6 +643,30 @@ def cmd_data(args) -> int:
             )
         )
         return 0
+    if args.data_verb == "curate":
+        from lmforge.config import load_config
+        from lmforge.data.curate import CurateConfig, curate
+
+        overrides = list(args.overrides)
+        if args.near_dup is not None:
+            overrides.append(f"near_dedup.threshold={args.near_dup}")
+        cfg = load_config(CurateConfig, args.config, overrides)
+        if args.print_config:
+            return _print_config(cfg)
+        result = curate(args.input, args.out, cfg, report=args.report,
+                        progress=not args.no_progress, workers=args.workers)  # fmt: skip
+        keys = ("documents_in", "documents_out", "characters_in", "characters_out", "seconds")
+        print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
+        return 0
+    if args.data_verb == "mix":
+        from lmforge.data.mixture import MixtureConfig, build_mixture
+
+        cfg = _load_stage_config(MixtureConfig, args)
+        if args.print_config:
+            return _print_config(cfg)
+        manifest = build_mixture(cfg, args.out)
+        print(json.dumps({k: v for k, v in manifest.items() if k != "config"}, indent=2))
+        return 0
     if args.data_verb == "stats":
         from lmforge.data.sources import iter_texts
 
@@ -792,7 +880,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _post_training(module: str, cls: str, fn: str, keys: tuple[str, ...]):
+def _stage_command(module: str, cls: str, fn: str, keys: tuple[str, ...]):
     def cmd(args) -> int:
         import importlib
 
@@ -808,11 +896,14 @@ def _post_training(module: str, cls: str, fn: str, keys: tuple[str, ...]):
     return cmd
 
 
-cmd_sft = _post_training("sft", "SFTConfig", "run",
+cmd_midtrain = _stage_command("midtrain", "MidtrainConfig", "run",
+                              ("steps", "before", "after", "forgetting_bpb", "loss_by_position",
+                               "wall_seconds"))  # fmt: skip
+cmd_sft = _stage_command("sft", "SFTConfig", "run",
                          ("steps", "val_loss", "answers_before", "answers", "wall_seconds"))  # fmt: skip
-cmd_reward = _post_training("preference", "RewardConfig", "train_reward",
+cmd_reward = _stage_command("preference", "RewardConfig", "train_reward",
                             ("steps", "before", "val_accuracy", "val_margin", "wall_seconds"))  # fmt: skip
-cmd_dpo = _post_training(
+cmd_dpo = _stage_command(
     "preference", "DPOConfig", "train_dpo",
     ("steps", "before", "val_reward_accuracy", "val_margin", "val_policy_prefers_chosen",
      "win_rate_over_init", "wall_seconds"),
@@ -855,6 +946,7 @@ COMMANDS = {
     "quantize": cmd_quantize,
     "distill": cmd_distill,
     "tradeoff": cmd_tradeoff,
+    "midtrain": cmd_midtrain,
     "sft": cmd_sft,
     "reward": cmd_reward,
     "dpo": cmd_dpo,

@@ -167,3 +167,15 @@ def test_real_debian_corpus_builds_with_every_source(tmp_path):
     table = pq.read_table(tmp_path / "c" / "corpus-00000.parquet")
     assert table.column_names == ["text", "source"] and table.num_rows == 1200
     assert len(set(table.column("source").to_pylist()[:50])) > 1  # shuffled, not in source order
+
+
+def test_python_stdlib_source_is_code_without_the_test_suite(tmp_path):
+    from lmforge.data.corpora import iter_python_stdlib
+
+    (tmp_path / "pkg" / "tests").mkdir(parents=True)
+    (tmp_path / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "pkg" / "tests" / "test_mod.py").write_text("assert True\n")
+    (tmp_path / "empty.py").write_text("\n")
+    assert list(iter_python_stdlib(tmp_path)) == ["def f():\n    return 1\n"]
+    real = next(iter_python_stdlib())  # the running interpreter's own library
+    assert "import" in real or "def " in real

@@ -19,6 +19,7 @@ import random
 import re
 import shutil
 import subprocess
+import sysconfig
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -257,6 +258,28 @@ def iter_fortunes(fortunes_dir: str | os.PathLike = FORTUNES_DIR) -> Iterator[st
                 yield piece
 
 
+# --- Python code: the standard library of the running interpreter -------------------------
+
+PYTHON_STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def iter_python_stdlib(root: str | os.PathLike = PYTHON_STDLIB) -> Iterator[str]:
+    """Every .py module of the standard library (tests and vendored packages left out: they
+    are mostly generated data), one document each, in path order. A domain for
+    mid-training: real code, present wherever Python is."""
+    root = Path(root)
+    skip = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "__pycache__"}
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if text.strip():
+            yield text
+
+
 # --- the corpus --------------------------------------------------------------------------
 
 SOURCES = {
@@ -268,6 +291,8 @@ SOURCES = {
     "gcide": (iter_gcide, [GCIDE_DIR / "gcide.dict.dz", GCIDE_DIR / "gcide.index"], "dict-gcide"),
     "kjv": (iter_kjv, [KJV_DATA], "bible-kjv bible-kjv-text"),
     "fortunes": (iter_fortunes, [FORTUNES_DIR], "fortunes"),
+    # not in the default corpus: the code domain of `configs/demo/midtrain-code.yaml`
+    "python": (iter_python_stdlib, [PYTHON_STDLIB / "os.py"], "python3"),
 }
 
 

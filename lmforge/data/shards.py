@@ -98,11 +98,17 @@ def build_shards(
     shard_tokens: int = 1 << 27,
     batch_docs: int = 2048,
     progress: bool = True,
+    index_column: str | None = None,
 ) -> dict:
-    """Tokenize every document under ``data_path`` into train/val shards. Returns meta."""
+    """Tokenize every document under ``data_path`` into train/val shards. Returns meta.
+
+    A document is held out by its index (its position among the non-empty documents) and the
+    seed; ``index_column`` names a column that carries the index instead, so that a subset
+    of a corpus (one source of a mixture) is split exactly as the whole corpus was.
+    """
     from tqdm.auto import tqdm
 
-    from lmforge.data.sources import iter_texts
+    from lmforge.data.sources import iter_documents
 
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise DataError(
@@ -124,10 +130,11 @@ def build_shards(
             bar.update(len(pending))
             pending.clear()
 
-        for text in iter_texts(data_path, text_column):
+        for doc in iter_documents(data_path, text_column):
+            text = doc["text"]
             if not text.strip():
                 continue  # an empty document teaches nothing
-            pending.append((index, text))
+            pending.append((int(doc[index_column]) if index_column else index, text))
             index += 1
             if len(pending) >= batch_docs:
                 flush()

@@ -20,6 +20,15 @@ class SamplingConfig:
     stop_token_ids: list[int] = field(default_factory=list)
 
 
+@dataclass
+class GenerationStats:
+    """Filled in while a generation runs (the server's usage and finish_reason)."""
+
+    prompt_tokens: int = 0  # after any cut to fit the context
+    completion_tokens: int = 0
+    finish_reason: str = "length"  # "stop": a stop token or string; "length": a limit
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Mask all but the top-k tokens, then all beyond the top-p probability mass (Holtzman et al. 2020)."""
     if top_k is not None and 0 < top_k < logits.size(-1):
@@ -47,7 +56,11 @@ def sample_next(
 
 @torch.no_grad()
 def generate_tokens(
-    model: nn.Module, prompt_ids: list[int], cfg: SamplingConfig, use_cache: bool = True
+    model: nn.Module,
+    prompt_ids: list[int],
+    cfg: SamplingConfig,
+    use_cache: bool = True,
+    stats: GenerationStats | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time. Stops at a stop token, max_new_tokens, or the context end.
 
@@ -69,6 +82,8 @@ def generate_tokens(
     if cfg.seed is not None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
     stop_ids = set(cfg.stop_token_ids)
+    stats = stats if stats is not None else GenerationStats()
+    stats.prompt_tokens = len(ids)
     total = len(ids) + cfg.max_new_tokens
     if pos_learned:
         total = min(total, max_len)
@@ -80,7 +95,9 @@ def generate_tokens(
         logits = model(x, cache=cache)[:, -1]
         nxt = int(sample_next(logits, cfg, generator)[0])
         if nxt in stop_ids:
+            stats.finish_reason = "stop"
             return
+        stats.completion_tokens += 1
         yield nxt
         ids.append(nxt)
         x = (
@@ -91,7 +108,12 @@ def generate_tokens(
 
 
 def stream_text(
-    model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, add_bos: bool = True
+    model: nn.Module,
+    tokenizer,
+    prompt: str,
+    cfg: SamplingConfig,
+    add_bos: bool = True,
+    stats: GenerationStats | None = None,
 ) -> Iterator[str]:
     """Yield text pieces as they are generated, cut at the first stop string.
 
@@ -99,23 +121,31 @@ def stream_text(
     and held back while it could still be the start of a stop string.
     """
     prompt_ids = tokenizer.encode(prompt, add_bos=add_bos and tokenizer.bos_id is not None)
-    yield from stream_ids(model, tokenizer, prompt_ids, cfg)
+    yield from stream_ids(model, tokenizer, prompt_ids, cfg, stats)
 
 
-def stream_ids(model: nn.Module, tokenizer, prompt_ids: list[int], cfg: SamplingConfig):
+def stream_ids(
+    model: nn.Module,
+    tokenizer,
+    prompt_ids: list[int],
+    cfg: SamplingConfig,
+    stats: GenerationStats | None = None,
+) -> Iterator[str]:
     """`stream_text` from token ids; stops at EOS and at <|im_end|> (the end of a chat turn)."""
     ends = [t for t in (tokenizer.eos_id, tokenizer.im_end_id) if t is not None]
     if any(t not in cfg.stop_token_ids for t in ends):
         cfg = SamplingConfig(**{**cfg.__dict__, "stop_token_ids": [*cfg.stop_token_ids, *ends]})
     new: list[int] = []
     emitted = 0
-    for tok in generate_tokens(model, prompt_ids, cfg):
+    stats = stats if stats is not None else GenerationStats()
+    for tok in generate_tokens(model, prompt_ids, cfg, stats=stats):
         new.append(tok)
         text = tokenizer.decode(new)
         if text.endswith("\ufffd"):
             continue  # an incomplete UTF-8 sequence: wait for its other bytes
         cut = min((i for s in cfg.stop if (i := text.find(s)) >= 0), default=-1)
         if cut >= 0:
+            stats.finish_reason = "stop"
             if cut > emitted:
                 yield text[emitted:cut]
             return
@@ -131,7 +161,11 @@ def stream_ids(model: nn.Module, tokenizer, prompt_ids: list[int], cfg: Sampling
 
 
 def stream_chat(
-    model: nn.Module, tokenizer, messages: list[dict], cfg: SamplingConfig
+    model: nn.Module,
+    tokenizer,
+    messages: list[dict],
+    cfg: SamplingConfig,
+    stats: GenerationStats | None = None,
 ) -> Iterator[str]:
     """The assistant's next turn, streamed. The prompt is the training template's
     (data/chat.py), cut from the left when the conversation outgrows the context."""
@@ -139,7 +173,7 @@ def stream_chat(
 
     room = model.cfg.max_seq_len - min(cfg.max_new_tokens, model.cfg.max_seq_len // 2)
     ids, _ = encode_prompt(tokenizer, messages, max(1, room))
-    yield from stream_ids(model, tokenizer, ids, cfg)
+    yield from stream_ids(model, tokenizer, ids, cfg, stats)
 
 
 def generate_text(

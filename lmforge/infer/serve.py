@@ -49,9 +49,8 @@ from urllib.parse import unquote, urlsplit
 import torch
 from torch import nn
 
-from lmforge.data.chat import encode_prompt
 from lmforge.errors import CheckpointError, LmforgeError
-from lmforge.infer.generate import SamplingConfig, stream_chat, stream_text
+from lmforge.infer.generate import GenerationStats, SamplingConfig, stream_chat, stream_text
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -203,28 +202,6 @@ def parse_prompt(value) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class _CountingTokenizer:
-    """The tokenizer, also keeping the longest id list it decoded.
-
-    `stream_ids` decodes all the tokens generated so far at every step, so that list is the
-    completion (its stop token excluded): usage and finish_reason need the token count, and
-    `stream_chat` / `stream_text` yield only text.
-    """
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self.completion_ids: list[int] = []
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-    def decode(self, ids, *args, **kwargs) -> str:
-        ids = list(ids)
-        if len(ids) > len(self.completion_ids):
-            self.completion_ids = ids
-        return self._tokenizer.decode(ids, *args, **kwargs)
-
-
 class Generation:
     """One request's answer. Iterate it for text pieces; afterwards `completion_tokens` and
     `finish_reason` ("stop": a stop token or string; "length": max_tokens or the context end)
@@ -233,52 +210,34 @@ class Generation:
     def __init__(self, model: nn.Module, tokenizer, cfg: SamplingConfig,
                  messages: list[dict] | None = None, prompt: str | None = None):  # fmt: skip
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        self.counter = _CountingTokenizer(tokenizer)
-        max_len = model.cfg.max_seq_len
+        self.stats = GenerationStats()
         if messages is not None:
-            # the room stream_chat leaves for the answer, so the count is the prompt it sends
-            room = max_len - min(cfg.max_new_tokens, max_len // 2)
-            self.prompt_tokens = len(encode_prompt(tokenizer, messages, max(1, room))[0])
-            self._pieces = stream_chat(model, self.counter, messages, cfg)
+            self._pieces = stream_chat(model, tokenizer, messages, cfg, self.stats)
         else:
             ids = tokenizer.encode(prompt, add_bos=tokenizer.bos_id is not None)
             if not ids:
                 raise _bad("'prompt' is empty and this tokenizer has no BOS token to start from", "prompt")  # fmt: skip
-            if len(ids) > max_len:
+            if len(ids) > model.cfg.max_seq_len:
                 raise _bad(
-                    f"the prompt is {len(ids)} tokens; this model's context is {max_len}. "
-                    "Shorten the prompt",
+                    f"the prompt is {len(ids)} tokens; this model's context is "
+                    f"{model.cfg.max_seq_len}. Shorten the prompt",
                     "prompt",
                     "context_length_exceeded",
                 )
-            self.prompt_tokens = len(ids)
-            self._pieces = stream_text(model, self.counter, prompt, cfg)
-        self.completion_tokens = 0
-        self.finish_reason = "stop"
+            self._pieces = stream_text(model, tokenizer, prompt, cfg, stats=self.stats)
 
     def __iter__(self) -> Iterator[str]:
         with torch.no_grad():
             yield from self._pieces
-        ids = self.counter.completion_ids
-        self.completion_tokens = len(ids)
-        text = self.tokenizer.decode(ids)
-        max_len = self.model.cfg.max_seq_len
-        # learned positions end at max_len; generate_tokens keeps max_len - 1 prompt tokens
-        context_full = (
-            self.model.cfg.pos_embedding == "learned"
-            and min(self.prompt_tokens, max_len - 1) + len(ids) >= max_len
-        )
-        if any(s in text for s in self.cfg.stop):
-            self.finish_reason = "stop"
-        elif len(ids) >= self.cfg.max_new_tokens or context_full:
-            self.finish_reason = "length"
+
+    @property
+    def finish_reason(self) -> str:
+        return self.stats.finish_reason
 
     def usage(self) -> dict:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+        s = self.stats
+        return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+                "total_tokens": s.prompt_tokens + s.completion_tokens}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -148,6 +148,21 @@ def model_config_for(cfg: PretrainConfig, tokenizer: Tokenizer) -> ModelConfig:
     )
 
 
+def ensure_shards(data: PretrainData, tokenizer: Tokenizer, out: Path, seed: int) -> Path:
+    """Token shards of data.path under out/shards (reused when built with this tokenizer), or
+    the built directory data.shards names."""
+    shards_dir = Path(data.shards) if data.shards else out / "shards"
+    if not shards_match(shards_dir, tokenizer):
+        if data.shards:
+            raise ConfigError(
+                f"data.shards {shards_dir} was built with another tokenizer or is incomplete; "
+                "remove data.shards to rebuild from data.path"
+            )
+        build_shards(data.path, tokenizer, shards_dir, text_column=data.text_column,
+                     val_fraction=data.val_fraction, seed=seed)  # fmt: skip
+    return shards_dir
+
+
 def prepare(cfg: PretrainConfig, out: Path):
     """Tokenizer, model config, token shards, model and loader - everything before training."""
     tokenizer = Tokenizer.load(cfg.tokenizer)
@@ -159,22 +174,7 @@ def prepare(cfg: PretrainConfig, out: Path):
         )
     cfg.model = mcfg
 
-    # Token shards, reused when they were built with this tokenizer.
-    shards_dir = Path(cfg.data.shards) if cfg.data.shards else out / "shards"
-    if not shards_match(shards_dir, tokenizer):
-        if cfg.data.shards:
-            raise ConfigError(
-                f"data.shards {shards_dir} was built with another tokenizer or is incomplete; "
-                "remove data.shards to rebuild from data.path"
-            )
-        build_shards(
-            cfg.data.path,
-            tokenizer,
-            shards_dir,
-            text_column=cfg.data.text_column,
-            val_fraction=cfg.data.val_fraction,
-            seed=cfg.trainer.seed,
-        )
+    shards_dir = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
     train_ds, val_ds = ShardDataset(shards_dir, "train"), ShardDataset(shards_dir, "val")
     loader = PackedLoader(
         train_ds,

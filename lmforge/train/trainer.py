@@ -435,6 +435,8 @@ class Trainer:
                 }
                 if mfu is not None:
                     record["mfu"] = mfu
+                if hasattr(self.loader, "realised"):  # a data mixture: the shares drawn so far
+                    record["mix"] = {k: v["share"] for k, v in self.loader.realised().items()}
                 self.log(record)
                 bar.set_postfix(
                     loss=f"{info['loss']:.3f}",

@@ -1,0 +1,111 @@
+"""Mid-training: context extension with a RoPE adjustment, progressive lengths, measurement."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import WORDS
+from test_pretrain import pretrain_args
+
+from lmforge.artifact import load
+from lmforge.cli import main
+from lmforge.data.shards import PackedLoader, ShardDataset
+from lmforge.errors import ConfigError
+from lmforge.model.config import ModelConfig
+from lmforge.stages.midtrain import ContextSection, ProgressiveLoader, extended_config
+from lmforge.utils import read_json
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    """Short documents and long ones (hundreds of words), so some exceed the new context."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("long") / "docs.jsonl"
+    with open(path, "w") as f:
+        for i in range(300):
+            n = rng.randint(200, 320) if i % 3 == 0 else rng.randint(5, 30)
+            f.write(
+                json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(n)) + "."}) + "\n"
+            )
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, long_corpus, tiny_tokenizer_dir):
+    out = tmp_path_factory.mktemp("mid") / "base"
+    args = pretrain_args(tiny_tokenizer_dir, long_corpus, out, "trainer.max_steps=20",
+                         "trainer.eval_every=20", "data.val_fraction=0.2", "model.max_seq_len=64")  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+MID = ["trainer.progress=false", "trainer.precision=fp32", "trainer.warmup_steps=2",
+       "trainer.eval_every=100", "trainer.checkpoint_every=100", "trainer.log_every=1",
+       "trainer.micro_batch_size=2", "data.eval_batches=2", "samples.max_new_tokens=5",
+       "context.buckets=[0,32,64,128]"]  # fmt: skip
+
+
+def test_context_extension_measures_loss_by_position_before_and_after(tmp_path, base_run):
+    out = tmp_path / "ctx"
+    args = ["midtrain", "--config", "configs/demo/midtrain-context.yaml", f"init={base_run}",
+            f"out_dir={out}", f"data.shards={base_run / 'shards'}", "context.seq_len=128",
+            "context.schedule=[[0,96],[0.5,128]]", "context.rope_scaling=linear",
+            "context.rope_theta=null", "trainer.max_steps=12", *MID]  # fmt: skip
+    assert main(args) == 0
+    s = read_json(out / "summary.json")
+    assert s["context"]["from"] == 64 and s["context"]["to"] == 128
+    lbp = s["loss_by_position"]
+    assert lbp["documents"] > 0 and set(lbp["before"]) == {"0-31", "32-63", "64-127"}
+    assert all(np.isfinite(list(lbp["after"].values())))
+    assert (out / "loss_by_position.png").is_file()
+    # the saved model carries the new positions: 128 tokens, interpolation by 2
+    cfg = load(out).config
+    assert (cfg.max_seq_len, cfg.rope_scaling, cfg.rope_scaling_factor) == (128, "linear", 2.0)
+    # the progressive schedule really trained at 96 then 128 tokens (fixed tokens per batch)
+    assert s["before"]["val_bpb_init"] > 0 and "forgetting_bpb" in s
+
+
+def test_before_curve_is_the_starting_model(tmp_path, base_run):
+    """Positions inside the old context: the 'before' curve is the starting model's own loss."""
+    from lmforge.stages.midtrain import loss_by_position
+
+    start = load(base_run).model
+    val = ShardDataset(base_run / "shards", "val")
+    curve, n = loss_by_position(start, [val], 64, max_docs=8)
+    ids = torch.from_numpy(
+        val.tokens(int(np.flatnonzero(val.doc_len >= 65)[0]), 0, 65).astype(np.int64)
+    )
+    one, _ = loss_by_position(start, [val], 64, max_docs=1)
+    logits = start(ids[None, :-1])[0]
+    want = torch.nn.functional.cross_entropy(logits, ids[1:], reduction="none")
+    assert n >= 1 and np.allclose(one, want.detach().numpy(), atol=1e-5)
+
+
+def test_progressive_loader_switches_phase_and_resumes_exactly(base_run):
+    ds = ShardDataset(base_run / "shards", "train")
+
+    def make(bs, n):
+        return PackedLoader(ds, bs, n, seed=0)
+
+    loader = ProgressiveLoader(make, [(0.0, 32), (0.5, 64)], total_batches=6, tokens_per_batch=128)
+    shapes = [tuple(loader.next_batch()["input_ids"].shape) for _ in range(4)]
+    assert shapes == [(4, 32), (4, 32), (4, 32), (2, 64)]
+    state = loader.state_dict()
+    following = loader.next_batch()["input_ids"]
+    again = ProgressiveLoader(make, [(0.0, 32), (0.5, 64)], total_batches=6, tokens_per_batch=128)
+    again.load_state_dict(state)
+    assert torch.equal(again.next_batch()["input_ids"], following)
+
+
+def test_a_shorter_context_or_a_bad_schedule_is_refused(tmp_path, base_run):
+    old = ModelConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, max_seq_len=256)
+    with pytest.raises(ConfigError, match="below the starting model's context 256"):
+        extended_config(old, ContextSection(seq_len=128))
+    args = ["midtrain", "--config", "configs/demo/midtrain-context.yaml", f"init={base_run}",
+            f"out_dir={tmp_path / 'x'}", "context.seq_len=128", "context.schedule=[[0.2,64]]", *MID]  # fmt: skip
+    assert main(args) == 2
+    assert (
+        extended_config(old, ContextSection(seq_len=1024, rope_theta=40000.0)).rope_theta == 40000.0
+    )
