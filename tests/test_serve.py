@@ -111,6 +111,18 @@ def test_chat_at_temperature_0_equals_local_generation_with_the_training_templat
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+def test_a_conversation_longer_than_the_context_is_cut_from_the_left_and_says_so(tiny_lm, client):
+    long = [{"role": "user", "content": "the house " * 200}, *HELLO]
+    r = client.post("/v1/chat/completions", json={"messages": long, "max_tokens": 4, "temperature": 0})  # fmt: skip
+    out = r.json()
+    assert r.status_code == 200 and out["lmforge"]["prompt_truncated"] is True
+    assert out["usage"]["prompt_tokens"] <= MAX_SEQ_LEN
+    # the answer is the one to the conversation's end (HELLO), as the template keeps the tail
+    assert out["choices"][0]["message"]["content"] == greedy_chat(tiny_lm, long, 4)
+    short = client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 4}).json()
+    assert "lmforge" not in short
+
+
 def test_max_tokens_is_respected_and_reported_as_length(tiny_lm, client):
     tok = tiny_lm.tokenizer
     prompt_ids, _ = encode_prompt(tok, HELLO, MAX_SEQ_LEN)
@@ -439,6 +451,7 @@ def test_web_chat_streams_answers_and_keeps_the_conversation(tiny_lm, url, tmp_p
             page = browser.new_page()
             page.on("pageerror", lambda e: page_errors.append(str(e)))
             page.on("console", lambda m: m.type == "error" and page_errors.append(m.text))
+            page.set_default_timeout(60_000)  # a loaded 2-core CI machine starts Chromium slowly
             page.goto(url + "/")
             page.wait_for_function("document.getElementById('model').textContent.includes('tiny')")
             page.fill("#temperature", "0")
@@ -448,7 +461,7 @@ def test_web_chat_streams_answers_and_keeps_the_conversation(tiny_lm, url, tmp_p
                 page.fill("#input", message)
                 page.click("#send")
                 done = f".message.assistant[data-done] >> nth={i}"
-                page.wait_for_selector(done, timeout=20_000)
+                page.wait_for_selector(done, timeout=60_000)
                 answers.append(page.locator(done).locator(".text").text_content())
             page.screenshot(path=str(tmp_path / "web-chat.png"))
             page.click("#reset")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from torch import nn
 
 from lmforge.data.chat import check_chat_tokenizer
-from lmforge.infer.generate import SamplingConfig, stream_chat
+from lmforge.infer.generate import GenerationStats, SamplingConfig, stream_chat
 
 HELP = """\
 commands:
@@ -81,9 +81,9 @@ def repl(
         history.append({"role": "user", "content": text})
         messages = ([{"role": "system", "content": system}] if system else []) + history
         write("assistant> ")
-        pieces = []
+        pieces, stats = [], GenerationStats()
         try:
-            for piece in stream_chat(model, tokenizer, messages, sampling):
+            for piece in stream_chat(model, tokenizer, messages, sampling, stats):
                 pieces.append(piece)
                 write(piece)
         except KeyboardInterrupt:
@@ -92,4 +92,7 @@ def repl(
             write("\n(stopped; this turn is forgotten)\n")
             continue
         write("\n")
+        if stats.prompt_truncated:
+            write("(the conversation is longer than the model's context: its oldest turns were "
+                  "left out of the prompt; /reset starts afresh)\n")  # fmt: skip
         history.append({"role": "assistant", "content": "".join(pieces)})

@@ -27,6 +27,7 @@ class GenerationStats:
     prompt_tokens: int = 0  # after any cut to fit the context
     completion_tokens: int = 0
     finish_reason: str = "length"  # "stop": a stop token or string; "length": a limit
+    prompt_truncated: bool = False  # the conversation outgrew the context: its oldest tokens cut
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -172,7 +173,9 @@ def stream_chat(
     from lmforge.data.chat import encode_prompt
 
     room = model.cfg.max_seq_len - min(cfg.max_new_tokens, model.cfg.max_seq_len // 2)
-    ids, _ = encode_prompt(tokenizer, messages, max(1, room))
+    ids, cut = encode_prompt(tokenizer, messages, max(1, room))
+    stats = stats if stats is not None else GenerationStats()
+    stats.prompt_truncated = cut
     yield from stream_ids(model, tokenizer, ids, cfg, stats)
 
 

@@ -384,11 +384,15 @@ class Handler(BaseHTTPRequestHandler):
         else:
             choice = {"index": 0, "text": text}
         choice |= {"logprobs": None, "finish_reason": gen.finish_reason}
-        self._send_json(200, {
+        body = {
             "id": _new_id(chat), "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": self.server.model_name,
             "choices": [choice], "usage": gen.usage(),
-        })  # fmt: skip
+        }  # fmt: skip
+        if gen.stats.prompt_truncated:  # an extension field; OpenAI clients ignore it
+            body["lmforge"] = {"prompt_truncated": True, "note": "the conversation is longer "
+                               "than the context: its oldest tokens were left out"}  # fmt: skip
+        self._send_json(200, body)
 
     def _stream(self, gen: Generation, chat: bool, include_usage: bool) -> None:
         # The stream's end is the connection's end, so no length or chunked encoding is needed.
