@@ -109,3 +109,46 @@ def test_a_shorter_context_or_a_bad_schedule_is_refused(tmp_path, base_run):
     assert (
         extended_config(old, ContextSection(seq_len=1024, rope_theta=40000.0)).rope_theta == 40000.0
     )
+
+
+def test_a_new_diet_reports_each_source_and_what_was_forgotten(
+    tmp_path, base_run, long_corpus, tiny_corpus, tiny_tokenizer_dir
+):
+    from lmforge.config import validate
+    from lmforge.data.mixture import MixtureConfig, build_mixture
+    from lmforge.utils import read_jsonl
+
+    mix = validate(MixtureConfig, {
+        "tokenizer": str(tiny_tokenizer_dir), "val_fraction": 0.2,
+        "sources": [{"name": "old", "path": str(long_corpus), "weight": 0.2},
+                    {"name": "new", "path": str(tiny_corpus), "weight": 0.8}],
+    }, "mixture.yaml")  # fmt: skip
+    build_mixture(mix, tmp_path / "mix", progress=False)
+    out = tmp_path / "diet"
+    args = ["midtrain", "--config", "configs/demo/midtrain-code.yaml", f"init={base_run}",
+            f"out_dir={out}", f"mixture={tmp_path / 'mix'}", "data.seq_len=64",
+            "trainer.max_steps=10", "trainer.grad_accum_steps=1", *MID]  # fmt: skip
+    assert main(args) == 0
+    s = read_json(out / "summary.json")
+    for when in ("before", "after"):
+        assert {"val_bpb_init", "val_bpb_old", "val_bpb_new"} <= set(s[when])
+    assert s["forgetting_bpb"] == pytest.approx(
+        s["after"]["val_bpb_init"] - s["before"]["val_bpb_init"]
+    )
+    shares = s["realised_mix"]
+    assert shares["new"]["share"] > shares["old"]["share"]
+    logged = [r["mix"] for r in read_jsonl(out / "metrics.jsonl") if "mix" in r]
+    assert logged and set(logged[-1]) == {"old", "new"}  # the trainer logs the realised mix
+    assert "loss_by_position" not in s  # the context did not change
+
+
+def test_the_train_longer_baseline_is_measured_at_the_new_length_too(tmp_path, base_run):
+    out = tmp_path / "same"
+    args = ["midtrain", "--config", "configs/demo/midtrain-context.yaml", f"init={base_run}",
+            f"out_dir={out}", f"data.shards={base_run / 'shards'}", "context.seq_len=64",
+            "context.schedule=[]", "context.eval_len=128", "context.rope_theta=null",
+            "trainer.max_steps=4", *MID]  # fmt: skip
+    assert main(args) == 0
+    s = read_json(out / "summary.json")
+    assert s["context"]["to"] == 64 and s["loss_by_position"]["documents"] > 0
+    assert set(s["loss_by_position"]["before"]) == {"0-31", "32-63", "64-127"}

@@ -192,6 +192,7 @@ class ShardDataset:
             raise DataError(
                 f"{path} is not a shards directory (no meta.json); build it with the pretrain stage"
             )
+        self.path, self.split = path, split
         self.meta = read_json(meta_path)
         if split not in self.meta["splits"]:
             raise DataError(

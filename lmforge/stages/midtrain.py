@@ -250,14 +250,14 @@ def run(cfg: MidtrainConfig) -> dict:
     if (init_shards / "val").is_dir():
         general = ShardDataset(init_shards, "val")
     token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.long)
-    eval_len = min(old.max_seq_len, cfg.data.seq_len)  # before/after on identical batches
+    val_len = min(old.max_seq_len, cfg.data.seq_len)  # before/after on identical batches
 
     def eval_fn(m) -> dict:
         result = {}
         sets = ({"init": general} if general else {}) | domains
         for name, ds in sets.items():
             batches = iter_eval_batches(
-                ds, cfg.trainer.micro_batch_size, eval_len, cfg.data.eval_batches
+                ds, cfg.trainer.micro_batch_size, val_len, cfg.data.eval_batches
             )
             r = lm_eval(m, batches, token_bytes)
             result[f"val_bpb_{name}"] = r.get("val_bpb", math.nan)
@@ -269,17 +269,21 @@ def run(cfg: MidtrainConfig) -> dict:
         )
         return result
 
-    long_sets = [general] if general else []
-    long_sets += list(domains.values())
+    # held-out documents for loss by position, each split once (the diet may be the old data)
+    long_sets = {}
+    for ds in ([general] if general else []) + list(domains.values()):
+        long_sets.setdefault((str(Path(ds.path).resolve()), ds.split), ds)
+    long_sets = list(long_sets.values())
     before = eval_fn(before_model)
     curves = {}
-    if mcfg.max_seq_len > old.max_seq_len:
+    pos_len = cfg.context.eval_len or mcfg.max_seq_len
+    if pos_len > old.max_seq_len:
         curves["before"], n_docs = loss_by_position(
-            before_model, long_sets, mcfg.max_seq_len, cfg.context.max_eval_docs
+            before_model, long_sets, pos_len, cfg.context.max_eval_docs
         )
         if n_docs == 0:
             print(
-                f"[midtrain] no held-out document has {mcfg.max_seq_len + 1} tokens: loss by position not measured"
+                f"[midtrain] no held-out document has {pos_len + 1} tokens: loss by position not measured"
             )
     del before_model
     if not (out / "checkpoints").exists():
@@ -307,7 +311,7 @@ def run(cfg: MidtrainConfig) -> dict:
         summary["realised_mix"] = loader.realised()
     if curves.get("before") is not None and len(curves["before"]):
         curves["after"], n_docs = loss_by_position(
-            model, long_sets, mcfg.max_seq_len, cfg.context.max_eval_docs
+            model, long_sets, pos_len, cfg.context.max_eval_docs
         )
         b = cfg.context.buckets
         summary["loss_by_position"] = {
