@@ -318,3 +318,26 @@ def test_pair_batches_put_chosen_first_and_mark_answers(tok):
     x, answer = batch["input_ids"], batch["answer"]
     assert tok.decode(x[0][answer[0]].tolist()) == "Blue.<|im_end|>"
     assert tok.decode(x[1][answer[1]].tolist()) == "A long wrong answer.<|im_end|>"
+
+
+def test_sft_with_lora_from_a_transformers_qwen2_checkpoint(tmp_path, tok, chat_data):
+    """The same recipe on a Hugging Face checkpoint (a tiny Qwen2 from save_pretrained)."""
+    import transformers
+
+    cfg = transformers.Qwen2Config(
+        vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=True, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / "qwen")
+    tok.save(tmp_path / "qwen")
+    out = tmp_path / "sft"
+    args = ["sft", "--config", "configs/demo/sft.yaml", f"init={tmp_path / 'qwen'}",
+            f"out_dir={out}", *_data_args(chat_data, "sft"), "method=lora", "lora.r=4",
+            "epochs=2", "answers.n=2", "answers.max_new_tokens=4", *TRAIN]  # fmt: skip
+    assert main(args) == 0
+    s = read_json(out / "summary.json")
+    assert 0 < s["params_trainable"] < s["params"] and s["answers"]["n"] == 2
+    assert load(out).kind == "causal_lm"
