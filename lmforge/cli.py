@@ -263,6 +263,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(mid, "configs/demo/midtrain-context.yaml")
 
+    # scaling -----------------------------------------------------------------------------
+    sc = verbs.add_parser(
+        "scaling",
+        help="published scaling laws: compute-optimal parameters and tokens for a budget",
+        description="Scaling laws (Chinchilla, its Epoch AI refit, Kaplan, 20 tokens/parameter).",
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    sc_verbs = sc.add_subparsers(dest="scaling_verb", metavar="<verb>")
+    scp = sc_verbs.add_parser(
+        "predict",
+        help="N_opt, D_opt, tokens per parameter and loss for a FLOP budget under each law",
+        description=textwrap.dedent(
+            """\
+            For a training budget C (FLOPs, C = 6 N D), each law's compute-optimal model size
+            and token count, side by side:
+              lmforge scaling predict --flops 1e21
+              lmforge scaling predict --law chinchilla --flops 5.76e23   # Chinchilla's own budget
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    scp.add_argument("--flops", type=float, required=True, help="training compute, e.g. 1e21")
+    scp.add_argument("--law", action="append", default=None,
+                     help="chinchilla | epoch | kaplan | 20-tokens (repeatable; default: all)")  # fmt: skip
+    scp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     # post-training -----------------------------------------------------------------------
     sft = verbs.add_parser(
         "sft",
@@ -910,6 +936,23 @@ cmd_dpo = _stage_command(
 )  # fmt: skip
 
 
+def cmd_scaling(args) -> int:
+    from lmforge.errors import ConfigError
+    from lmforge.eval.scaling_laws import format_table, predict
+
+    if args.scaling_verb != "predict":
+        print(
+            "usage: lmforge scaling predict --flops C (see lmforge scaling --help)", file=sys.stderr
+        )
+        return 2
+    try:
+        rows = predict(args.flops, args.law)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
 def _sampling(args):
     from lmforge.infer.generate import SamplingConfig
 
@@ -947,6 +990,7 @@ COMMANDS = {
     "distill": cmd_distill,
     "tradeoff": cmd_tradeoff,
     "midtrain": cmd_midtrain,
+    "scaling": cmd_scaling,
     "sft": cmd_sft,
     "reward": cmd_reward,
     "dpo": cmd_dpo,
