@@ -41,3 +41,55 @@ def test_kaplan_frontier_and_predict_side_by_side(capsys):
     out = capsys.readouterr().out
     assert "| chinchilla | 3.22e+10 |" in out
     assert main(["scaling", "predict", "--flops", "-1"]) == 2
+
+
+def _synthetic_runs(law, noise=0.002, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ns, ds = np.geomspace(1e6, 1e9, 5), np.geomspace(1e8, 1e11, 5)
+    n, d = (a.ravel() for a in np.meshgrid(ns, ds))
+    loss = np.array([law.loss(x, y) for x, y in zip(n, d)]) * np.exp(rng.normal(0, noise, n.size))
+    return n, d, loss
+
+
+def test_approach_3_recovers_a_known_law_with_intervals():
+    from lmforge.eval.scaling_laws import fit_parametric
+
+    n, d, loss = _synthetic_runs(CHINCHILLA)
+    fit = fit_parametric(n, d, loss, bootstrap=20)
+    assert fit["law"].alpha == pytest.approx(0.34, abs=0.03)
+    assert fit["law"].beta == pytest.approx(0.28, abs=0.03)
+    assert fit["law"].E == pytest.approx(1.69, abs=0.05)
+    assert fit["a"] == pytest.approx(0.28 / 0.62, abs=0.01)
+    lo, hi = fit["a_interval"]  # bootstrap over the runs: around the estimate, and narrow here
+    assert lo <= fit["a"] <= hi and hi - lo < 0.05
+
+
+def test_too_few_runs_are_refused_with_how_many_more():
+    from lmforge.eval.scaling_laws import fit_isoflop, fit_parametric
+
+    with pytest.raises(ValueError, match="at least 6 runs.*4 given.*2 more"):
+        fit_parametric([1e6, 1e7, 1e8, 1e9], [1e9] * 4, [3, 2.8, 2.6, 2.5])
+    with pytest.raises(ValueError, match=">= 2 FLOP budgets with >= 3 model sizes"):
+        fit_isoflop([1e18] * 3, [1e6, 1e7, 1e8], [3.0, 2.9, 3.1])
+
+
+def test_approach_2_finds_the_isoflop_minima_of_a_known_law():
+    import numpy as np
+
+    from lmforge.eval.scaling_laws import fit_isoflop
+
+    flops, n, loss = [], [], []
+    for c in (1e18, 1e19, 1e20, 1e21):
+        n_star, _ = CHINCHILLA.optimum(c)
+        for f in np.geomspace(0.25, 4, 7):
+            (
+                flops.append(c),
+                n.append(n_star * f),
+                loss.append(CHINCHILLA.loss(n_star * f, c / (6 * n_star * f))),
+            )
+    fit = fit_isoflop(flops, n, loss, bootstrap=20)
+    assert fit["a"] == pytest.approx(0.28 / 0.62, abs=0.03)  # Chinchilla: a = beta / (alpha + beta)
+    for m in fit["minima"]:
+        assert m["n_opt"] == pytest.approx(CHINCHILLA.optimum(m["flops"])[0], rel=0.1)
