@@ -288,6 +288,25 @@ def build_parser() -> argparse.ArgumentParser:
     scp.add_argument("--law", action="append", default=None,
                      help="chinchilla | epoch | kaplan | 20-tokens (repeatable; default: all)")  # fmt: skip
     scp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    scs = sc_verbs.add_parser(
+        "sweep",
+        help="a grid of pre-training runs: model sizes x FLOP budgets (resumable)",
+        description=textwrap.dedent(
+            """\
+            Pre-train each lmforge-d<depth> preset at each FLOP budget (steps sized to the
+            budget with 6N + attention FLOPs per token, a cosine schedule per run); finished
+            runs are skipped, an interrupted one resumes.
+              lmforge scaling sweep --config configs/demo/scaling.yaml
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
+    _add_config_args(scs, "configs/demo/scaling.yaml")
+    scf = sc_verbs.add_parser("fit", help="fit approaches 2 and 3 to the runs under a directory")
+    scf.add_argument("runs", help="a directory of finished pretrain runs (a sweep's out_dir)")
+    scf.add_argument("--out", required=True, help="where fit.json and isoflop.png go")
+    scf.add_argument("--bootstrap", type=int, default=100, help="resamples for the intervals")
+    scf.add_argument("--predict-flops", type=float, default=None, help="report the optimum here")
 
     # post-training -----------------------------------------------------------------------
     sft = verbs.add_parser(
@@ -940,9 +959,27 @@ def cmd_scaling(args) -> int:
     from lmforge.errors import ConfigError
     from lmforge.eval.scaling_laws import format_table, predict
 
+    if args.scaling_verb == "sweep":
+        from lmforge.stages.scaling import SweepConfig, sweep
+
+        cfg = _load_stage_config(SweepConfig, args)
+        if args.print_config:
+            return _print_config(cfg)
+        keys = ("run", "params", "tokens", "flops", "val_loss")
+        print(json.dumps([{k: r[k] for k in keys} for r in sweep(cfg)], indent=2))
+        return 0
+    if args.scaling_verb == "fit":
+        from lmforge.stages.scaling import fit
+
+        result = fit(
+            args.runs, args.out, bootstrap=args.bootstrap, predict_flops=args.predict_flops
+        )
+        print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+        return 0
     if args.scaling_verb != "predict":
         print(
-            "usage: lmforge scaling predict --flops C (see lmforge scaling --help)", file=sys.stderr
+            "usage: lmforge scaling {predict,sweep,fit} (see lmforge scaling --help)",
+            file=sys.stderr,
         )
         return 2
     try:

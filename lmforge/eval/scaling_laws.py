@@ -152,12 +152,17 @@ def _objective(theta, log_n, log_d, log_l, delta):
     return _huber(pred - log_l, delta).sum()
 
 
+# exponents stay positive: a law whose loss rises with N or D is no law (and has no optimum)
+_BOUNDS = [(None, None), (None, None), (None, None), (1e-3, 3.0), (1e-3, 3.0)]
+
+
 def _fit_once(log_n, log_d, log_l, starts, delta):
     from scipy.optimize import minimize
 
     best = None
     for x0 in starts:
-        r = minimize(_objective, x0, args=(log_n, log_d, log_l, delta), method="L-BFGS-B")
+        r = minimize(_objective, x0, args=(log_n, log_d, log_l, delta), method="L-BFGS-B",
+                     bounds=_BOUNDS)  # fmt: skip
         if best is None or r.fun < best.fun:
             best = r
     return best.x
