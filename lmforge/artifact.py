@@ -93,6 +93,21 @@ def read_model_config(path: str | os.PathLike) -> tuple[str, ModelConfig]:
         ) from None
 
 
+def load_causal_lm(path: str | os.PathLike, device: str | torch.device = "cpu",
+                   purpose: str = "generation") -> Loaded:  # fmt: skip
+    """`load` for what needs a decoder and its tokenizer (generation, chat, post-training,
+    mid-training, a distillation teacher), or an error naming what the path holds instead."""
+    loaded = load(path, device=device)
+    if loaded.kind != "causal_lm":
+        raise CheckpointError(
+            f"{path} is a {loaded.kind} artifact; {purpose} needs a causal LM (the output of "
+            "`lmforge pretrain`, `midtrain`, `sft` or `dpo`, or a Hugging Face causal LM)"
+        )
+    if loaded.tokenizer is None:
+        raise CheckpointError(f"{path} has no tokenizer.json; {purpose} needs one beside the model")
+    return loaded
+
+
 def load(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> Loaded:

@@ -898,14 +898,10 @@ def cmd_tradeoff(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from lmforge.artifact import load
+    from lmforge.artifact import load_causal_lm
     from lmforge.infer.generate import SamplingConfig, stream_text
 
-    loaded = load(args.model)
-    if loaded.tokenizer is None:
-        from lmforge.errors import CheckpointError
-
-        raise CheckpointError(f"{args.model} has no tokenizer.json; generation needs one")
+    loaded = load_causal_lm(args.model)
     for i in range(args.num_samples):
         cfg = SamplingConfig(
             max_new_tokens=args.max_new_tokens,
@@ -998,8 +994,8 @@ def _sampling(args):
 
 
 def cmd_chat(args) -> int:
+    from lmforge.artifact import load_causal_lm
     from lmforge.infer.chat_cli import repl
-    from lmforge.infer.serve import load_causal_lm
 
     loaded = load_causal_lm(args.model)
     repl(loaded.model, loaded.tokenizer, _sampling(args), system=args.system)

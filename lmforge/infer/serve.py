@@ -49,7 +49,8 @@ from urllib.parse import unquote, urlsplit
 import torch
 from torch import nn
 
-from lmforge.errors import CheckpointError, LmforgeError
+from lmforge.artifact import load_causal_lm
+from lmforge.errors import LmforgeError
 from lmforge.infer.generate import GenerationStats, SamplingConfig, stream_chat, stream_text
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")
@@ -553,21 +554,6 @@ def make_server(
     model.eval()
     return LmforgeServer((host, port), model, tokenizer, model_name, max_concurrent,
                          max_tokens_cap, max_body_bytes, queue_timeout_s)  # fmt: skip
-
-
-def load_causal_lm(path: str, device: str = "cpu"):
-    """`artifact.load` for generation: a causal LM with its tokenizer, or an error saying so."""
-    from lmforge.artifact import load
-
-    loaded = load(path, device=device)
-    if loaded.kind != "causal_lm":
-        raise CheckpointError(
-            f"{path} is a {loaded.kind} artifact; generation needs a causal_lm "
-            "(the output of `lmforge pretrain` or a fine-tuned chat model)"
-        )
-    if loaded.tokenizer is None:
-        raise CheckpointError(f"{path} has no tokenizer.json; generation needs one beside the model")  # fmt: skip
-    return loaded
 
 
 def serve(

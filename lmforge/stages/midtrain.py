@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from lmforge.artifact import load, save_model_artifact
+from lmforge.artifact import load_causal_lm, save_model_artifact
 from lmforge.config import Section, save_config
 from lmforge.data.shards import PackedLoader, ShardDataset, iter_eval_batches
 from lmforge.errors import ConfigError
@@ -202,11 +202,7 @@ def plot_positions(curves: dict[str, np.ndarray], old_len: int, path: Path) -> N
 def run(cfg: MidtrainConfig) -> dict:
     out, t_start = Path(cfg.out_dir), time.perf_counter()
     seed_everything(cfg.trainer.seed)
-    start = load(cfg.init)
-    if start.kind != "causal_lm" or start.tokenizer is None:
-        raise ConfigError(
-            f"{cfg.init} is not a causal LM with its tokenizer; mid-training starts from one"
-        )
+    start = load_causal_lm(cfg.init, purpose="mid-training")
     tokenizer: Tokenizer = start.tokenizer
     old = start.config
     mcfg = extended_config(old, cfg.context)

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from lmforge.artifact import load, save_model_artifact
+from lmforge.artifact import load, load_causal_lm, save_model_artifact
 from lmforge.config import Section, save_config
 from lmforge.data.shards import (
     PackedLoader,
@@ -210,11 +210,7 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> dict:
 def lm_distillation(cfg: PretrainConfig, tokenizer: Tokenizer, val_ds, token_bytes, eval_fn):
     """The per-token distillation loss from cfg.distill.teacher, and the teacher's own val
     numbers for the summary. The teacher must speak the student's tokenizer."""
-    teacher = load(cfg.distill.teacher)
-    if teacher.kind != "causal_lm":
-        raise ConfigError(
-            f"distill.teacher {cfg.distill.teacher} is a {teacher.kind}, not a causal LM"
-        )
+    teacher = load_causal_lm(cfg.distill.teacher, purpose="distill.teacher")
     model = teacher.model.eval().requires_grad_(False)
     scored = eval_fn(model)
     info = {"distill": {**cfg.distill.model_dump(), "teacher_val_loss": scored.get("val_loss"),

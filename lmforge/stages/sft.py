@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from lmforge.artifact import load, save_model_artifact
+from lmforge.artifact import load, load_causal_lm, save_model_artifact
 from lmforge.config import Section, save_config
 from lmforge.data.chat import (
     PackedChatBatches,
@@ -30,7 +30,6 @@ from lmforge.data.chat import (
     encode_chat,
     load_conversation_records,
 )
-from lmforge.errors import ConfigError
 from lmforge.infer.generate import SamplingConfig, stream_chat
 from lmforge.model.lora import inject_lora, unwrap_lora
 from lmforge.model.transformer import count_parameters
@@ -87,14 +86,7 @@ class SFTConfig(Section):
 
 def load_decoder(init: str, method: str, lora: LoraSection):
     """A causal LM to train, with LoRA adapters injected when asked."""
-    base = load(init)
-    if base.kind != "causal_lm":
-        raise ConfigError(
-            f"{init} is a {base.kind}; post-training starts from a decoder (a pretrain or "
-            "midtrain run, an SFT run, or a Hugging Face causal LM)"
-        )
-    if base.tokenizer is None:
-        raise ConfigError(f"{init} has no tokenizer.json next to its weights")
+    base = load_causal_lm(init, purpose="post-training")
     check_chat_tokenizer(base.tokenizer)
     model = base.model.float().train()
     if method == "lora":
