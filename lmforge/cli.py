@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 
 EPILOG = textwrap.dedent(
     """\
@@ -237,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
               lmforge pretrain --config configs/demo/pretrain.yaml
               lmforge pretrain --config configs/demo/pretrain.yaml trainer.max_steps=50 model.n_layer=2
               lmforge pretrain --config configs/demo/pretrain.yaml data.path=my_texts/ out_dir=runs/mine
+
+            data-parallel on 2 processes or GPUs (also midtrain, sft, classify train); the batch
+            in the config is the global one, so the loss curve is the same:
+              torchrun --nproc-per-node 2 -m lmforge pretrain --config configs/demo/pretrain.yaml trainer.parallel=fsdp
             """
         ),
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
@@ -266,8 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     # scaling -----------------------------------------------------------------------------
     sc = verbs.add_parser(
         "scaling",
-        help="published scaling laws: compute-optimal parameters and tokens for a budget",
-        description="Scaling laws (Chinchilla, its Epoch AI refit, Kaplan, 20 tokens/parameter).",
+        help="scaling laws: published ones, a sweep of runs, and a law fitted to them",
+        description=textwrap.dedent(
+            """\
+            Scaling laws: the published ones (Chinchilla, its Epoch AI refit, Kaplan, 20
+            tokens/parameter), a sweep of small pre-training runs, and a law fitted to them.
+              lmforge scaling predict --flops 1e21
+              lmforge scaling sweep --config configs/demo/scaling.yaml      # 16 runs, ~45 min on 2 cores
+              lmforge scaling fit runs/demo/scaling --out runs/demo/scaling-fit
+            """
+        ),
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     sc_verbs = sc.add_subparsers(dest="scaling_verb", metavar="<verb>")
@@ -290,21 +302,36 @@ def build_parser() -> argparse.ArgumentParser:
     scp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     scs = sc_verbs.add_parser(
         "sweep",
-        help="a grid of pre-training runs: model sizes x FLOP budgets (resumable)",
+        help="pre-training runs: model sizes x token counts, or x FLOP budgets (resumable)",
         description=textwrap.dedent(
             """\
-            Pre-train each lmforge-d<depth> preset at each FLOP budget (steps sized to the
-            budget with 6N + attention FLOPs per token, a cosine schedule per run); finished
-            runs are skipped, an interrupted one resumes.
-              lmforge scaling sweep --config configs/demo/scaling.yaml
+            Pre-train each lmforge-d<depth> preset at each token count (`tokens:`, a grid for
+            Chinchilla's approach 3) or at each FLOP budget (`budgets:`, IsoFLOP curves for
+            approach 2; steps sized with 6N + attention FLOPs per token). Each run has its own
+            warmup + cosine schedule; finished runs are skipped, an interrupted one resumes.
+              lmforge scaling sweep --config configs/demo/scaling.yaml           # the grid
+              lmforge scaling sweep --config configs/demo/scaling-isoflop.yaml   # IsoFLOP
             """
         ),
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     _add_config_args(scs, "configs/demo/scaling.yaml")
-    scf = sc_verbs.add_parser("fit", help="fit approaches 2 and 3 to the runs under a directory")
+    scf = sc_verbs.add_parser(
+        "fit",
+        help="fit approaches 2 and 3 to the runs under a directory",
+        description=textwrap.dedent(
+            """\
+            Fit Chinchilla's approach 3 (L = E + A/N^alpha + B/D^beta: Huber loss on log loss,
+            L-BFGS from a grid of starts) and, for IsoFLOP runs, approach 2 (a parabola per
+            budget, a power law through the minima), with bootstrap intervals on the
+            exponents; writes fit.json, isoflop.png, law.png and the predicted optimum.
+              lmforge scaling fit runs/demo/scaling --out runs/demo/scaling-fit
+            """
+        ),
+        formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
+    )
     scf.add_argument("runs", help="a directory of finished pretrain runs (a sweep's out_dir)")
-    scf.add_argument("--out", required=True, help="where fit.json and isoflop.png go")
+    scf.add_argument("--out", required=True, help="where fit.json and the plots go")
     scf.add_argument("--bootstrap", type=int, default=100, help="resamples for the intervals")
     scf.add_argument("--predict-flops", type=float, default=None, help="report the optimum here")
 
@@ -1032,14 +1059,35 @@ COMMANDS = {
 }
 
 
+# The verbs that train with the trainer's data parallelism under torchrun (train/distributed.py).
+DATA_PARALLEL = {"pretrain", "midtrain", "sft", "classify"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
         return 0
+    launched = int(os.environ.get("WORLD_SIZE", 1)) > 1  # started by torchrun
     try:
-        return COMMANDS[args.verb](args)
+        if launched:
+            # The training recipes run data-parallel; anything else would run WORLD_SIZE times
+            # over the same files.
+            if args.verb not in DATA_PARALLEL:
+                raise ConfigError(
+                    f"`lmforge {args.verb}` runs in one process; under torchrun only "
+                    f"{', '.join(sorted(DATA_PARALLEL))} run data-parallel. Run it without torchrun."
+                )
+            from lmforge.train import distributed
+
+            distributed.init()
+            if distributed.world_from_env()[0] != 0:
+                sys.stdout = open(os.devnull, "w")  # one report per launch: rank 0's
+        code = COMMANDS[args.verb](args)
+        if launched:
+            distributed.finish()
+        return code
     except LmforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -93,3 +93,35 @@ def test_approach_2_finds_the_isoflop_minima_of_a_known_law():
     assert fit["a"] == pytest.approx(0.28 / 0.62, abs=0.03)  # Chinchilla: a = beta / (alpha + beta)
     for m in fit["minima"]:
         assert m["n_opt"] == pytest.approx(CHINCHILLA.optimum(m["flops"])[0], rel=0.1)
+
+
+def test_accounting_counts_the_model_and_palms_attention_flops():
+    from helpers import tiny_config
+
+    from lmforge.eval.scaling_laws import accounting
+    from lmforge.model.transformer import LanguageModel, count_parameters
+
+    cfg = tiny_config(vocab_size=100, n_layer=2, n_embd=32, n_head=4, intermediate_size=64,
+                      tie_embeddings=False)  # fmt: skip
+    counted = count_parameters(LanguageModel(cfg))
+    a = accounting(cfg, seq_len=16, tokens=1e6, tokens_per_s=1e3, peak_flops=1e12)
+    assert a["params"] == counted["total"]
+    assert a["params_non_embedding"] == counted["total"] - counted["embedding"]
+    # by hand: blocks (attention 4 x 32 x 32 with 4 kv heads, SwiGLU 3 x 32 x 64, two norms)
+    # and the 100 x 32 output projection, which runs for every token
+    n = 2 * (4 * 32 * 32 + 3 * 32 * 64 + 2 * 32) + 100 * 32
+    assert a["params_matmul"] == n and a["flops_6nd"] == 6 * n * 1e6
+    attention = 12 * 2 * 4 * 8 * 16  # 12 L H Q T
+    assert a["flops"] == (6 * n + attention) * 1e6
+    assert abs(a["mfu"] - 1e3 * (6 * n + attention) / 1e12) < 1e-15
+
+
+def test_isoflop_minima_outside_the_sizes_tried_are_refused_with_what_to_add():
+    from lmforge.eval.scaling_laws import fit_isoflop
+
+    sizes = [1e6, 2e6, 4e6]
+    # the loss rises with size at both budgets: the optimum is below the smallest model
+    flops = [1e13] * 3 + [3e13] * 3
+    loss = [4.0, 4.3, 4.8, 3.6, 3.8, 4.3]
+    with pytest.raises(ValueError, match="smallest model .* is best; add smaller models"):
+        fit_isoflop(flops, sizes * 2, loss, bootstrap=0)

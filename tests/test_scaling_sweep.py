@@ -57,12 +57,27 @@ def test_sweep_runs_each_size_and_budget_once_then_fits(shards, tiny_corpus, tin
     )
     result = read_json(out / "fit.json")
     assert len(result["runs"]) == 6 and (out / "isoflop.png").is_file()
+    assert (out / "law.png").is_file()
     assert "approach3" in result or any("approach 3" in n for n in result["notes"])
 
 
 def test_budgets_no_size_can_meet_are_refused(shards, tiny_corpus, tiny_tokenizer_dir):
-    with pytest.raises(ConfigError, match="no .depth, budget. pair reaches 5 steps"):
+    with pytest.raises(ConfigError, match="no .depth, FLOPs. pair reaches 5 steps"):
         plan(sweep_config(shards, tiny_tokenizer_dir, tiny_corpus, [1e3]))
+
+
+def test_a_token_grid_gives_every_size_the_same_data(shards, tiny_corpus, tiny_tokenizer_dir):
+    cfg = sweep_config(shards, tiny_tokenizer_dir, tiny_corpus, [])
+    cfg.tokens = [2560.0, 5120.0]
+    planned = plan(cfg)
+    assert len(planned) == 6
+    assert {r["steps"] for r in planned if r["tokens"] == 2560} == {10}  # 4 x 64 tokens a step
+    # the realised FLOPs grow with the size at the same data
+    same_data = [r["budget"] for r in planned if r["tokens"] == 2560]
+    assert same_data == sorted(same_data) and len(set(same_data)) == 3
+    cfg.budgets = [3e9]
+    with pytest.raises(ConfigError, match="either `budgets`.*or `tokens`"):
+        plan(cfg)
 
 
 def test_fit_refuses_runs_from_different_data(shards, tmp_path):

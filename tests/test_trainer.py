@@ -144,11 +144,11 @@ def test_crash_during_checkpoint_leaves_previous_intact(tmp_path, monkeypatch):
     t.fit()
     assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step-000010"
 
-    def torn_write(model, path, metadata=None):
+    def torn_write(tensors, path, metadata=None):
         open(path, "wb").write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_weights", torn_write)
+    monkeypatch.setattr(ckpt, "save_file", torn_write)
     with pytest.raises(OSError):
         t.save_checkpoint()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())

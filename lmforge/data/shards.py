@@ -307,8 +307,11 @@ class PackedLoader:
         return np.concatenate(parts).astype(np.int64)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        # Every rank packs every row (best-fit packing depends on all earlier rows) and keeps
+        # rows rank, rank + world, ...; a batch always ends on a whole block of world x batch
+        # rows, so all ranks share one position: the state is global and resumes on any world.
         rows = []
-        while len(rows) < self.batch_size:
+        while len(rows) < self.batch_size or self.rows_made % self.world_size:
             index = self.rows_made
             row = self._make_row()
             if index % self.world_size == self.rank:

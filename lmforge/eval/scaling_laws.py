@@ -117,6 +117,24 @@ def predict(flops: float, laws: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def accounting(cfg, seq_len: int, tokens: float, tokens_per_s: float | None = None,
+               peak_flops: float | None = None) -> dict:  # fmt: skip
+    """What training a model config on `tokens` tokens costs: parameters (total and
+    non-embedding, Kaplan's N), training FLOPs as 6ND (N: the matmul parameters, the LM head
+    included) and with attention's 12 L H Q T per token (PaLM, App. B), and, given a
+    throughput and a peak FLOP/s, the model FLOPs utilisation."""
+    counts = cfg.count_params()
+    n = counts["matmul"]
+    per_token = cfg.flops_per_token(seq_len)
+    out = {"params": counts["total"], "params_non_embedding": counts["non_embedding"],
+           "params_matmul": n, "tokens": tokens, "flops_6nd": 6 * n * tokens,
+           "flops": per_token * tokens, "flops_per_token": per_token,
+           "attention_share": 1 - 6 * n / per_token}  # fmt: skip
+    if tokens_per_s and peak_flops:
+        out["mfu"] = tokens_per_s * per_token / peak_flops
+    return out
+
+
 def format_table(rows: list[dict]) -> str:
     lines = ["| law | N_opt (params) | D_opt (tokens) | tokens/param | loss | source |",
              "|---|---|---|---|---|---|"]  # fmt: skip
@@ -222,22 +240,34 @@ def fit_isoflop(flops, n, loss, bootstrap: int = 100, seed: int = 0) -> dict:
             f"have {len(budgets)} budget(s) with sizes {counts}"
         )
 
-    def minima(idx):
+    def minima(idx, why=None):
         cs, ns = [], []
         for c in budgets:
             sel = idx[flops[idx] == c]
             if len(set(n[sel].tolist())) < 3:
                 continue
             k2, k1, _ = np.polyfit(np.log(n[sel]), loss[sel], 2)
-            if k2 <= 0:
-                continue  # no minimum inside: this budget cannot place N*
+            vertex = np.exp(-k1 / (2 * k2)) if k2 > 0 else math.nan
+            # A parabola's vertex outside the sizes tried is an extrapolation, not a
+            # measured minimum: this budget cannot place N*.
+            if not n[sel].min() <= vertex <= n[sel].max():
+                if why is not None:
+                    best = n[sel][np.argmin(loss[sel])]
+                    side = "smallest" if best == n[sel].min() else "largest"
+                    why.append(f"{c:.1e} FLOPs: the {side} model ({best:.3g} params) is best; "
+                               f"add {side.replace('est', 'er')} models")  # fmt: skip
+                continue
             cs.append(c)
-            ns.append(np.exp(-k1 / (2 * k2)))
+            ns.append(vertex)
         return np.array(cs), np.array(ns)
 
-    cs, ns = minima(np.arange(len(n)))
+    why: list[str] = []
+    cs, ns = minima(np.arange(len(n)), why)
     if len(cs) < 2:
-        raise ValueError("fewer than 2 budgets have a loss minimum inside their sizes")
+        raise ValueError(
+            f"approach 2 needs the loss minimum inside the sizes tried at >= 2 budgets, found "
+            f"{len(cs)}: " + "; ".join(why)
+        )
     a, log_k = np.polyfit(np.log(cs), np.log(ns), 1)
     rng = np.random.default_rng(seed)
     boot = []
@@ -246,7 +276,7 @@ def fit_isoflop(flops, n, loss, bootstrap: int = 100, seed: int = 0) -> dict:
         bc, bn = minima(idx)
         if len(bc) >= 2:
             boot.append(np.polyfit(np.log(bc), np.log(bn), 1)[0])
-    out = {"a": float(a), "b": float(1 - a), "k": float(np.exp(log_k)),
+    out = {"a": float(a), "b": float(1 - a), "k": float(np.exp(log_k)), "unbracketed": why,
            "minima": [{"flops": float(c), "n_opt": float(v), "d_opt": float(c / (6 * v))} for c, v in zip(cs, ns)]}  # fmt: skip
     if boot:
         lo, hi = np.percentile(boot, [2.5, 97.5])

@@ -184,7 +184,7 @@ _BERT = dict(family="bert", causal=False, pos_embedding="learned", type_vocab_si
 
 PRESETS: dict[str, dict] = {
     # decoders built by depth (width 64*d); the demo uses d6.
-    **{f"lmforge-d{d}": {"depth": d} for d in (2, 3, 4, 6, 8, 10, 12)},
+    **{f"lmforge-d{d}": {"depth": d} for d in (1, 2, 3, 4, 5, 6, 8, 10, 12)},
     # The real models' exact shapes (random weights until a checkpoint is loaded); the
     # parameter counts are tested against the published ones.
     "qwen2.5-0.5b": {**_QWEN2, "n_layer": 24, "n_embd": 896, "n_head": 14, "n_kv_head": 2,

@@ -36,6 +36,7 @@ from lmforge.eval.classification import evaluate_split, headline, length_bucket
 from lmforge.model.heads import HeadConfig, SequenceClassifier
 from lmforge.model.lora import inject_lora, merge_lora, save_adapter, unwrap_lora
 from lmforge.model.transformer import count_parameters
+from lmforge.train import distributed as dp
 from lmforge.train.objectives import class_weights, classification_loss_fn, distillation_loss_fn
 from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig
@@ -343,15 +344,18 @@ def train(cfg: ClassifyConfig) -> dict:
     out = Path(cfg.out_dir)
     seed_everything(cfg.trainer.seed)
     fresh = not out.exists()
+    tcfg = cfg.trainer.model_copy(update={"micro_batch_size": cfg.batch_size})
+    par = dp.plan_for(tcfg)  # under torchrun: this rank's share of each batch
     try:
-        task = resolve_task(cfg.task, out / "task")
+        with dp.main_first():  # rank 0 prepares the task files; the others read them
+            task = resolve_task(cfg.task, out / "task")
         model, tokenizer, head_modules = build_classifier(cfg, task)
     except BaseException:
-        if fresh:
+        if fresh and par.is_main:
             shutil.rmtree(out, ignore_errors=True)
         raise
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "checkpoints").exists():
+    if par.is_main and not (out / "checkpoints").exists():
         save_config(cfg, out / "config.yaml")
 
     train_rows = subsample(task.train, cfg.task.max_train_examples, cfg.task.seed)
@@ -364,17 +368,18 @@ def train(cfg: ClassifyConfig) -> dict:
         from lmforge.stages.compress import aligned_teacher_logits
 
         teacher = aligned_teacher_logits(cfg.distill, [t for t, _ in train_rows], task.label_names)
-    loader = ClassificationBatches(
+    # Each rank takes its rows of the same global batches (all of them in one process).
+    loader = par.shard(ClassificationBatches(
         train_ids,
         [y for _, y in train_rows],
-        cfg.batch_size,
+        par.micro_batch_size * par.world_size,
         tokenizer.pad_id,
         seed=cfg.trainer.seed,
         padding_side=cfg.padding_side,
         teacher_logits=teacher,
-    )
-    tcfg = cfg.trainer.model_copy(update={"micro_batch_size": cfg.batch_size})
-    tcfg.max_steps = max(1, round(cfg.epochs * loader.steps_per_epoch))
+    ))  # fmt: skip
+    batches_per_epoch = -(-len(loader.ids) // cfg.batch_size)
+    tcfg.max_steps = max(1, round(cfg.epochs * batches_per_epoch / tcfg.grad_accum_steps))
     counts = [0] * task.num_labels
     for _, y in train_rows:
         counts[y] += 1
@@ -420,6 +425,8 @@ def train(cfg: ClassifyConfig) -> dict:
         else None,
     )
     result = trainer.fit()
+    if not par.is_main:
+        return result  # rank 0 evaluates and writes the artifact
     model = trainer.model.float()
 
     # Artifact: LoRA adapters in PEFT's format, then the merged model that inference loads.

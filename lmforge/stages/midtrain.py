@@ -41,6 +41,7 @@ from lmforge.infer.generate import SamplingConfig, generate_text
 from lmforge.model.transformer import LanguageModel, count_parameters
 from lmforge.stages.pretrain import PretrainData, SampleConfig, ensure_shards
 from lmforge.tokenizer import Tokenizer, token_byte_lengths
+from lmforge.train import distributed as dp
 from lmforge.train.objectives import clm_loss, lm_eval
 from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig
@@ -222,22 +223,25 @@ def run(cfg: MidtrainConfig) -> dict:
 
     # Data: the new diet's loaders and val sets, and the starting model's own val data.
     out.mkdir(parents=True, exist_ok=True)
-    tokens_per_batch = cfg.trainer.micro_batch_size * seq_len
-    accum = cfg.trainer.grad_accum_steps  # as the trainer derives it, so schedules land right
-    if cfg.trainer.tokens_per_step:
-        accum = max(1, round(cfg.trainer.tokens_per_step / tokens_per_batch))
-    total_batches = cfg.trainer.max_steps * accum
+    # This rank's micro-batches (all of them in one process), as the trainer will take them,
+    # so that the schedules land right.
+    par = dp.plan_for(cfg.trainer, cfg.trainer.micro_batch_size * seq_len)
+    tokens_per_batch = par.micro_batch_size * seq_len
+    total_batches = cfg.trainer.max_steps * par.grad_accum_steps
     if cfg.mixture:
         from lmforge.data.mixture import MixtureLoader
 
-        mix = MixtureLoader(cfg.mixture, cfg.trainer.micro_batch_size, seq_len, total_batches,
-                            seed=cfg.trainer.seed, bos_id=tokenizer.bos_id)  # fmt: skip
+        mix = MixtureLoader(cfg.mixture, par.micro_batch_size, seq_len, total_batches,
+                            seed=cfg.trainer.seed, bos_id=tokenizer.bos_id, rank=par.rank,
+                            world_size=par.world_size)  # fmt: skip
         loader, domains = mix, mix.val_datasets()
     else:
-        shards = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
+        with dp.main_first():
+            shards = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
         train_ds = ShardDataset(shards, "train")
         loader = ProgressiveLoader(
-            lambda bs, n: PackedLoader(train_ds, bs, n, seed=cfg.trainer.seed, bos_id=tokenizer.bos_id),
+            lambda bs, n: PackedLoader(train_ds, bs, n, seed=cfg.trainer.seed, bos_id=tokenizer.bos_id,
+                                       rank=par.rank, world_size=par.world_size),
             phases, total_batches, tokens_per_batch,
         )  # fmt: skip
         domains = {"data": ShardDataset(shards, "val")}
@@ -270,10 +274,11 @@ def run(cfg: MidtrainConfig) -> dict:
     for ds in ([general] if general else []) + list(domains.values()):
         long_sets.setdefault((str(Path(ds.path).resolve()), ds.split), ds)
     long_sets = list(long_sets.values())
-    before = eval_fn(before_model)
+    # The starting model's numbers, measured once (rank 0) while the others wait for it.
+    before = eval_fn(before_model) if par.is_main else {}
     curves = {}
     pos_len = cfg.context.eval_len or mcfg.max_seq_len
-    if pos_len > old.max_seq_len:
+    if pos_len > old.max_seq_len and par.is_main:
         curves["before"], n_docs = loss_by_position(
             before_model, long_sets, pos_len, cfg.context.max_eval_docs
         )
@@ -282,7 +287,7 @@ def run(cfg: MidtrainConfig) -> dict:
                 f"[midtrain] no held-out document has {pos_len + 1} tokens: loss by position not measured"
             )
     del before_model
-    if not (out / "checkpoints").exists():
+    if par.is_main and not (out / "checkpoints").exists():
         save_config(cfg, out / "config.yaml")
     params = count_parameters(model)
     print(f"[midtrain] from {cfg.init}: context {old.max_seq_len} -> {mcfg.max_seq_len} "
@@ -292,6 +297,8 @@ def run(cfg: MidtrainConfig) -> dict:
                       tokens_per_micro_batch=tokens_per_batch,
                       flops_per_token=mcfg.flops_per_token(seq_len))  # fmt: skip
     result = trainer.fit()
+    if not par.is_main:
+        return result  # rank 0 measures and writes the artifact
     model = trainer.model.float()
     after = eval_fn(model)
 

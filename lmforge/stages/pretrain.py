@@ -29,6 +29,7 @@ from lmforge.model.config import ModelConfig, from_preset
 from lmforge.model.heads import MaskedLM
 from lmforge.model.transformer import LanguageModel, count_parameters
 from lmforge.tokenizer import Tokenizer, token_byte_lengths
+from lmforge.train import distributed as dp
 from lmforge.train.objectives import (
     clm_loss,
     lm_distillation_loss_fn,
@@ -97,6 +98,7 @@ class PretrainConfig(Section):
 
 def check_inputs(cfg: PretrainConfig) -> None:
     """Fail on bad input before anything is written."""
+    dp.plan_for(cfg.trainer, cfg.trainer.micro_batch_size * cfg.data.seq_len)  # batch vs ranks
     if not Path(cfg.tokenizer).exists():
         raise ConfigError(
             f"tokenizer '{cfg.tokenizer}' does not exist. Train one first: "
@@ -174,21 +176,19 @@ def prepare(cfg: PretrainConfig, out: Path):
         )
     cfg.model = mcfg
 
-    shards_dir = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
+    with dp.main_first():  # under torchrun rank 0 tokenizes; the others then read its shards
+        shards_dir = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
     train_ds, val_ds = ShardDataset(shards_dir, "train"), ShardDataset(shards_dir, "val")
-    loader = PackedLoader(
-        train_ds,
-        cfg.trainer.micro_batch_size,
-        cfg.data.seq_len,
-        seed=cfg.trainer.seed,
-        bos_id=tokenizer.bos_id,
-    )
+    par = dp.plan_for(cfg.trainer, cfg.trainer.micro_batch_size * cfg.data.seq_len)
+    loader = PackedLoader(train_ds, par.micro_batch_size, cfg.data.seq_len, seed=cfg.trainer.seed,
+                          bos_id=tokenizer.bos_id, rank=par.rank, world_size=par.world_size)  # fmt: skip
     if init:
         model = init.model
     else:
         model = MaskedLM(mcfg) if cfg.objective == "mlm" else LanguageModel(mcfg)
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "checkpoints").exists():  # a resumed run keeps the config it started with
+    # a resumed run keeps the config it started with
+    if par.is_main and not (out / "checkpoints").exists():
         save_config(cfg, out / "config.yaml")
     return model, tokenizer, train_ds, val_ds, loader
 
@@ -229,7 +229,7 @@ def run(cfg: PretrainConfig) -> dict:
         model, tokenizer, train_ds, val_ds, loader = prepare(cfg, out)
     except BaseException:
         # Bad input found while preparing: leave no half-made output directory behind.
-        if fresh:
+        if fresh and dp.world_from_env()[0] == 0:
             shutil.rmtree(out, ignore_errors=True)
         raise
     mcfg = cfg.model
@@ -277,6 +277,8 @@ def run(cfg: PretrainConfig) -> dict:
         flops_per_token=mcfg.flops_per_token(cfg.data.seq_len),
     )
     result = trainer.fit()
+    if not trainer.par.is_main:
+        return result  # rank 0 writes the artifact
 
     # Artifact: weights, config, tokenizer, samples, plot, summary (last: it marks completion).
     model = trainer.model.float()

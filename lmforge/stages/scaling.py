@@ -26,7 +26,11 @@ class SweepConfig(Section):
     base: str = "configs/demo/pretrain.yaml"  # the pretrain recipe every run starts from
     overrides: list[str] = []  # applied to every run, e.g. [trainer.compile=false]
     depths: list[int] = [2, 3, 4, 6]  # lmforge-d<depth> presets (width 64 x depth)
-    budgets: list[float] = [3e13, 1e14, 3e14]  # training FLOPs per run (6N + attention, per token)
+    # IsoFLOP: every depth at each budget of training FLOPs (6N + attention, per token) ...
+    budgets: list[float] = []
+    # ... or a grid: every depth at each number of training tokens (approach 3 only; the
+    # sizes and the data vary independently, which pins both exponents down)
+    tokens: list[float] = []
     min_steps: int = (
         20  # a run shorter than this says nothing; such (depth, budget) pairs are skipped
     )
@@ -45,28 +49,38 @@ def plan(cfg: SweepConfig) -> list[dict]:
     tokens_per_step = (
         base.trainer.micro_batch_size * base.data.seq_len * base.trainer.grad_accum_steps
     )
+    if bool(cfg.budgets) == bool(cfg.tokens):
+        raise ConfigError(
+            "a sweep sets either `budgets` (IsoFLOP: FLOPs per run) or `tokens` (a grid: "
+            "training tokens per run), not both or neither"
+        )
     runs, impossible = [], []
-    for budget in cfg.budgets:
+    for target in cfg.budgets or cfg.tokens:
         for depth in cfg.depths:
             run = load_config(
                 PretrainConfig, cfg.base, [*cfg.overrides, f"preset=lmforge-d{depth}"]
             )
             mcfg = model_config_for(run, tokenizer) if tokenizer else run.model
             per_token = mcfg.flops_per_token(base.data.seq_len)
-            steps = int(budget / (per_token * tokens_per_step))
+            tokens = target / per_token if cfg.budgets else target
+            steps = int(tokens / tokens_per_step)
             if steps < cfg.min_steps:
-                impossible.append((depth, budget, steps))
+                impossible.append((depth, target, steps))
                 continue
+            name = f"C{target:.0e}-d{depth}" if cfg.budgets else f"D{target:.0e}-d{depth}"
+            budget = target if cfg.budgets else per_token * steps * tokens_per_step
             runs.append({"depth": depth, "budget": budget, "steps": steps,
                          "tokens": steps * tokens_per_step, "flops_per_token": per_token,
-                         "out_dir": str(Path(cfg.out_dir) / f"C{budget:.0e}-d{depth}")})  # fmt: skip
+                         "out_dir": str(Path(cfg.out_dir) / name)})  # fmt: skip
+    unit = "FLOPs" if cfg.budgets else "tokens"
     if not runs:
         raise ConfigError(
-            f"no (depth, budget) pair reaches {cfg.min_steps} steps at {tokens_per_step} tokens per "
-            f"step: raise `budgets` (smallest {min(cfg.budgets):.1e} FLOPs) or use smaller depths"
+            f"no (depth, {unit}) pair reaches {cfg.min_steps} steps at {tokens_per_step} tokens per "
+            f"step: raise `{'budgets' if cfg.budgets else 'tokens'}` (smallest "
+            f"{min(cfg.budgets or cfg.tokens):.1e} {unit}) or use smaller depths"
         )
-    for depth, budget, steps in impossible:
-        print(f"[scaling] skipped d{depth} at {budget:.1e} FLOPs: only {steps} steps")
+    for depth, target, steps in impossible:
+        print(f"[scaling] skipped d{depth} at {target:.1e} {unit}: only {steps} steps")
     return runs
 
 
@@ -76,6 +90,11 @@ def sweep(cfg: SweepConfig) -> list[dict]:
 
     rows = []
     runs = plan(cfg)
+    # The plan first: a fit of a sweep still running (or stopped) groups its runs by the
+    # planned budgets, not by the slightly different FLOPs each run realised.
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(cfg.out_dir) / "sweep.json", {"config": cfg.model_dump(mode="json"),
+               "runs": [{"run": r["out_dir"], "flops": r["budget"]} for r in runs]})  # fmt: skip
     for k, r in enumerate(runs, 1):
         summary_path = Path(r["out_dir"]) / "summary.json"
         if not summary_path.is_file():
@@ -97,11 +116,16 @@ def sweep(cfg: SweepConfig) -> list[dict]:
 def run_row(run: Path, budget: float | None = None) -> dict:
     """One finished pretrain run as a point: N, D, C and its val loss, with what must match
     across a fit (the vocabulary and the data the shards were built from)."""
+    from lmforge.eval.scaling_laws import accounting
+
     s = read_json(run / "summary.json")
     config = load_config(PretrainConfig, run / "config.yaml")
+    cost = accounting(config.model, config.data.seq_len, s["tokens_seen"])
     return {"run": str(run), "params": s["params"], "non_embedding": s["params_non_embedding"],
-            "tokens": s["tokens_seen"], "flops": budget or s["flops_per_token"] * s["tokens_seen"],
+            "tokens": s["tokens_seen"], "flops": budget or cost["flops"],
+            "flops_realised": cost["flops"], "flops_6nd": cost["flops_6nd"],
             "val_loss": s["val_loss"], "val_bpb": s.get("val_bpb"),
+            "wall_seconds": s.get("stage_seconds"), "mfu": s.get("mfu"),
             "tokenizer": config.tokenizer, "data": config.data.shards or config.data.path}  # fmt: skip
 
 
@@ -114,10 +138,12 @@ def fit(runs_dir: str | Path, out: str | Path, bootstrap: int = 100,
     rows = [run_row(p.parent) for p in sorted(runs_dir.glob("*/summary.json"))
             if read_json(p).get("stage") == "pretrain"]  # fmt: skip
     sweep_file = runs_dir / "sweep.json"
+    planned = {}
     if sweep_file.is_file():  # the planned budgets, not the rounded realised ones, group runs
         planned = {r["run"]: r["flops"] for r in read_json(sweep_file)["runs"]}
-        for r in rows:
-            r["flops"] = planned.get(r["run"], r["flops"])
+    for r in rows:
+        # runs from elsewhere: budgets equal to 2 significant digits form one IsoFLOP group
+        r["flops"] = planned.get(r["run"], float(f"{r['flops']:.1e}"))
     if not rows:
         raise ConfigError(f"{runs_dir} holds no finished pre-training runs (*/summary.json)")
     mixed = {(r["tokenizer"], r["data"]) for r in rows}
@@ -157,30 +183,121 @@ def fit(runs_dir: str | Path, out: str | Path, bootstrap: int = 100,
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "fit.json", result)
     _plot(rows, result, out / "isoflop.png")
+    _plot_law(rows, result, out / "law.png")
     return result
 
 
 def _plot(rows: list[dict], result: dict, path: Path) -> None:
+    """IsoFLOP curves: each budget's runs (connected when a budget has several sizes), the
+    fitted law's loss along a budget (D = C / 6N) with its optimum starred, and the predicted
+    optimum at the prediction budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for budget in sorted({r["flops"] for r in rows}):
+    budgets = sorted({r["flops"] for r in rows})
+    shared = any(sum(r["flops"] == b for r in rows) > 1 for b in budgets)
+    for i, budget in enumerate(budgets if shared else []):
         pts = sorted((r["params"], r["val_loss"]) for r in rows if r["flops"] == budget)
-        ax.plot([p for p, _ in pts], [v for _, v in pts], "o-", label=f"{budget:.1e} FLOPs")
+        ax.plot([p for p, _ in pts], [v for _, v in pts], "o-", color=f"C{i % 10}",
+                label=f"runs at {budget:.1e} FLOPs")  # fmt: skip
+    if not shared:
+        ax.scatter([r["params"] for r in rows], [r["val_loss"] for r in rows], c="k", s=14,
+                   label="runs (each its own budget)", zorder=3)  # fmt: skip
     for m in result.get("approach2", {}).get("minima", []):
         ax.axvline(m["n_opt"], color="grey", lw=0.8, ls=":")
+    a3, opt = result.get("approach3"), result.get("predicted_optimum")
+    if a3:
+        from lmforge.eval.scaling_laws import ParametricLaw
+
+        law = ParametricLaw("fit", "approach 3", *(a3[k] for k in ("E", "A", "B", "alpha", "beta")))
+        curves = sorted({budgets[0], budgets[-1], *([opt["flops"]] if opt else [])})
+        optima = [law.optimum(c)[0] for c in curves]
+        sizes = [r["params"] for r in rows] + optima
+        grid = np.geomspace(min(sizes) / 3, max(sizes) * 3, 120)
+        for c, n_opt in zip(curves, optima):
+            ax.plot(grid, [law.loss(n, c / (6 * n)) for n in grid], "--", lw=1, color="grey")
+            best = law.loss(n_opt, c / (6 * n_opt))
+            ax.plot(n_opt, best, "*", ms=11, color="C3" if opt and c == opt["flops"] else "grey")
+            ax.annotate(f"{c:.1e}", (n_opt, best), fontsize=7, xytext=(4, -10),
+                        textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
     ax.set_ylabel("val loss (nats/token)")
-    a3 = result.get("approach3")
     title = "IsoFLOP curves"
     if a3:
-        title += f"; fit: alpha {a3['alpha']:.2f}, beta {a3['beta']:.2f}, a {a3['a']:.2f}"
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+        title += f"; law (dashed): alpha {a3['alpha']:.2f}, beta {a3['beta']:.2f}, a {a3['a']:.2f}"
+    if opt:
+        title += f"\npredicted optimum at {opt['flops']:.1e} FLOPs: N {opt['n_opt']:.3g}, D {opt['d_opt']:.3g}"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_law(rows: list[dict], result: dict, path: Path) -> None:
+    """Loss against N (a line per token count) and against D (a line per size), the runs as
+    points and approach 3's law as curves through them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    a3 = result.get("approach3")
+
+    def law(n, d):
+        return a3["E"] + a3["A"] / n ** a3["alpha"] + a3["B"] / d ** a3["beta"]
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    by_tokens: dict[float, list] = {}
+    by_size: dict[int, list] = {}
+    for r in rows:
+        by_tokens.setdefault(float(f"{r['tokens']:.1e}"), []).append(r)
+        by_size.setdefault(r["params"], []).append(r)
+    n_all = np.array([r["params"] for r in rows], dtype=float)
+    d_all = np.array([r["tokens"] for r in rows], dtype=float)
+    for ax, groups, x_key, label, xs in (
+        (left, by_tokens, "params", lambda k: f"D = {k:.1e} tokens", n_all),
+        (right, by_size, "tokens", lambda k: f"N = {k / 1e6:.1f}M", d_all),
+    ):
+        grid = np.geomspace(xs.min() / 1.5, xs.max() * 1.5, 50)
+        for i, (key, members) in enumerate(sorted(groups.items())):
+            members = sorted(members, key=lambda r: r[x_key])
+            color = f"C{i % 10}"
+            ax.plot([m[x_key] for m in members], [m["val_loss"] for m in members], "o",
+                    color=color, label=label(key))  # fmt: skip
+            if a3 and len(members) > 1:
+                if x_key == "params":
+                    ax.plot(
+                        grid,
+                        law(grid, np.mean([m["tokens"] for m in members])),
+                        "-",
+                        color=color,
+                        lw=1,
+                    )
+                else:
+                    ax.plot(
+                        grid,
+                        law(np.mean([m["params"] for m in members]), grid),
+                        "-",
+                        color=color,
+                        lw=1,
+                    )
+        ax.set_xscale("log")
+        ax.legend(fontsize=7)
+    left.set_xlabel("parameters N")
+    right.set_xlabel("training tokens D")
+    left.set_ylabel("val loss (nats/token)")
+    title = "runs (points)"
+    if a3:
+        title += (f" and the fitted law L = {a3['E']:.2f} + {a3['A']:.3g}/N^{a3['alpha']:.2f}"
+                  f" + {a3['B']:.3g}/D^{a3['beta']:.2f} (curves)")  # fmt: skip
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

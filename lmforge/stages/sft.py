@@ -34,6 +34,7 @@ from lmforge.infer.generate import SamplingConfig, stream_chat
 from lmforge.model.lora import inject_lora, unwrap_lora
 from lmforge.model.transformer import count_parameters
 from lmforge.stages.classify import LoraSection, lora_targets
+from lmforge.train import distributed as dp
 from lmforge.train.objectives import clm_loss
 from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig
@@ -171,7 +172,10 @@ def run(cfg: SFTConfig) -> dict:
     seq_len = min(cfg.data.seq_len, model.cfg.max_seq_len)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     encode = [encode_chat(tokenizer, r["messages"]) for r in train]
-    loader = PackedChatBatches(encode, cfg.trainer.micro_batch_size, seq_len, pad, cfg.trainer.seed)
+    # Under torchrun each rank takes its rows of the same global batches (train/distributed.py).
+    par = dp.plan_for(cfg.trainer, cfg.trainer.micro_batch_size * seq_len)
+    loader = par.shard(PackedChatBatches(encode, par.micro_batch_size * par.world_size, seq_len,
+                                         pad, cfg.trainer.seed))  # fmt: skip
     val_encoded = [encode_chat(tokenizer, r["messages"]) for r in val]
     if loader.truncated:
         print(f"[sft] {loader.truncated} conversations are longer than {seq_len} tokens: cut")
@@ -194,10 +198,10 @@ def run(cfg: SFTConfig) -> dict:
         return {"val_loss": nats / max(1, n)}
 
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "checkpoints").exists():
+    if par.is_main and not (out / "checkpoints").exists():
         save_config(cfg, out / "config.yaml")
     baseline = None
-    if cfg.answers.n and cfg.answers.baseline:
+    if cfg.answers.n and cfg.answers.baseline and par.is_main:
         start = load(cfg.init).model
         baseline = answer_metrics(
             start, tokenizer, val[: cfg.answers.n], cfg.answers.max_new_tokens
@@ -206,6 +210,8 @@ def run(cfg: SFTConfig) -> dict:
     trainer = Trainer(cfg.trainer, model, clm_loss, loader, out, eval_fn=eval_fn,
                       tokens_per_micro_batch=cfg.trainer.micro_batch_size * seq_len)  # fmt: skip
     result = trainer.fit()
+    if not par.is_main:
+        return result  # rank 0 measures and writes the artifact
 
     model = trainer.model
     save_decoder(out, model, tokenizer, extra_meta={"post_training": "sft"})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from lmforge.errors import CheckpointError
@@ -34,20 +34,30 @@ def save_weights(
     os.replace(tmp, path)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
-    """Load safetensors into ``model`` with errors that name the file and the mismatch."""
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, with an error that says what to do when it is damaged."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing weights file {path}")
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
             f"{path} is damaged or truncated ({e}). Delete that checkpoint directory to resume "
             "from an earlier one, or retrain."
         ) from None
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
+    """Load safetensors into ``model`` with errors that name the file and the mismatch."""
+    load_state(model, read_weights(path), str(path), strict=strict)
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str,
+               strict: bool = True) -> None:  # fmt: skip
+    """Load named tensors into ``model``; tied weights stored once fill all their names."""
+    tensors = dict(tensors)
     own = model.state_dict()
-    # tied weights: safetensors keeps one name; fill the aliases from it
     for name, t in own.items():
         if name not in tensors:
             for other, ot in own.items():
@@ -64,13 +74,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     if wrong:
         k, got, want = wrong[0]
         raise CheckpointError(
-            f"{path} does not fit this model: '{k}' has shape {got} in the file but {want} in the "
+            f"{source} does not fit this model: '{k}' has shape {got} in the file but {want} in the "
             f"model ({len(wrong)} mismatched tensors). It was written by a different model config; "
             "load it with the config saved beside it (model.json) or start a fresh output directory."
         )
     if strict and (missing or unexpected):
         raise CheckpointError(
-            f"{path} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"{source} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. It was written by a "
             "different model config."
         )
@@ -95,16 +105,20 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 def save_checkpoint(
     root: str | os.PathLike,
     step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict,
     state: dict,
     keep: int = 2,
 ) -> Path:
-    """Write ``root/step-NNNNNN`` atomically and prune all but the newest ``keep``."""
+    """Write ``root/step-NNNNNN`` atomically and prune all but the newest ``keep``.
+
+    Weights and optimizer state are full tensors keyed by parameter name (see
+    train/distributed.py), so any number of ranks can resume from them."""
     final = Path(root) / f"step-{step:06d}"
     with staging_dir(final) as tmp:
-        save_weights(model, tmp / "model.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+        save_file(tensors, str(tmp / "model.safetensors"))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         write_json(tmp / "state.json", {**state, "step": step})
     if keep > 0:
         for old in list_checkpoints(root)[:-keep]:
@@ -112,10 +126,8 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
-    path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None
-) -> dict:
-    """Restore model (and optimizer) in place; return the trainer state saved with them."""
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(weights, optimizer state, trainer state) of a checkpoint directory, validated."""
     path = Path(path)
     for name in ("model.safetensors", "optimizer.pt", "state.json"):
         if not (path / name).is_file():
@@ -127,14 +139,12 @@ def load_checkpoint(
         state = read_json(path / "state.json")
     except ValueError as e:
         raise CheckpointError(f"{path / 'state.json'} is damaged ({e}); delete {path}") from None
-    load_weights(model, path / "model.safetensors")
-    if optimizer is not None:
-        try:
-            opt_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-            optimizer.load_state_dict(opt_state)
-        except (RuntimeError, ValueError, KeyError, EOFError) as e:
-            raise CheckpointError(
-                f"{path / 'optimizer.pt'} cannot be restored ({e}). It is damaged or from a different "
-                f"set of trainable parameters; delete {path} or start a fresh output directory."
-            ) from None
-    return state
+    weights = read_weights(path / "model.safetensors")
+    try:
+        opt_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, EOFError) as e:
+        raise CheckpointError(
+            f"{path / 'optimizer.pt'} is damaged ({e}); delete {path} to resume from an earlier "
+            "checkpoint"
+        ) from None
+    return weights, opt_state, state

@@ -17,8 +17,11 @@ def clm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     """Next-token cross-entropy; targets of -100 are ignored (padding, prompts)."""
     input_ids, targets = batch["input_ids"], batch["targets"]
     logits = model(input_ids)  # (B, T, V)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-    return loss, int(targets.numel())
+    # A sum over the scored tokens divided by their count: the mean, and 0 (not NaN) for a
+    # micro-batch with nothing to score (SFT rows whose answers were all cut off).
+    nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+                           reduction="sum")  # fmt: skip
+    return nats / (targets != -100).sum().clamp(min=1), int(targets.numel())
 
 
 @torch.no_grad()

@@ -3,7 +3,9 @@
 A stage provides a model, a batch source and a loss function; the trainer owns the rest:
 AdamW, warmup + cosine/WSD/linear, gradient accumulation, clipping, bf16 autocast, optional
 torch.compile, periodic eval, atomic checkpoints with exact resume, loss-spike rollback, a
-progress bar, metrics.jsonl (and TensorBoard), and a loss-curve plot.
+progress bar, metrics.jsonl (and TensorBoard), and a loss-curve plot. Under torchrun the same
+loop runs data-parallel (DDP or FSDP2, train/distributed.py): the configured batch is the
+global one, rank 0 logs and writes, and checkpoints resume on any number of ranks.
 
 Contracts:
   loader.next_batch() -> dict of tensors; loader.state_dict() / load_state_dict(state)
@@ -31,10 +33,10 @@ from torch import nn
 from lmforge.config import Section
 from lmforge.errors import CheckpointError
 from lmforge.train import checkpoint as ckpt
+from lmforge.train import distributed as dp
 from lmforge.train.device import (
     autocast,
     matmul_peak_flops,
-    pick_device,
     resolve_precision,
     tune_cpu_allocator,
 )
@@ -82,6 +84,12 @@ class TrainerConfig(Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     device: str = "auto"
+    # Under torchrun: "ddp" (replicas; "auto" picks it) or "fsdp" (FSDP2: parameters, gradients
+    # and optimizer state sharded across ranks). Ignored in a single process.
+    parallel: dp.Parallel = "auto"
+    # MFU's denominator per device, in FLOP/s (e.g. 989e12 for an H100's dense bf16); by
+    # default the matmul rate measured on this device at start-up.
+    peak_flops: float | None = None
     seed: int = 1337
     eval_every: int = 100
     checkpoint_every: int = 100
@@ -108,21 +116,31 @@ LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int]
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
 
-def save_trainable(model: nn.Module, path: Path) -> None:
+def save_trainable(model: nn.Module, path: Path, par: dp.DataParallel = dp.DataParallel()) -> None:
     """The trainable parameters only (a LoRA run's best weights are its adapters and head)."""
     from safetensors.torch import save_file
 
-    tensors = {
-        n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad
-    }
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = dp.model_state(model, par)  # collective when sharded
+    if not par.is_main:
+        return
+    tensors = {n: t.detach().contiguous().cpu().clone() for n, t in state.items() if n in trainable}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
 
 
-def load_trainable(model: nn.Module, path: Path) -> None:
+def load_trainable(model: nn.Module, path: Path, par: dp.DataParallel = dp.DataParallel()) -> None:
     from safetensors.torch import load_file
 
+    if par.enabled:
+        # The current full weights with the saved ones laid over them (torch's broadcast load
+        # wants every key: it fails on a partial state dict).
+        state = dp.model_state(model, par)
+        if par.is_main:
+            state.update(load_file(str(path)))
+        dp.load_model_state(model, state, par)
+        return
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, t in load_file(str(path)).items():
@@ -182,19 +200,24 @@ class Trainer:
     ):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.device = pick_device(cfg.device)
+        # This rank's share of each step (the whole of it in a single process); the stage built
+        # `loader` with the same plan (dp.plan on the same config).
+        self.par = dp.plan_for(cfg, tokens_per_micro_batch)
+        self.device = dp.device_for(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         if self.device.type == "cpu":
             tune_cpu_allocator()
+        # FSDP: rank 0 keeps an empty host copy to consolidate into at the end (made before
+        # the model moves to the device, so the device never holds two)
+        self._consolidator = dp.Consolidator(model, self.par)
         self.model = model.to(self.device)
+        # What the training step calls: the model itself, DDP around it, or it sharded by FSDP2.
+        self.wrapped = dp.wrap(self.model, self.par, self.device)
         self.loss_fn = loss_fn
         self.loader = loader
         self.eval_fn = eval_fn
         self.flops_per_token = flops_per_token
-        if cfg.tokens_per_step and tokens_per_micro_batch:
-            self.grad_accum = max(1, round(cfg.tokens_per_step / tokens_per_micro_batch))
-        else:
-            self.grad_accum = cfg.grad_accum_steps
+        self.grad_accum = self.par.grad_accum_steps
         self.optimizer = build_optimizer(
             self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, lr_overrides=lr_overrides
         )
@@ -226,17 +249,28 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        return ckpt.save_checkpoint(
-            self.ckpt_dir,
-            self.step,
-            self.model,
-            self.optimizer,
-            self._state(),
-            self.cfg.keep_checkpoints,
-        )
+        # Gathering full tensors is collective; rank 0 writes them.
+        weights = dp.model_state(self.model, self.par)
+        optimizer = dp.optimizer_state(self.model, self.optimizer, self.par)
+        path = self.ckpt_dir / f"step-{self.step:06d}"
+        if self.par.is_main:
+            ckpt.save_checkpoint(self.ckpt_dir, self.step, weights, optimizer, self._state(),
+                                 self.cfg.keep_checkpoints)  # fmt: skip
+        dp.barrier(self.par)
+        return path
 
     def _restore(self, path: Path, restore_loader: bool = True) -> None:
-        state = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        # Rank 0 reads the files; the tensors and the state reach the other ranks by broadcast.
+        weights, optimizer, state = ckpt.read_checkpoint(path) if self.par.is_main else (None,) * 3
+        dp.load_model_state(self.model, weights, self.par)
+        try:
+            dp.load_optimizer_state(self.model, self.optimizer, optimizer, self.par)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{path / 'optimizer.pt'} cannot be restored ({e}). It is from a different set of "
+                f"trainable parameters; delete {path} or start a fresh output directory."
+            ) from None
+        state = dp.broadcast(state, self.par)
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.train_seconds = state.get("train_seconds", 0.0)
@@ -250,7 +284,7 @@ class Trainer:
     def maybe_resume(self) -> bool:
         if self.cfg.resume == "never":
             return False
-        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        latest = dp.broadcast(ckpt.latest_checkpoint(self.ckpt_dir), self.par)
         if latest is None:
             return False
         try:
@@ -260,7 +294,7 @@ class Trainer:
         self.rollbacks = 0
         # Metrics logged after the checkpoint belong to the lost future: drop them so the
         # curve in metrics.jsonl is the one this run actually follows.
-        if self.metrics_path.exists():
+        if self.par.is_main and self.metrics_path.exists():
             kept = [m for m in read_jsonl(self.metrics_path) if m.get("step", 0) <= self.step]
             self.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
         self.log({"event": "resumed", "step": self.step, "checkpoint": latest.name})
@@ -268,6 +302,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def log(self, record: dict) -> None:
+        if not self.par.is_main:
+            return
         append_jsonl(self.metrics_path, record)
         if self._tb is not None:
             for k, v in record.items():
@@ -275,14 +311,19 @@ class Trainer:
                     self._tb.add_scalar(k, v, record.get("step", self.step))
 
     # ------------------------------------------------------------------ one update
-    def _micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    def _micro_step(self, batch: dict[str, torch.Tensor], sync: bool) -> tuple[torch.Tensor, int]:
+        weight = batch.pop("loss_weight", None)  # this rank's share of the batch (RankSlice)
         batch = {
             k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()
         }
-        with autocast(self.device, self.precision):
-            loss, n_tokens = self._loss(self.model, batch)
-        (loss / self.grad_accum).backward()
+        # Ranks average gradients once per step, after the last micro-batch, not after each.
+        with dp.gradient_sync(self.wrapped, self.par, sync):
+            with autocast(self.device, self.precision):
+                loss, n_tokens = self._loss(self.wrapped, batch)
+            if weight is not None:
+                loss = loss * weight
+            (loss / self.grad_accum).backward()
         return loss.detach(), int(n_tokens)
 
     def _set_lr(self) -> float:
@@ -299,17 +340,20 @@ class Trainer:
         """One optimizer update over grad_accum micro-batches. Returns what happened."""
         lr = self._set_lr()
         losses, tokens = [], 0
-        for _ in range(self.grad_accum):
-            loss, n = self._micro_step(self.loader.next_batch())
+        for k in range(self.grad_accum):
+            loss, n = self._micro_step(self.loader.next_batch(), sync=k == self.grad_accum - 1)
             losses.append(loss)
             tokens += n
         loss = torch.stack(losses).float().mean().item()
+        # The step's loss and tokens over all ranks: every rank takes the same spike decision.
+        loss, tokens = dp.all_mean([loss, tokens], self.par)
+        tokens = round(tokens * self.par.world_size)
         if self.spikes.is_spike(loss):
             self.optimizer.zero_grad(set_to_none=True)
             return {"spike": True, "loss": loss, "tokens": tokens}
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.cfg.grad_clip
-        ).item()
+        grad_norm = dp.total_norm(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.spikes.add(loss)
@@ -321,7 +365,7 @@ class Trainer:
         """Roll back to the last good checkpoint and keep reading data from where we are,
         which skips the batches that led into the spike (PaLM, Chowdhery et al. 2022, sec. 5.1)."""
         self.rollbacks += 1
-        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        latest = dp.broadcast(ckpt.latest_checkpoint(self.ckpt_dir), self.par)
         record = {
             "event": "loss_spike",
             "step": self.step,
@@ -363,7 +407,7 @@ class Trainer:
                 "bad_evals": 0,
                 "eval": dict(evaluation),
             }
-            save_trainable(self.model, self.best_path)
+            save_trainable(self.model, self.best_path, self.par)
             return False
         self.best["bad_evals"] += 1
         return self.best["bad_evals"] >= es.patience
@@ -375,7 +419,7 @@ class Trainer:
         with torch.no_grad(), autocast(self.device, self.precision):
             out = self.eval_fn(self.model)
         self.model.train()
-        return out
+        return dp.broadcast(out, self.par)  # rank 0's numbers decide, on every rank
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -383,21 +427,22 @@ class Trainer:
 
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.tensorboard:
+        if cfg.tensorboard and self.par.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
         resumed = self.maybe_resume()
-        if not resumed:
+        if not resumed and self.par.is_main:
             self.metrics_path.unlink(missing_ok=True)
-        peak = matmul_peak_flops(
+        # MFU per device: the whole launch's throughput against every rank's peak.
+        peak = self.par.world_size * (cfg.peak_flops or matmul_peak_flops(
             self.device.type, "bfloat16" if self.precision == "bf16" else "float32"
-        )
+        ))  # fmt: skip
         self.model.train()
         bar = tqdm(
             total=cfg.max_steps,
             initial=self.step,
-            disable=not cfg.progress,
+            disable=not cfg.progress or not self.par.is_main,
             desc="train",
             dynamic_ncols=True,
         )
@@ -444,7 +489,10 @@ class Trainer:
                     **({"mfu": f"{mfu:.1%}"} if mfu else {}),
                 )
                 window_tokens, window_start = 0, time.perf_counter()
-            time_up = cfg.time_limit_s and self.train_seconds >= cfg.time_limit_s
+            # rank 0's clock decides, so that every rank stops at the same step
+            time_up = bool(cfg.time_limit_s) and dp.agree(
+                self.train_seconds >= cfg.time_limit_s, self.par
+            )
             if self.eval_fn and (
                 self.step % cfg.eval_every == 0 or self.step == cfg.max_steps or time_up
             ):
@@ -470,13 +518,17 @@ class Trainer:
             last_eval = self.evaluate()
             self.log({"step": self.step, **last_eval})
             self._early_stop(last_eval)
-        if self.cfg.early_stop.metric and self.best_path.exists():
+        if self.cfg.early_stop.metric and dp.agree(self.best_path.exists(), self.par):
             # The weights of the best evaluation, not the last one.
-            load_trainable(self.model, self.best_path)
+            load_trainable(self.model, self.best_path, self.par)
             last_eval = {**last_eval, **self.best.get("eval", {})}
             self.log({"event": "restored_best", **self.best})
         if self._tb is not None:
             self._tb.close()
+        # From here the stage evaluates, samples and saves on rank 0 with an ordinary model.
+        self.model = self._consolidator.plain(self.model).to(self.device)
+        if not self.par.is_main:
+            return {"steps": self.step, "rank": self.par.rank, **last_eval}
         return self.summary(recent_losses, last_eval, stopped_early)
 
     def summary(self, recent_losses, last_eval: dict, stopped_early: bool) -> dict:
@@ -498,6 +550,8 @@ class Trainer:
             "precision": self.precision,
             "compiled": self.cfg.compile,
             "grad_accum_steps": self.grad_accum,
+            "world_size": self.par.world_size,
+            "parallel": self.par.mode,
         }
         if rows and "mfu" in rows[-1]:
             out["mfu"] = float(np.median([r["mfu"] for r in steady]))
