@@ -34,6 +34,18 @@ def save_weights(
     os.replace(tmp, path)
 
 
+def aliases(model: nn.Module) -> dict[str, str]:
+    """Tied parameters: each extra name of a parameter -> its first name."""
+    first: dict[int, str] = {}
+    out = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors, with an error that says what to do when it is damaged."""
     path = Path(path)
@@ -58,12 +70,12 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str,
     """Load named tensors into ``model``; tied weights stored once fill all their names."""
     tensors = dict(tensors)
     own = model.state_dict()
-    for name, t in own.items():
-        if name not in tensors:
-            for other, ot in own.items():
-                if other in tensors and ot.data_ptr() == t.data_ptr():
-                    tensors[name] = tensors[other]
-                    break
+    # tied weights are stored under one of their names (whichever the writer kept): fill the rest
+    for alias, name in aliases(model).items():
+        if alias not in tensors and name in tensors:
+            tensors[alias] = tensors[name]
+        elif name not in tensors and alias in tensors:
+            tensors[name] = tensors[alias]
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
     wrong = [

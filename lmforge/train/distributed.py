@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.train import checkpoint as ckpt
 
 Parallel = Literal["auto", "none", "ddp", "fsdp"]
 
@@ -292,18 +293,6 @@ def main_first():
 # ------------------------------------------------------------------------------- state dicts
 
 
-def aliases(model: nn.Module) -> dict[str, str]:
-    """Tied parameters: each extra name of a parameter -> its first name."""
-    first: dict[int, str] = {}
-    out = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            out[name] = first[id(p)]
-        else:
-            first[id(p)] = name
-    return out
-
-
 def _full_options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -318,7 +307,7 @@ def model_state(model: nn.Module, par: DataParallel) -> dict[str, torch.Tensor]:
         state = get_model_state_dict(model, options=_full_options(cpu_offload=True))
     else:
         state = {k: v.detach() for k, v in model.state_dict().items()}
-    for alias in aliases(model):
+    for alias in ckpt.aliases(model):
         state.pop(alias, None)
     return state
 
@@ -327,14 +316,12 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor] | None,
                      par: DataParallel) -> None:  # fmt: skip
     """Load full weights read by rank 0 into every rank's model (collective when distributed)."""
     if not par.enabled:
-        from lmforge.train.checkpoint import load_state
-
-        load_state(model, state, "checkpoint")
+        ckpt.load_state(model, state, "checkpoint")
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     state = dict(state or {})
-    for alias, name in aliases(model).items():
+    for alias, name in ckpt.aliases(model).items():
         if name in state:
             state[alias] = state[name]
     target = model.module if par.mode == "ddp" else model
