@@ -52,7 +52,15 @@ def check_keys(cls: type[BaseModel], data: Any, source: str, prefix: str = "") -
             close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
             raise ConfigError(f"unknown key '{dotted}' in {source}; {hint}")
-        sub = _submodel(fields[key].annotation)
+        annotation = fields[key].annotation
+        if get_origin(annotation) is dict and isinstance(value, dict):
+            # A mapping of names to sections (a pipeline's stages): check each section.
+            sub = _submodel(get_args(annotation)[1])
+            if sub is not None and sub.model_config.get("extra") == "forbid":
+                for name, item in value.items():
+                    check_keys(sub, item, source, f"{prefix}{key}.{name}.")
+            continue
+        sub = _submodel(annotation)
         if sub is not None and sub.model_config.get("extra") == "forbid":
             check_keys(sub, value, source, f"{prefix}{key}.")
 

@@ -1,5 +1,7 @@
 """Small builders shared by the tests (tests/ is on sys.path under pytest)."""
 
+from pathlib import Path
+
 from lmforge.model.config import ModelConfig
 
 
@@ -28,3 +30,39 @@ def tiny_qwen2_classifier(cfg: ModelConfig, num_labels: int):
         pad_token_id=cfg.pad_token_id,
     )
     return transformers.Qwen2ForSequenceClassification(hf_cfg)
+
+
+CHROMIUM = "/usr/bin/chromium"  # the system's browser (apt-get install chromium); never downloaded
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def render_page(html: Path, png: Path) -> dict:
+    """Open a local HTML file in headless Chromium, screenshot the whole page to `png` and
+    return what a reader would see: its height, text, URLs requested, script errors and
+    whether every image decoded."""
+    from playwright.sync_api import sync_playwright
+
+    requests, errors = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)  # a loaded 2-core machine starts Chromium slowly
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(Path(html).resolve().as_uri())
+            out = {
+                "height": page.evaluate("document.documentElement.scrollHeight"),
+                "text": page.inner_text("body"),
+                "images_loaded": page.evaluate(
+                    "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
+                ),
+                "images": page.evaluate("document.images.length"),
+            }
+            page.screenshot(path=str(png), full_page=True)
+        finally:
+            browser.close()
+    return {**out, "requests": requests, "errors": errors}

@@ -241,11 +241,14 @@ def predict_logits(
     ids, truncated = encode_examples(tokenizer, texts, max_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), model.head_cfg.num_labels), dtype=np.float32)
+    device = next(model.parameters()).device  # the trainer's evals run on its GPU
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         batch = pad_batch([ids[i] for i in idx], tokenizer.pad_id, padding_side)
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
-        out[idx] = logits.float().numpy()
+        with torch.inference_mode():
+            logits = model(batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device))  # fmt: skip
+        out[idx] = logits.float().cpu().numpy()
     return out, [len(x) for x in ids], truncated
 
 

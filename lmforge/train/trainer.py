@@ -447,6 +447,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_tokens, window_start = 0, time.perf_counter()
+        remeasured = False
         last_eval: dict[str, float] = {}
         recent_losses: deque[float] = deque(maxlen=max(1, cfg.log_every))
         start_seconds = self.train_seconds
@@ -468,6 +469,12 @@ class Trainer:
                 dt = time.perf_counter() - window_start
                 tps = window_tokens / max(dt, 1e-9)
                 mfu = tps * self.flops_per_token / peak if self.flops_per_token else None
+                if mfu is not None and mfu > 1 and not cfg.peak_flops and not remeasured:
+                    remeasured = True
+                    # The peak was measured while something else held the cores: measure again.
+                    peak = max(peak, self.par.world_size * matmul_peak_flops(
+                        self.device.type, "bfloat16" if self.precision == "bf16" else "float32"))  # fmt: skip
+                    mfu = tps * self.flops_per_token / peak
                 record = {
                     "step": self.step,
                     "loss": info["loss"],
