@@ -184,6 +184,32 @@ def fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _inputs(name: str, texts: list[str], outs: list[tuple[str, str]],
+            moved_outs: list[tuple[str, str]], where: str) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """The stages whose outputs a stage's strings point into, and the fingerprints of the other
+    existing paths it names."""
+    needs: list[str] = []
+    external: dict[str, str] = {}
+    for text in dict.fromkeys(t for t in texts if not t.startswith("-")):
+        producer = next((n for n, o in outs if _inside(text, o)), None)
+        if producer is not None:
+            if producer != name and producer not in needs:  # (its own output is not an input)
+                needs.append(producer)
+            continue
+        stale = next((n for n, o in moved_outs if _inside(text, o)), None)
+        if stale is not None:
+            raise ConfigError(
+                f"{where} reads {text} (in its command line or config), written by stage "
+                f"'{stale}' under the default vars, but this profile moves that stage's output. "
+                "Name the input in the stage's run line with the variable, e.g. `key=${runs}/...`."
+            )
+        # A directory that holds other stages' outputs (the run root) is not an input.
+        holds = any(_inside(o, text) for _, o in outs)
+        if not holds and ("/" in text or "." in text) and os.path.exists(text):
+            external[text] = fingerprint(text)
+    return needs, external
+
+
 def load(path: str | os.PathLike, profile: str | None = None,
          variables: dict[str, str] | None = None) -> Pipeline:  # fmt: skip
     """Read a pipeline file, apply a profile and `--var` values, and wire the stages."""
@@ -204,7 +230,7 @@ def load(path: str | os.PathLike, profile: str | None = None,
                 for n, s in spec.stages.items() for o in [s.out, *s.writes]]  # fmt: skip
 
     default_outs, current_outs = outs(defaults), outs(current)
-    moved = {d for (n, d), (_, c) in zip(default_outs, current_outs, strict=True) if d != c}
+    moved = {d for (_, d), (_, c) in zip(default_outs, current_outs, strict=True) if d != c}
     stages: list[Stage] = []
     for name, s in spec.stages.items():
         where = f"stage '{name}' in {path}"
@@ -216,36 +242,12 @@ def load(path: str | os.PathLike, profile: str | None = None,
         if not argv:
             raise ConfigError(f"{where} has an empty `run:` line")
         config = _resolved_config(argv, where)
-        seen = set()
-        needs: list[str] = []
         for n in s.needs:
             if n not in spec.stages:
                 raise ConfigError(f"{where} needs unknown stage '{n}'")
-            needs.append(n)
-        external: dict[str, str] = {}
-        for text in _strings(argv) + _strings(config or {}):
-            if text in seen or text.startswith("-"):
-                continue
-            seen.add(text)
-            producer = next((n for n, o in current_outs if _inside(text, o)), None)
-            if producer == name:
-                continue  # its own output
-            if producer is not None:
-                if producer not in needs:
-                    needs.append(producer)
-                continue
-            stale = next((n for n, o in default_outs if o in moved and _inside(text, o)), None)
-            if stale is not None:
-                raise ConfigError(
-                    f"{where} reads {text} (in its command line or config), written by stage "
-                    f"'{stale}' under the default vars, but this profile moves that stage's "
-                    f"output. Name the input in the stage's run line with the variable, e.g. "
-                    f"`key=${{runs}}/...`."
-                )
-            # A directory that holds other stages' outputs (the run root) is not an input.
-            holds = any(_inside(o, text) for _, o in current_outs)
-            if not holds and ("/" in text or "." in text) and os.path.exists(text):
-                external[text] = fingerprint(text)
+        found, external = _inputs(name, _strings(argv) + _strings(config or {}), current_outs,
+                                  [(n, o) for n, o in default_outs if o in moved], where)  # fmt: skip
+        needs = list(dict.fromkeys([*s.needs, *found]))
         order = list(spec.stages)
         for n in needs:
             if order.index(n) >= order.index(name):
@@ -460,7 +462,7 @@ def run(p: Pipeline, runner: Callable[[list[str]], int] = subprocess_runner, onl
             # of another recipe (or of a run this record does not know) would mix two runs.
             shutil.rmtree(ckpts)
             echo(f"[{s.name}] removed checkpoints of a different run in {ckpts}")
-        why = {"interrupted": "resuming", "changed": "changed", "new": "new"}.get(st, st)
+        why = {"interrupted": "resuming", "cached": "forced"}.get(st, st)
         echo(f"[{s.name}] running ({why}): lmforge {shlex.join(s.argv)}")
         state["stages"][s.name] = {
             "verb": s.verb, "argv": s.argv, "out": s.out, "needs": s.needs, "key": s.key,
