@@ -335,28 +335,23 @@ def plan(p: Pipeline, chosen: list[Stage], state: dict, force: bool = False) -> 
 
 
 def _model_of(p: Pipeline, s: Stage):
-    """The ModelConfig a training stage trains, from its preset or through its `init` chain."""
-    from lmforge.artifact import read_model_config
-    from lmforge.model.config import from_preset
+    """The ModelConfig a training stage trains: its recipe's, or, for `init:` an upstream stage
+    that has not run yet, that stage's."""
+    from lmforge.eval.estimate import model_from_config
 
     cfg = s.config or {}
-    if cfg.get("preset"):
-        extra = {k: v for k, v in (cfg.get("model") or {}).items() if v is not None}
-        return from_preset(cfg["preset"], **extra)
     init = cfg.get("init")
-    if not init:
-        return None
-    upstream = next((u for u in p.stages if _inside(init, u.out)), None)
-    if upstream is not None and upstream.config is not None and upstream is not s:
+    upstream = next((u for u in p.stages if init and _inside(init, u.out)), None)
+    if not cfg.get("preset") and upstream not in (None, s) and upstream.config is not None:
         return _model_of(p, upstream)
-    if os.path.isdir(init):
-        return read_model_config(init)[1]
-    return None
+    return model_from_config(cfg, f"stage '{s.name}'")
 
 
 def stage_flops(p: Pipeline, s: Stage) -> float | None:
-    """Training FLOPs of a stage that trains a model for a known number of steps (6ND plus
-    attention, per scaling_laws.accounting); None when it cannot be told before running."""
+    """Training FLOPs of a stage that trains a model for a known number of steps, by
+    eval/estimate.py's accounting for its method; None when it cannot be told before running."""
+    from lmforge.eval.estimate import estimate
+
     cfg = s.config or {}
     trainer = cfg.get("trainer") or {}
     steps = trainer.get("max_steps")
@@ -364,29 +359,26 @@ def stage_flops(p: Pipeline, s: Stage) -> float | None:
         model = _model_of(p, s)
     except Exception:  # an estimate must never stop a run
         return None
-    if model is None:
-        return None
     if s.verb in ("classify train", "distill train"):
         task = cfg.get("task") or {}
-        n = task.get("max_train_examples") or 0
+        n, batch = task.get("max_train_examples") or 0, cfg.get("batch_size", 32)
         if not n:
             return None
-        seq = task.get("max_length", 128)
-        tokens = n * cfg.get("epochs", 1) * seq
-        if steps:
-            tokens = min(tokens, steps * cfg.get("batch_size", 32) * seq)
-        # A probe only runs the frozen model forward (2N of 6N per token); LoRA skips the
-        # frozen weights' gradients (4N); see eval/estimate.py for the exact accounting.
-        tokens *= {"probe": 1 / 3, "lora": 2 / 3}.get(cfg.get("method"), 1.0)
+        steps = min(steps or 10**12, -(-int(n * cfg.get("epochs", 1)) // batch))
+        seq, method, labels = task.get("max_length", 128), cfg.get("method", "full"), 2
     else:
         if not steps:
             return None
         data = cfg.get("data") or {}
         seq = data.get("seq_len") or cfg.get("seq_len") or model.max_seq_len
-        tokens = (
-            steps * trainer.get("micro_batch_size", 8) * trainer.get("grad_accum_steps", 1) * seq
+        batch = trainer.get("micro_batch_size", 8) * trainer.get("grad_accum_steps", 1)
+        method, labels = "full", None
+    try:  # (a classifier's head is a rounding error next to its backbone: any label count)
+        return float(
+            estimate(model, method, batch, seq, num_labels=labels)["flops_per_step"] * steps
         )
-    return float(model.flops_per_token(seq) * tokens)
+    except Exception:
+        return None
 
 
 # -- running -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import CHROMIUM, CHROMIUM_ARGS, tiny_config
 
 from lmforge.artifact import save_model_artifact
 from lmforge.data.chat import encode_prompt
@@ -28,11 +28,6 @@ MAX_SEQ_LEN = 128
 MAX_TOKENS_CAP = 64
 MAX_BODY_BYTES = 20_000
 HELLO = [{"role": "user", "content": "hello there"}]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

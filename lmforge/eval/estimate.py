@@ -117,11 +117,15 @@ def _kind(cfg: ModelConfig) -> tuple[str, ModelConfig]:
 
 
 def _from_yaml(path: Path) -> ModelConfig:
-    from pydantic import ValidationError
-
     from lmforge.config import read_yaml
 
-    data = read_yaml(path)  # ConfigError if missing or not YAML
+    return model_from_config(read_yaml(path), str(path))  # ConfigError if missing or not YAML
+
+
+def model_from_config(data: dict, path: str) -> ModelConfig:
+    """The model a stage config (a recipe file, or one resolved with its overrides) trains."""
+    from pydantic import ValidationError
+
     model = data.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError(f"{path}: `model:` must be a mapping of ModelConfig fields")
