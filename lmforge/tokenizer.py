@@ -9,6 +9,13 @@ need no new vocabulary and no resized embeddings:
     3 <|im_start|>   start of a chat turn (ChatML)  7 <|unk|>       reserved
 
 Byte-level BPE round-trips any UTF-8 text exactly: no normaliser, no prefix space.
+
+Text is text: `encode` reads a special token's string inside text ("<|im_start|>" typed by a
+user, found in a dataset or a web page) as the plain characters it is, never as the control
+token, so no message can forge a chat turn, a document boundary or a mask. Control tokens
+enter a sequence only by id: the chat template (data/chat.py), BOS/EOS here, the
+classification template. `encode(..., allow_special=True)` is for trusted text written with
+the tokens on purpose (a fill-mask prompt). Decoding is unchanged.
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmforge.errors import ConfigError, DataError
 from lmforge.utils import atomic_write_text, staging_dir, write_json
@@ -59,7 +66,8 @@ class Tokenizer:
     """A thin wrapper that names the special ids; the HF tokenizer does the work.
 
     ``specials`` maps a role ("eos", "pad", "cls", ...) to its token string; roles it leaves
-    out fall back to lmforge's token of that name when the vocabulary has it.
+    out fall back to lmforge's token of that name when the vocabulary has it. The wrapped
+    HF tokenizer is set to read special-token strings in text as text (see the module note).
     """
 
     def __init__(self, hf: HFTokenizer, specials: dict[str, str | None] | None = None):
@@ -69,6 +77,27 @@ class Tokenizer:
         self.specials.update({r: t for r, t in (specials or {}).items() if r in ROLES})
         self._ids = {r: vocab.get(t) if t else None for r, t in self.specials.items()}
         self._truncating_cache: dict[int, HFTokenizer] = {}
+        self._parsing_specials: HFTokenizer | None = None
+        self._text_is_text()
+
+    def _text_is_text(self) -> None:
+        """Make `self.hf` encode every special token's string as plain text.
+
+        `add_special_tokens=False` only stops the post-processor's template; the `tokenizers`
+        library still matches added special tokens inside the text unless
+        `encode_special_tokens` is set (it is a runtime setting, not saved in tokenizer.json).
+        It spares only tokens flagged special, so a role token a tokenizer file added as an
+        ordinary token (ChatML fine-tunes often add <|im_start|> that way) is flagged here.
+        """
+        added = self.hf.get_added_tokens_decoder()
+        for i in set(self._ids.values()):
+            t = added.get(i) if i is not None else None
+            if t is not None and not t.special:
+                self.hf.add_special_tokens([AddedToken(
+                    t.content, single_word=t.single_word, lstrip=t.lstrip, rstrip=t.rstrip,
+                    normalized=t.normalized, special=True,
+                )])  # fmt: skip
+        self.hf.encode_special_tokens = True
 
     # --- ids -----------------------------------------------------------------------------
     @property
@@ -91,6 +120,7 @@ class Tokenizer:
         if role not in ROLES or token is None:
             raise ConfigError(f"cannot make id {token_id} the {role} token of this tokenizer")
         self.specials[role], self._ids[role] = token, token_id
+        self._text_is_text()
 
     @property
     def eos_id(self) -> int | None:
@@ -130,14 +160,20 @@ class Tokenizer:
         return [self.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
 
     # --- text <-> ids --------------------------------------------------------------------
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        ids = self.hf.encode(text, add_special_tokens=False).ids
+    def encode(
+        self, text: str, add_bos: bool = False, add_eos: bool = False, allow_special: bool = False
+    ) -> list[int]:
+        """Ids of `text` as plain text: "<|im_end|>" in it is the characters, not the token.
+        `allow_special=True` reads special-token strings as the tokens: only for trusted text
+        written with them on purpose (a fill-mask prompt), never for a user's or a dataset's."""
+        hf = self._special_parsing() if allow_special else self.hf
+        ids = hf.encode(text, add_special_tokens=False).ids
         return self._wrap(ids, add_bos, add_eos)
 
     def encode_batch(
         self, texts: list[str], add_bos: bool = False, add_eos: bool = False
     ) -> list[list[int]]:
-        """Parallel in Rust across the machine's cores."""
+        """As `encode` (plain text), parallel in Rust across the machine's cores."""
         return [
             self._wrap(e.ids, add_bos, add_eos)
             for e in self.hf.encode_batch(texts, add_special_tokens=False)
@@ -167,6 +203,14 @@ class Tokenizer:
         encodings = hf.encode_batch(list(texts), add_special_tokens=True)
         return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
 
+    def _special_parsing(self) -> HFTokenizer:
+        """A copy that matches special-token strings in text (made once; the setting lives on
+        the tokenizer, and flipping it on the shared one would race the server's threads)."""
+        if self._parsing_specials is None:
+            self._parsing_specials = HFTokenizer.from_str(self.hf.to_str())
+            self._parsing_specials.encode_special_tokens = False
+        return self._parsing_specials
+
     def _truncating(self, max_length: int) -> HFTokenizer:
         """A copy with the template and truncation set (settings live on the tokenizer), made
         once per length: copying a 150k-token vocabulary costs far more than encoding."""
@@ -175,6 +219,7 @@ class Tokenizer:
         cache = self._truncating_cache
         if max_length not in cache:
             hf = HFTokenizer.from_str(self.hf.to_str())
+            hf.encode_special_tokens = True  # not saved by to_str: text is text here too
             if self.is_lmforge:
                 hf.post_processor = processors.TemplateProcessing(
                     single=f"{BOS} $A {EOS}",
@@ -388,6 +433,19 @@ def train_tokenizer_from_path(
         "bytes_per_token_heldout": bytes_per_token(tok, heldout) if heldout else None,
         "data": str(data_path),
     }
+    if tok.vocab_size < vocab_size:
+        # BPE stops when no pair of tokens occurs twice more: a small corpus cannot fill a
+        # large vocabulary. Kept (it is a working tokenizer), but never silently.
+        import sys
+
+        note = (
+            f"the vocabulary has {tok.vocab_size} tokens, not the {vocab_size} asked for: "
+            f"{counts['documents']} document(s), {counts['train_bytes']:,} bytes of training "
+            f"text under {data_path} hold no more pairs seen twice to merge. Add text to reach "
+            f"{vocab_size}, or pass --vocab-size {tok.vocab_size} to ask for what it holds"
+        )
+        print(f"warning: {note}", file=sys.stderr)
+        summary.update(requested_vocab_size=vocab_size, vocab_note=note)
     with staging_dir(out_dir) as tmp:
         tok.save(tmp)
         atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")

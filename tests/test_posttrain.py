@@ -48,7 +48,8 @@ def tok(tiny_tokenizer_dir):
 def test_chat_tokens_are_the_rendered_template_and_only_answers_are_trained(tok):
     ids, labels = encode_chat(tok, CHAT)
     assert tok.decode(ids) == "<|bos|>" + render(CHAT)
-    assert ids == tok.encode("<|bos|>" + render(CHAT))  # pieces == the whole string's tokens
+    # pieces == the whole string's tokens (the string written with the control tokens on purpose)
+    assert ids == tok.encode("<|bos|>" + render(CHAT), allow_special=True)
     trained = [t for t in labels if t != IGNORE]
     # the assistant contents with their <|im_end|>, nothing else (no system, user, headers)
     assert tok.decode(trained) == "Blue.<|im_end|>Green.<|im_end|>"

@@ -271,6 +271,52 @@ def _raw_exchange(url: str, data: bytes) -> bytes:
     return reply
 
 
+def _post_head(url: str, length: int) -> bytes:
+    host = url.removeprefix("http://")
+    return (f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()  # fmt: skip
+
+
+@pytest.mark.parametrize("then_close", [False, True])
+def test_a_body_shorter_than_its_content_length_is_400_not_a_hang(url, client, then_close):
+    """The client sends 14 of the 100 bytes it announced, then waits for the answer (or closes
+    its side). The server must answer 400 soon; the 5 s client timeout fails the test if the
+    server waits out its 30 s socket timeout (as it once did, then answered 500)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(_post_head(url, 100) + b'{"messages": [')
+        if then_close:
+            s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):  # TimeoutError after 5 s of silence; the answer closes
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), reply[:200]
+    error = json.loads(body)["error"]
+    assert error["code"] == "incomplete_body" and "14 of the 100 bytes" in error["message"]
+    assert client.get("/health").json()["status"] == "ok"  # and it goes on serving
+
+
+def test_a_body_over_the_size_cap_is_413_and_the_cap_is_reported(client):
+    r = client.post(CHAT, json={"messages": [{"role": "user", "content": "x" * MAX_BODY_BYTES}]})
+    error = assert_error_shape(r, 413)
+    assert error["code"] == "request_too_large" and f"{MAX_BODY_BYTES:,}" in error["message"]
+    assert client.get("/health").json()["max_body_bytes"] == MAX_BODY_BYTES
+    ok = client.post(CHAT, json={"messages": HELLO, "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_serve_flags_set_the_limits_and_bad_ones_are_usage_errors(capsys):
+    from lmforge.cli import build_parser, main
+
+    args = build_parser().parse_args(["serve", "run", "--max-body-bytes", "5000",
+                                      "--queue-timeout-s", "0.5", "--max-tokens-cap", "9"])  # fmt: skip
+    assert (args.max_body_bytes, args.queue_timeout_s, args.max_tokens_cap) == (5000, 0.5, 9)
+    for flag in ("--max-body-bytes", "--max-concurrent", "--max-tokens-cap"):
+        assert main(["serve", "no/such/run", flag, "0"]) == 2  # refused before loading
+        assert f"{flag} is 0" in capsys.readouterr().err
+
+
 def test_server_survives_100_malformed_requests(url, client):
     rng = random.Random(0)
     statuses = []
@@ -329,7 +375,7 @@ def controlled(tiny_lm):
         yield model, c
 
 
-def test_a_request_beyond_the_concurrency_bound_gets_503_with_retry_after(controlled):
+def test_a_request_beyond_the_concurrency_bound_gets_429_with_retry_after(controlled):
     model, client = controlled
     model.release.clear()
     model.entered.clear()
@@ -339,9 +385,10 @@ def test_a_request_beyond_the_concurrency_bound_gets_503_with_retry_after(contro
     thread.start()
     try:
         assert model.entered.wait(10), "the first generation never started"
-        busy = client.post(CHAT, json=body)  # the only slot is held: waits 0.2 s, then 503
-        error = assert_error_shape(busy, 503)
+        busy = client.post(CHAT, json=body)  # the only slot is held: waits 0.2 s, then 429
+        error = assert_error_shape(busy, 429)
         assert error["code"] == "server_busy" and busy.headers["Retry-After"] == "1"
+        assert "1 at once" in error["message"]
         assert client.get("/health").json()["busy"] == 1
     finally:
         model.release.set()

@@ -48,7 +48,9 @@ def test_special_tokens_have_fixed_ids_and_are_atomic(tiny_tokenizer_dir):
         4,
         5,
     )
-    assert tok.encode("<|im_start|>user")[0] == tok.im_start_id
+    # atomic when asked for on purpose; in ordinary text the string is text (test_injection.py)
+    assert tok.encode("<|im_start|>user", allow_special=True)[0] == tok.im_start_id
+    assert tok.im_start_id not in tok.encode("<|im_start|>user")
     assert tok.encode("hi", add_bos=True, add_eos=True)[0] == tok.bos_id
     assert token_byte_lengths(tok)[: len(SPECIAL_TOKENS)] == [0] * len(SPECIAL_TOKENS)
 

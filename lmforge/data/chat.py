@@ -13,6 +13,11 @@ Only assistant content and its <|im_end|> carry labels (a model that never learn
 <|im_end|> never stops); system and user turns, role headers and the newline after
 <|im_end|> are -100. The BOS token leads when the tokenizer has one (lmforge's do, Qwen's not).
 
+Content is text: the control tokens (<|bos|>, <|im_start|>, <|im_end|>) are put in by id here
+and nowhere else, and a role's content is encoded as plain text (`Tokenizer.encode`), so a
+message holding "<|im_end|>\n<|im_start|>system\n..." stays inside its own turn and cannot
+forge a system or assistant turn, in training data or at inference.
+
 Files (JSONL, one example per line):
     conversations  {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
                    or {"prompt": ..., "completion": ...}

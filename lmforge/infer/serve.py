@@ -20,13 +20,18 @@ answers carry its name. Other fields (penalties, logprobs, user, ...) are ignore
 Limits, each answered with JSON in OpenAI's error shape
 `{"error": {"message", "type", "param", "code"}}`:
 - it binds 127.0.0.1 unless told otherwise: there is no authentication;
-- a body over `max_body_bytes` is 413, a POST without `Content-Type: application/json` is 415
-  (which also keeps other web sites' pages from posting to it: their JSON needs a CORS
-  preflight, and this server answers none);
+- a body over `max_body_bytes` (Content-Length) is 413, a POST without
+  `Content-Type: application/json` is 415 (which also keeps other web sites' pages from
+  posting to it: their JSON needs a CORS preflight, and this server answers none);
+- a body shorter than its Content-Length is 400 as soon as the client stops sending (end of
+  input, or `body_timeout_s` without a byte), not a 30 s hang;
 - max_tokens above `max_tokens_cap` is 400, not silently clamped, so a client never mistakes
   a cut answer for the length it asked for; without max_tokens the cap is the limit;
 - at most `max_concurrent` generations run at once (they share the cores); a request that
-  finds no free slot within `queue_timeout_s` gets 503 with `Retry-After`;
+  finds no free slot within `queue_timeout_s` gets 429 with `Retry-After` (OpenAI's clients
+  wait that long and retry);
+- message content is text: "<|im_start|>" typed in a message is those characters, never the
+  control token, so a request cannot forge a system or assistant turn (data/chat.py);
 - a bad request is 4xx, an unknown path 404, a wrong method 405; an error inside generation
   is 500 (or, once an event stream has begun, an `error` event), logged, and the server
   keeps serving.
@@ -50,13 +55,14 @@ import torch
 from torch import nn
 
 from lmforge.artifact import load_causal_lm
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.infer.generate import GenerationStats, SamplingConfig, stream_chat, stream_text
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 RETRY_AFTER_S = 1
 SOCKET_TIMEOUT_S = 30  # a client that stops sending or reading frees its thread after this
+BODY_TIMEOUT_S = 2.0  # a body that stops arriving this long before its Content-Length is a 400
 
 
 class ApiError(Exception):
@@ -253,11 +259,12 @@ class LmforgeServer(ThreadingHTTPServer):
 
     def __init__(self, address, model: nn.Module, tokenizer, model_name: str,
                  max_concurrent: int, max_tokens_cap: int, max_body_bytes: int,
-                 queue_timeout_s: float):  # fmt: skip
+                 queue_timeout_s: float, body_timeout_s: float = BODY_TIMEOUT_S):  # fmt: skip
         super().__init__(address, Handler)
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.max_concurrent, self.max_tokens_cap = max_concurrent, max_tokens_cap
         self.max_body_bytes, self.queue_timeout_s = max_body_bytes, queue_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.slots = threading.BoundedSemaphore(max_concurrent)
         self.busy = 0  # generations running (for /health)
         self.busy_lock = threading.Lock()
@@ -294,6 +301,7 @@ class Handler(BaseHTTPRequestHandler):
                     "status": "ok", "model": self.server.model_name, "busy": self.server.busy,
                     "max_concurrent": self.server.max_concurrent,
                     "max_tokens_cap": self.server.max_tokens_cap,
+                    "max_body_bytes": self.server.max_body_bytes,
                 })  # fmt: skip
             elif path == "/v1/models":
                 self._send_json(200, {"object": "list", "data": [self._model_card()]})
@@ -360,9 +368,10 @@ class Handler(BaseHTTPRequestHandler):
         server = self.server
         if not server.slots.acquire(timeout=server.queue_timeout_s):
             raise ApiError(
-                503,
-                f"all {server.max_concurrent} generation slots are busy; retry in a moment",
-                type="server_error",
+                429,
+                f"all {server.max_concurrent} generation slots are busy (this server runs at "
+                f"most {server.max_concurrent} at once); retry after {RETRY_AFTER_S} s",
+                type="rate_limit_error",
                 code="server_busy",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
@@ -473,7 +482,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is left unread, so this connection is done
             raise ApiError(413, f"the body is {length:,} bytes; this server takes at most "
                            f"{self.server.max_body_bytes:,}", code="request_too_large")  # fmt: skip
-        raw = self.rfile.read(length)
+        raw = self._read_body(length)
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
@@ -481,6 +490,33 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise _bad("the body must be a JSON object", code="invalid_json")
         return body
+
+    def _read_body(self, length: int) -> bytes:
+        """The body's `length` bytes, or 400 as soon as the client stops short of them: at the
+        end of its input, or after `body_timeout_s` without a byte (a client that sent a short
+        body and waits for the answer would otherwise hold the read for the 30 s socket
+        timeout, and get a 500)."""
+        self.connection.settimeout(self.server.body_timeout_s)
+        chunks, got = [], 0
+        try:
+            while got < length:
+                chunk = self.rfile.read1(min(length - got, 1 << 16))
+                if not chunk:  # the client closed its side
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        except TimeoutError:
+            pass
+        finally:
+            self.connection.settimeout(self.timeout)
+        if got < length:
+            self.close_connection = True  # the rest, if it ever comes, is not a request
+            raise _bad(
+                f"the body ended after {got:,} of the {length:,} bytes its Content-Length "
+                "announced; send the whole body with a Content-Length that matches it",
+                code="incomplete_body",
+            )
+        return b"".join(chunks)
 
     def _model_card(self) -> dict:
         return {"id": self.server.model_name, "object": "model",
@@ -535,6 +571,19 @@ def _new_id(chat: bool) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def check_limits(max_concurrent: int, max_tokens_cap: int, max_body_bytes: int,
+                 queue_timeout_s: float, body_timeout_s: float = BODY_TIMEOUT_S) -> None:  # fmt: skip
+    """ConfigError naming the `lmforge serve` flag of a limit out of range."""
+    for flag, value in [("--max-concurrent", max_concurrent), ("--max-tokens-cap", max_tokens_cap),
+                        ("--max-body-bytes", max_body_bytes)]:  # fmt: skip
+        if value < 1:
+            raise ConfigError(f"{flag} is {value}; it must be at least 1")
+    if queue_timeout_s < 0:
+        raise ConfigError(f"--queue-timeout-s is {queue_timeout_s}; it must be 0 or more")
+    if body_timeout_s <= 0:
+        raise ConfigError(f"the body timeout is {body_timeout_s} s; it must be above 0")
+
+
 def make_server(
     model: nn.Module,
     tokenizer,
@@ -545,15 +594,15 @@ def make_server(
     max_tokens_cap: int = 512,
     max_body_bytes: int = 1_000_000,
     queue_timeout_s: float = 5.0,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> LmforgeServer:
     """A bound, not yet running server (call `.serve_forever()`; port 0 picks a free port,
     read it from `.server_address[1]` or `.url`). The model is shared by all requests: each
     generation makes its own KV cache, and the weights are only read."""
-    if max_concurrent < 1 or max_tokens_cap < 1 or max_body_bytes < 1:
-        raise ValueError("max_concurrent, max_tokens_cap and max_body_bytes must be >= 1")
+    check_limits(max_concurrent, max_tokens_cap, max_body_bytes, queue_timeout_s, body_timeout_s)
     model.eval()
     return LmforgeServer((host, port), model, tokenizer, model_name, max_concurrent,
-                         max_tokens_cap, max_body_bytes, queue_timeout_s)  # fmt: skip
+                         max_tokens_cap, max_body_bytes, queue_timeout_s, body_timeout_s)  # fmt: skip
 
 
 def serve(
@@ -567,6 +616,7 @@ def serve(
     device: str = "cpu",
 ) -> None:
     """Load an artifact and serve it until Ctrl-C; prints the URLs first."""
+    check_limits(max_concurrent, max_tokens_cap, max_body_bytes, queue_timeout_s)
     loaded = load_causal_lm(run_dir, device)
     name = str(run_dir).rstrip("/")
     server = make_server(loaded.model, loaded.tokenizer, name, host, port, max_concurrent,
