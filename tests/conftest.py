@@ -60,3 +60,38 @@ def tiny_tokenizer_dir(tmp_path_factory, tiny_corpus):
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     train_tokenizer_from_path(tiny_corpus, 400, out, progress=False)
     return out
+
+
+# What each kind of skip needs; a skip whose reason mentions the key gets the hint.
+SKIP_HINTS = {
+    "Debian": "scripts/setup.sh installs the Debian text packages (wordnet-base dict-gcide "
+    "bible-kjv bible-kjv-text fortunes) with apt-get",
+    "Chromium": "WITH_BROWSER=1 scripts/setup.sh installs Chromium (apt-get install chromium)",
+}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Every skipped test, grouped by its reason, at the end of the run: under `-q` a skip is a
+    lone 's', so a machine without the Debian text packages (or Chromium) would otherwise pass
+    the suite having silently left those tests out."""
+    by_reason: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        by_reason.setdefault(reason.removeprefix("Skipped: "), []).append(report.nodeid)
+    if not by_reason:
+        return
+    count = sum(map(len, by_reason.values()))
+    terminalreporter.section(f"{count} tests skipped, by reason", sep="-", yellow=True, bold=True)
+    for reason, nodeids in sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        terminalreporter.write_line(f"{reason} ({len(nodeids)}):", yellow=True)
+        by_file: dict[str, list[str]] = {}
+        for nodeid in nodeids:
+            by_file.setdefault(nodeid.split("::")[0], []).append(nodeid)
+        for path, ids in by_file.items():
+            if len(ids) > 5:  # a whole module: one line
+                terminalreporter.write_line(f"    {path}: {len(ids)} tests")
+            else:
+                terminalreporter.write_line("".join(f"    {nodeid}\n" for nodeid in ids).rstrip())
+        for key, hint in SKIP_HINTS.items():
+            if key.lower() in reason.lower():
+                terminalreporter.write_line(f"    to run them: {hint}")

@@ -1,8 +1,11 @@
 """Small builders shared by the tests (tests/ is on sys.path under pytest)."""
 
+import json
+import re
 from pathlib import Path
 
 from lmforge.model.config import ModelConfig
+from lmforge.utils import read_jsonl
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -30,6 +33,46 @@ def tiny_qwen2_classifier(cfg: ModelConfig, num_labels: int):
         pad_token_id=cfg.pad_token_id,
     )
     return transformers.Qwen2ForSequenceClassification(hf_cfg)
+
+
+def loss_by_step(run_dir: Path) -> dict[int, float]:
+    """The training loss of each step, read from a run's metrics.jsonl as written (a list, not
+    a dict that would let a later row overwrite an earlier one), after checking that every
+    step was logged once and in increasing order: a resumed run must replace the steps it
+    lost, never log a step again."""
+    rows = [(m["step"], m["loss"]) for m in read_jsonl(Path(run_dir) / "metrics.jsonl")
+            if "loss" in m and "event" not in m]  # fmt: skip
+    steps = [step for step, _ in rows]
+    repeated = sorted({step for step in steps if steps.count(step) > 1})
+    assert not repeated, f"steps logged more than once in {run_dir}: {repeated}"
+    assert steps == sorted(steps), f"steps logged out of order in {run_dir}: {steps}"
+    return dict(rows)
+
+
+def last_logged_step(run_dir: Path) -> int:
+    """The last training step in metrics.jsonl, read while the run may still be appending."""
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    last = 0
+    for line in lines:
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError:  # the line being written
+            continue
+        if "loss" in m and "event" not in m:
+            last = max(last, m["step"])
+    return last
+
+
+def logged_past_checkpoint(run_dir: Path, step: int) -> bool:
+    """True once the run has a checkpoint at `step` or later and has logged a training step
+    after its newest checkpoint: killed now, it leaves steps in metrics.jsonl that its resume
+    must replace (the case a resume test has to exercise)."""
+    saved = [int(m[1]) for p in Path(run_dir).glob("checkpoints/step-*")
+             if (m := re.fullmatch(r"step-(\d+)", p.name))]  # fmt: skip
+    return bool(saved) and max(saved) >= step and last_logged_step(run_dir) > max(saved)
 
 
 CHROMIUM = "/usr/bin/chromium"  # the system's browser (apt-get install chromium); never downloaded

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import last_logged_step, logged_past_checkpoint, loss_by_step
 from safetensors.torch import load_file
 
 from lmforge.cli import main
@@ -46,14 +47,9 @@ def finish(proc, timeout=240) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def losses(run):
-    return {m["step"]: m["loss"] for m in read_jsonl(run / "metrics.jsonl")
-            if "loss" in m and "event" not in m}  # fmt: skip
-
-
 def assert_same_curve(run, reference, tol=1e-4):
-    got = losses(run)
-    assert sorted(got) == sorted(reference), "every step logged exactly once"
+    got = loss_by_step(run)  # each step logged once, in increasing order
+    assert list(got) == list(reference), "the same steps as the reference"
     worst = max(abs(got[s] - reference[s]) for s in reference)
     assert worst < tol, worst
 
@@ -74,7 +70,7 @@ def test_two_ranks_follow_the_one_process_loss_curve(
     code, stdout, err = finish(torchrun(pretrain_args(tiny_tokenizer_dir, tiny_corpus, out,
                                                       f"trainer.parallel={parallel}")))  # fmt: skip
     assert code == 0, err[-3000:]
-    assert_same_curve(out, losses(reference))
+    assert_same_curve(out, loss_by_step(reference))
     # the evaluation and the final weights agree too
     summary, ref = read_json(out / "summary.json"), read_json(reference / "summary.json")
     assert summary["world_size"] == 2 and summary["parallel"] == parallel
@@ -100,11 +96,12 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _kill_after_checkpoint(proc, out, step=20, timeout=180):
+def _kill_after_checkpoint(proc, out, step=20, timeout=180) -> int:
+    """Kill the run once it has a checkpoint at `step` or later and has logged a step past it
+    (which its resume must replace, not log again); returns the last step it logged."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        ckpts = list((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else []
-        if any(int(p.name.split("-")[1]) >= step for p in ckpts):
+        if logged_past_checkpoint(out, step):
             break
         time.sleep(0.02)
     if proc.poll() is not None:
@@ -115,6 +112,7 @@ def _kill_after_checkpoint(proc, out, step=20, timeout=180):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert not (out / "summary.json").exists()
+    return last_logged_step(out)
 
 
 def test_an_fsdp_run_resumes_in_one_process_and_back(
@@ -124,11 +122,11 @@ def test_an_fsdp_run_resumes_in_one_process_and_back(
     in 1 process, and a run killed in 1 process resumes on 2 ranks, on the same curve."""
     out = tmp_path / "fsdp-then-one"
     args = pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, "trainer.parallel=fsdp")
-    _kill_after_checkpoint(torchrun(args), out)
+    killed_after = _kill_after_checkpoint(torchrun(args), out)
     assert main(args) == 0  # the same command, one process
     resumed = [m for m in read_jsonl(out / "metrics.jsonl") if m.get("event") == "resumed"]
-    assert len(resumed) == 1 and resumed[0]["step"] >= 20
-    assert_same_curve(out, losses(reference))
+    assert len(resumed) == 1 and 20 <= resumed[0]["step"] < killed_after
+    assert_same_curve(out, loss_by_step(reference))
 
     out = tmp_path / "one-then-fsdp"
     args = pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, "trainer.parallel=fsdp")
@@ -136,10 +134,12 @@ def test_an_fsdp_run_resumes_in_one_process_and_back(
     single = subprocess.Popen([sys.executable, "-m", "lmforge", *map(str, args)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)  # fmt: skip
-    _kill_after_checkpoint(single, out)
+    killed_after = _kill_after_checkpoint(single, out)
     code, _, err = finish(torchrun(args))
     assert code == 0, err[-3000:]
-    assert_same_curve(out, losses(reference))
+    resumed = [m for m in read_jsonl(out / "metrics.jsonl") if m.get("event") == "resumed"]
+    assert len(resumed) == 1 and 20 <= resumed[0]["step"] < killed_after
+    assert_same_curve(out, loss_by_step(reference))
     assert read_json(out / "summary.json")["world_size"] == 2
 
 
@@ -245,7 +245,7 @@ def test_classify_under_fsdp_follows_one_process_and_keeps_the_best_weights(tmp_
     code, stdout, err = finish(torchrun(["classify", "train", "--config", config("two"),
                                          "trainer.parallel=fsdp"]))  # fmt: skip
     assert code == 0, err[-3000:]
-    assert_same_curve(tmp_path / "two", losses(tmp_path / "one"))
+    assert_same_curve(tmp_path / "two", loss_by_step(tmp_path / "one"))
     one, two = (
         read_json(tmp_path / "one" / "summary.json"),
         read_json(tmp_path / "two" / "summary.json"),
@@ -282,7 +282,7 @@ def test_sft_with_lora_under_ddp_follows_one_process(tmp_path, decoder_dir):
     assert main(args("one")) == 0
     code, stdout, err = finish(torchrun(args("two")))
     assert code == 0, err[-3000:]
-    assert_same_curve(tmp_path / "two", losses(tmp_path / "one"))
+    assert_same_curve(tmp_path / "two", loss_by_step(tmp_path / "one"))
     summary = read_json(tmp_path / "two" / "summary.json")
     assert summary["world_size"] == 2 and summary["parallel"] == "ddp"
     assert stdout.count("artifact:") <= 1
@@ -340,7 +340,7 @@ def test_midtrain_under_ddp_follows_one_process(tmp_path, reference):
     assert main(args("one")) == 0
     code, _, err = finish(torchrun(args("two")))
     assert code == 0, err[-3000:]
-    assert_same_curve(tmp_path / "two", losses(tmp_path / "one"))
+    assert_same_curve(tmp_path / "two", loss_by_step(tmp_path / "one"))
     one, two = (
         read_json(tmp_path / "one" / "summary.json"),
         read_json(tmp_path / "two" / "summary.json"),

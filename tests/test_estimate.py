@@ -8,14 +8,13 @@ ruler: it is process-wide (imports, earlier tests, the allocator's cache) and ne
 `test_profiled_peak_counts_live_tensors` checks the ruler itself on known allocations.
 """
 
-import math
-
 import pytest
 import torch
 
 from lmforge.artifact import build_model, save_model_artifact
 from lmforge.errors import ConfigError
 from lmforge.eval.estimate import (
+    _fastest_step,
     _profiled_peak_bytes,
     calibrate,
     estimate,
@@ -190,10 +189,53 @@ def test_bad_specs_say_what_to_give(tmp_path):
         estimate(from_preset("lmforge-d2"), "qlora", 1, 8)
 
 
-def test_calibration_measures_a_positive_cached_rate():
-    rate = calibrate("fp32")
-    assert math.isfinite(rate) and rate > 1e8  # even a loaded 2-core CPU does 0.1 GFLOP/s
-    assert calibrate("fp32") is rate  # measured once per process
+def test_fastest_step_takes_the_least_disturbed_of_3_to_10_steps(monkeypatch):
+    """Timed on a fake clock: each step 'takes' the next of a list of durations."""
+    import time
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def steps(durations):
+        todo = iter(durations)
+
+        def step():
+            clock[0] += next(todo)
+
+        return step
+
+    # durations in powers of 2, so that the fake clock's sums are exact
+    assert _fastest_step(steps([0.5, 0.125, 0.25]), 3, "cpu") == 0.125  # no budget: exactly n
+    # a budget adds steps until it is spent (the 5th step ends past 1.0 s), never more than 10
+    # (a step past the end of the list would raise StopIteration)
+    assert _fastest_step(steps([0.25, 0.25, 0.25, 0.0625, 8]), 3, "cpu", budget_s=1.0) == 0.0625
+    assert _fastest_step(steps([2**-6] * 9 + [2**-10, 2**-14]), 3, "cpu", budget_s=60) == 2**-10
+
+
+def test_calibration_is_the_calibration_steps_flops_over_its_fastest_step(monkeypatch):
+    """FLOP/s = the calibration step's FLOPs / the fastest step's seconds, measured once per
+    process. The measured rate itself is machine-dependent: benchmarks/estimate_memory.py
+    reports it (calibration_gflop_per_s)."""
+    import lmforge.eval.estimate as E
+
+    timed = []
+
+    def fastest(step, n, device, budget_s=0.0):
+        step()  # a real step of the calibration model runs
+        timed.append((n, device, budget_s))
+        return 0.25
+
+    monkeypatch.setattr(E, "_fastest_step", fastest)
+    calibrate.cache_clear()  # neither use nor leave a rate measured on the real clock
+    try:
+        rate = calibrate("fp32")
+        assert calibrate("fp32") is rate  # measured once per process
+    finally:
+        calibrate.cache_clear()
+    assert timed == [(3, "cpu", 2.0)]
+    b, t = E.CALIBRATION_SHAPE
+    flops = estimate(ModelConfig(**E.CALIBRATION), "full", b, t, "fp32")["flops_per_step"]
+    assert rate == flops / 0.25
     d = estimate(ModelConfig(**DECODER), "full", 4, 96, "fp32", flops_per_s=rate)
     assert d["seconds_per_step"] == pytest.approx(d["flops_per_step"] / rate)
     assert "time per step" in format_estimate(d)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ from lmforge.model.lora import (
     adapters_disabled,
     inject_lora,
     load_adapter,
+    lora_modules,
     merge_lora,
     save_adapter,
     set_adapter,
@@ -69,18 +72,37 @@ def test_merge_matches_unmerged_and_unmerge_restores(tiny_cfg):
         torch.testing.assert_close(model(x), base, atol=1e-5, rtol=0)
 
 
+def with_update_by_hand(base, model, name, alpha, r):
+    """The reference for one adapter: a copy of the base model whose adapted weights are
+    W0 + (alpha / r) * B @ A, computed here from the paper's formula, not by lora.py."""
+    ref = copy.deepcopy(base)
+    for layer, m in lora_modules(model):
+        w = ref.get_submodule(layer).weight
+        w.data += (alpha / r) * m.lora_B[name].weight @ m.lora_A[name].weight
+    return ref
+
+
 def test_several_adapters_switch(tiny_cfg):
     model = LanguageModel(tiny_cfg).eval()
+    base = copy.deepcopy(model)
     x = torch.randint(0, tiny_cfg.vocab_size, (1, 8))
     inject_lora(model, ["q_proj"], r=2, alpha=4, adapter_name="one")
     trained_like(model)
-    out_one = model(x)
-    inject_lora(model, ["q_proj"], r=2, alpha=4, adapter_name="two")
-    assert torch.allclose(model(x), model(x))
-    set_adapter(model, "one")
-    torch.testing.assert_close(model(x), out_one)
-    set_adapter(model, None)
-    assert not torch.allclose(model(x), out_one)
+    with torch.no_grad():
+        want_one = with_update_by_hand(base, model, "one", alpha=4, r=2)(x)
+        torch.testing.assert_close(model(x), want_one, atol=1e-5, rtol=0)
+        # a second adapter becomes the active one; fresh (B = 0), it leaves the base model
+        inject_lora(model, ["q_proj"], r=4, alpha=2, adapter_name="two")
+        assert torch.equal(model(x), base(x))
+        for _, m in lora_modules(model):
+            m.lora_B["two"].weight.normal_(0, 0.02)
+        want_two = with_update_by_hand(base, model, "two", alpha=2, r=4)(x)
+        assert not torch.allclose(want_two, want_one, atol=1e-4)
+        torch.testing.assert_close(model(x), want_two, atol=1e-5, rtol=0)
+        set_adapter(model, "one")
+        torch.testing.assert_close(model(x), want_one, atol=1e-5, rtol=0)
+        set_adapter(model, None)
+        assert torch.equal(model(x), base(x))
 
 
 def test_save_and_load_in_peft_format(tiny_cfg, tmp_path):

@@ -47,24 +47,49 @@ MID = ["trainer.progress=false", "trainer.precision=fp32", "trainer.warmup_steps
        "context.buckets=[0,32,64,128]"]  # fmt: skip
 
 
-def test_context_extension_measures_loss_by_position_before_and_after(tmp_path, base_run):
+def test_context_extension_measures_loss_by_position_before_and_after(
+    tmp_path, base_run, monkeypatch
+):
+    shapes = []  # every training batch's (rows, tokens), as the trainer draws it
+    draw = ProgressiveLoader.next_batch
+
+    def recorded(self):
+        batch = draw(self)
+        shapes.append(tuple(batch["input_ids"].shape))
+        return batch
+
+    monkeypatch.setattr(ProgressiveLoader, "next_batch", recorded)
     out = tmp_path / "ctx"
     args = ["midtrain", "--config", "configs/demo/midtrain-context.yaml", f"init={base_run}",
             f"out_dir={out}", f"data.shards={base_run / 'shards'}", "context.seq_len=128",
-            "context.schedule=[[0,96],[0.5,128]]", "context.rope_scaling=linear",
+            "context.schedule=[[0,64],[0.5,128]]", "context.rope_scaling=linear",
             "context.rope_theta=null", "trainer.max_steps=12", *MID]  # fmt: skip
     assert main(args) == 0
+    # the progressive schedule really trained at 64 then 128 tokens, 256 tokens a batch
+    assert shapes == [(4, 64)] * 6 + [(2, 128)] * 6
     s = read_json(out / "summary.json")
     assert s["context"]["from"] == 64 and s["context"]["to"] == 128
+    # loss by position, before and after, over the 128 positions of the new context
     lbp = s["loss_by_position"]
-    assert lbp["documents"] > 0 and set(lbp["before"]) == {"0-31", "32-63", "64-127"}
-    assert all(np.isfinite(list(lbp["after"].values())))
+    buckets = {"0-31", "32-63", "64-127"}
+    assert lbp["documents"] > 0 and set(lbp["before"]) == set(lbp["after"]) == buckets
+    curves = np.load(out / "loss_by_position.npy")  # (before/after, position)
+    assert curves.shape == (2, 128) and np.isfinite(curves).all()
+    for k, when in enumerate(("before", "after")):
+        assert lbp[when] == pytest.approx(
+            {"0-31": curves[k, :32].mean(), "32-63": curves[k, 32:64].mean(),
+             "64-127": curves[k, 64:].mean()}
+        )  # fmt: skip
+        assert lbp["beyond_old_context"][when] == pytest.approx(curves[k, 64:].mean())
+    assert not np.allclose(curves[0], curves[1])  # training changed the model
     assert (out / "loss_by_position.png").is_file()
     # the saved model carries the new positions: 128 tokens, interpolation by 2
     cfg = load(out).config
     assert (cfg.max_seq_len, cfg.rope_scaling, cfg.rope_scaling_factor) == (128, "linear", 2.0)
-    # the progressive schedule really trained at 96 then 128 tokens (fixed tokens per batch)
-    assert s["before"]["val_bpb_init"] > 0 and "forgetting_bpb" in s
+    assert s["before"]["val_bpb_init"] > 0
+    assert s["forgetting_bpb"] == pytest.approx(
+        s["after"]["val_bpb_init"] - s["before"]["val_bpb_init"]
+    )
 
 
 def test_before_curve_is_the_starting_model(tmp_path, base_run):

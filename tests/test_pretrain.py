@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from helpers import last_logged_step, logged_past_checkpoint, loss_by_step
 
 from lmforge.cli import main
 from lmforge.utils import read_jsonl
@@ -41,14 +42,6 @@ def pretrain_args(tok, corpus, out, *extra):
         *TINY,
         *extra,
     ]
-
-
-def train_losses(out):
-    return {
-        m["step"]: m["loss"]
-        for m in read_jsonl(out / "metrics.jsonl")
-        if "loss" in m and "event" not in m
-    }
 
 
 def test_pretrain_writes_a_complete_artifact(tmp_path, tiny_corpus, tiny_tokenizer_dir, capsys):
@@ -90,7 +83,7 @@ def test_pretrain_writes_a_complete_artifact(tmp_path, tiny_corpus, tiny_tokeniz
     ):
         assert summary[key] is not None, key
     assert summary["tokens_seen"] == 40 * 4 * 64
-    curve = train_losses(out)
+    curve = loss_by_step(out)
     assert curve[40] < curve[1] - 1.0  # it learned something
     # and the artifact loads and generates through the public API
     import lmforge
@@ -115,7 +108,7 @@ def test_sigkilled_run_resumes_on_the_same_loss_curve(tmp_path, tiny_corpus, tin
     ]
     ref = tmp_path / "ref"
     assert main(pretrain_args(tiny_tokenizer_dir, tiny_corpus, ref, *steps)) == 0
-    reference = train_losses(ref)
+    reference = loss_by_step(ref)
 
     out = tmp_path / "killed"
     cmd = [
@@ -127,9 +120,10 @@ def test_sigkilled_run_resumes_on_the_same_loss_curve(tmp_path, tiny_corpus, tin
     env = {**os.environ, "OMP_NUM_THREADS": str(min(2, os.cpu_count() or 1))}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
+    # killed after a checkpoint and after a step past it was logged: the resume must replace
+    # that step, not log it again
     while time.time() < deadline and proc.poll() is None:
-        ckpts = list((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else []
-        if any(int(p.name.split("-")[1]) >= 20 for p in ckpts):
+        if logged_past_checkpoint(out, 20):
             break
         time.sleep(0.02)
     if proc.poll() is not None:
@@ -138,12 +132,13 @@ def test_sigkilled_run_resumes_on_the_same_loss_curve(tmp_path, tiny_corpus, tin
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "summary.json").exists()
+    killed_after = last_logged_step(out)
 
     assert main(pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, *steps)) == 0
     events = [m for m in read_jsonl(out / "metrics.jsonl") if m.get("event") == "resumed"]
-    assert len(events) == 1 and events[0]["step"] >= 20
-    resumed = train_losses(out)
-    assert sorted(resumed) == sorted(reference)
+    assert len(events) == 1 and 20 <= events[0]["step"] < killed_after
+    resumed = loss_by_step(out)  # each step logged once, in increasing order
+    assert list(resumed) == list(reference) == list(range(1, 121))
     worst = max(abs(resumed[s] - reference[s]) for s in reference)
     assert worst < 1e-4, worst
 
@@ -188,7 +183,7 @@ def test_mlm_encoder_pretrains_and_feeds_a_classifier(
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert 0 < summary["val_masked_accuracy"] <= 1
-    losses = train_losses(out)
+    losses = loss_by_step(out)
     assert losses[40] < losses[1] - 0.5
     meta = json.loads((out / "model.json").read_text())
     assert meta["kind"] == "masked_lm" and meta["model"]["causal"] is False

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import loss_by_step
 
 from lmforge.errors import CheckpointError
 from lmforge.model.config import ModelConfig
@@ -75,24 +76,16 @@ def make(tmp_path, max_steps=20, **kw):
     )
 
 
-def losses(path):
-    return {
-        m["step"]: m["loss"]
-        for m in read_jsonl(path / "metrics.jsonl")
-        if "loss" in m and "event" not in m
-    }
-
-
 def test_loss_decreases_on_a_learnable_stream(tmp_path):
     summary = make(tmp_path, max_steps=40).fit()
-    curve = losses(tmp_path)
+    curve = loss_by_step(tmp_path)
     assert curve[40] < curve[1] - 1.0
     assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 4 * 32
 
 
 def test_resume_continues_same_loss_curve(tmp_path):
     make(tmp_path / "a").fit()
-    reference = losses(tmp_path / "a")
+    reference = loss_by_step(tmp_path / "a")
     # interrupted run: crash during step 14 (checkpoints at 5 and 10), then resume
     t = make(tmp_path / "b")
     calls = []
@@ -106,12 +99,13 @@ def test_resume_continues_same_loss_curve(tmp_path):
     t.loss_fn = t._loss = crashing
     with pytest.raises(KeyboardInterrupt):
         t.fit()
-    assert max(losses(tmp_path / "b")) == 13
+    assert list(loss_by_step(tmp_path / "b")) == list(range(1, 14))
     resumed = make(tmp_path / "b")
     resumed.fit()
     assert resumed.step == 20
-    curve = losses(tmp_path / "b")
-    assert sorted(curve) == list(range(1, 21))  # the lost steps 11-13 were replaced, not duplicated
+    # each step once, in order (loss_by_step checks): the lost steps 11-13 were replaced
+    curve = loss_by_step(tmp_path / "b")
+    assert list(curve) == list(range(1, 21))
     for step in range(1, 21):
         assert abs(curve[step] - reference[step]) < 1e-4, step
 
@@ -219,7 +213,7 @@ def test_tensorboard_event_files_hold_the_logged_loss(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     assert "loss" in acc.Tags()["scalars"]
-    logged = losses(tmp_path)
+    logged = loss_by_step(tmp_path)
     tb = {e.step: e.value for e in acc.Scalars("loss")}
     assert set(tb) == set(logged)
     assert all(abs(tb[s] - logged[s]) < 1e-5 for s in tb)
@@ -250,3 +244,23 @@ def test_early_stop_metric_must_exist(tmp_path):
     t.eval_fn, t.cfg.eval_every = (lambda m: {"val_loss": 1.0}), 5
     with pytest.raises(KeyError, match="val_f1"):
         t.fit()
+
+
+def test_epochs_set_the_length_and_a_max_steps_the_user_set_caps_it(capsys):
+    from lmforge.config import load_config
+    from lmforge.train.trainer import steps_for_epochs
+
+    # 2 epochs of 100 rows at 8 x 2 rows per step: 12.5 -> 12 steps
+    assert steps_for_epochs(2, 100, 16, TrainerConfig(), "sft") == (12, 12)
+    capped = load_config(TrainerConfig, None, ["max_steps=5"])
+    assert steps_for_epochs(2, 100, 16, capped, "sft") == (5, 12)
+    assert "trainer.max_steps=5 caps training at 5 steps (2 epochs would take 12)" in (
+        capsys.readouterr().out
+    )
+    # a cap above what the epochs imply changes nothing
+    assert steps_for_epochs(
+        2, 100, 16, load_config(TrainerConfig, None, ["max_steps=50"]), "x"
+    ) == (
+        12,
+        12,
+    )
