@@ -18,7 +18,8 @@ demo: setup
 # The tests also drive the web chat in headless Chromium: set-up installs it for them.
 test:
 	@VENV=$(VENV) WITH_BROWSER=1 bash scripts/setup.sh
-	$(PY) -m pytest -q
+	@$(PY) -c "from lmforge.train.device import cpu_precision as c; print('[test] precision=auto on this CPU:', c().reason)"
+	$(PY) -m pytest --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check lmforge tests benchmarks

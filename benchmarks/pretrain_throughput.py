@@ -1,16 +1,22 @@
 """Training throughput: lmforge's training step against transformers' LlamaForCausalLM.
 
 Same shape on both sides (6 layers, width 384, 6 heads, FFN 1024, vocab 8192, seq 256,
-batch 8, untied embeddings), same data, AdamW, clipping at 1.0, bf16. Each contender runs in
-its own subprocess, so an allocator setting or a compiled graph of one cannot help another.
+batch 8, untied embeddings), same data, AdamW, clipping at 1.0. lmforge runs as a user gets it
+(`precision: auto`, which picks bf16 only where this CPU's bf16 matmuls beat fp32). The peer
+runs in every configuration a careful transformers user could pick: eager or torch.compile,
+fp32 or bf16 autocast, torch's fused AdamW and the same glibc allocator tuning lmforge uses;
+the headline ratio is against the fastest of them. `hf_plain_bf16` / `hf_plain_fp32` are
+transformers as most scripts run it (eager, foreach AdamW, default allocator), for reference.
+
+Each contender lives in its own process (an allocator setting or compiled graph of one cannot
+help another), warms up (compiles) once, then the timed repeats go round-robin: contender A,
+B, C, ..., A, B, C, ... so that drift in the machine's speed falls on every contender alike.
+bf16 contenders are skipped, with the reason, on a CPU without bf16 instructions (AVX2:
+bf16 is emulated at ~1 GFLOP/s; one step would take minutes).
 
     python benchmarks/pretrain_throughput.py                 # all contenders, JSON on stdout
-    python benchmarks/pretrain_throughput.py --steps 20 --repeats 5 --out bench.json
-
-The ratio that matters is lmforge against `hf_eager_bf16`: transformers as its users run it
-(eager, bf16 autocast, torch.optim.AdamW). `hf_compiled_bf16` and `hf_eager_bf16_tuned_malloc`
-show how much of the gap each of lmforge's choices explains; `hf_eager_fp32` is there for
-machines without fast bf16. MFU is against the bf16 matmul rate this script measures.
+    python benchmarks/pretrain_throughput.py --steps 10 --repeats 5 --out bench.json
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python benchmarks/pretrain_throughput.py  # as without AMX
 """
 
 from __future__ import annotations
@@ -28,16 +34,21 @@ SHAPE = dict(
     n_layer=6, n_embd=384, n_head=6, intermediate_size=1024, vocab_size=8192, seq_len=256, batch=8
 )
 
+_HF_BEST = "fused AdamW, lmforge's glibc mallopt thresholds"
 CONTENDERS = {
-    "hf_eager_bf16": "transformers LlamaForCausalLM (attn_implementation=sdpa), eager, "
-    "bf16 autocast, torch.optim.AdamW defaults (foreach), fp32 weights",
-    "hf_compiled_bf16": "as hf_eager_bf16, model wrapped in torch.compile (default mode)",
-    "hf_eager_bf16_tuned_malloc": "as hf_eager_bf16, with lmforge's glibc mallopt thresholds",
-    "hf_eager_fp32": "as hf_eager_bf16, no autocast (fp32 throughout)",
-    "lmforge": "lmforge Trainer.train_step: torch.compile of forward + fp32 cross-entropy, "
-    "bf16 autocast, fp32 weights, fused AdamW, CPU attention as two bmm + softmax, "
-    "glibc mallopt thresholds (train/device.py)",
+    "lmforge": "lmforge Trainer.train_step as configured by default: precision=auto, "
+    "torch.compile of forward + fp32 cross-entropy, fused AdamW, CPU attention as two bmm + "
+    "softmax, glibc mallopt thresholds (train/device.py)",
+    "hf_compiled_fp32": f"transformers LlamaForCausalLM (sdpa), torch.compile, fp32, {_HF_BEST}",
+    "hf_compiled_bf16": f"as hf_compiled_fp32 with bf16 autocast (fp32 weights), {_HF_BEST}",
+    "hf_eager_fp32": f"transformers LlamaForCausalLM (sdpa), eager, fp32, {_HF_BEST}",
+    "hf_eager_bf16": f"as hf_eager_fp32 with bf16 autocast (fp32 weights), {_HF_BEST}",
+    "hf_plain_fp32": "transformers as most scripts run it: eager, fp32, torch.optim.AdamW "
+    "defaults (foreach), default allocator",
+    "hf_plain_bf16": "as hf_plain_fp32 with bf16 autocast",
 }
+# Reference points, not peers: the headline is against the best of the others.
+NOT_PEERS = {"lmforge", "hf_plain_fp32", "hf_plain_bf16"}
 
 
 def lmforge_config():
@@ -68,14 +79,15 @@ def hf_step_fn(name: str):
         max_position_embeddings=SHAPE["seq_len"],
         tie_word_embeddings=False,
     )
-    if name.endswith("tuned_malloc"):
+    plain = "plain" in name
+    if not plain:
         from lmforge.train.device import tune_cpu_allocator
 
         tune_cpu_allocator()
     model = LlamaForCausalLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=not plain)
     fwd = torch.compile(model) if "compiled" in name else model
-    bf16 = "fp32" not in name
+    bf16 = name.endswith("bf16")
     x = torch.randint(
         0,
         SHAPE["vocab_size"],
@@ -92,7 +104,7 @@ def hf_step_fn(name: str):
         opt.zero_grad(set_to_none=True)
 
     params = sum(p.numel() for p in model.parameters())
-    return step, params
+    return step, params, "bf16" if bf16 else "fp32"
 
 
 def lmforge_step_fn():
@@ -127,7 +139,7 @@ def lmforge_step_fn():
         lr=1e-4,
         warmup_steps=0,
         schedule="constant",
-        precision="bf16",
+        precision="auto",
         compile=True,
         device="cpu",
         progress=False,
@@ -137,33 +149,34 @@ def lmforge_step_fn():
         tcfg, LanguageModel(mcfg), clm_loss, SameBatch(), tempfile.mkdtemp(prefix="lmf-bench-")
     )
     params = sum(p.numel() for p in trainer.model.parameters())
-    return trainer.train_step, params
+    return trainer.train_step, params, trainer.precision
 
 
-def run_one(name: str, warmup: int, steps: int, repeats: int) -> dict:
-    """Runs inside the subprocess: time `steps` steps `repeats` times after `warmup` steps."""
+def child(name: str, warmup: int, steps: int) -> None:
+    """A contender's process: build, warm up, then time `steps` steps per line read on stdin."""
     import torch
 
-    step, params = lmforge_step_fn() if name == "lmforge" else hf_step_fn(name)
+    step, params, precision = lmforge_step_fn() if name == "lmforge" else hf_step_fn(name)
     t0 = time.perf_counter()
     for _ in range(warmup):  # includes torch.compile's first-call compilation
         step()
-    warmup_s = time.perf_counter() - t0
+    ready = {"params": params, "precision": precision, "threads": torch.get_num_threads(),
+             "warmup_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    print(json.dumps(ready), flush=True)
     tokens = SHAPE["batch"] * SHAPE["seq_len"] * steps
-    rates = []
-    for _ in range(repeats):
+    for _ in sys.stdin:
         t = time.perf_counter()
         for _ in range(steps):
             step()
-        rates.append(tokens / (time.perf_counter() - t))
-    return {
-        "tokens_per_second": statistics.median(rates),
-        "tokens_per_second_each_repeat": [round(r) for r in rates],
-        "params": params,
-        "warmup_seconds": round(warmup_s, 1),
-        "threads": torch.get_num_threads(),
-        "uses": CONTENDERS[name],
-    }
+        print(json.dumps({"tokens_per_second": tokens / (time.perf_counter() - t)}), flush=True)
+
+
+def skip_reason(name: str) -> str | None:
+    from lmforge.train.device import cpu_bf16_instructions
+
+    if name.endswith("bf16") and not cpu_bf16_instructions():
+        return "this CPU has no bf16 instructions: bf16 is emulated (about 1 GFLOP/s)"
+    return None
 
 
 def main() -> None:
@@ -181,62 +194,89 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.child:
-        print(json.dumps(run_one(args.child, args.warmup, args.steps, args.repeats)))
+        child(args.child, args.warmup, args.steps)
         return
 
     import torch
 
-    from lmforge.train.device import matmul_peak_flops
+    from lmforge.train.device import (
+        cpu_bf16_instructions,
+        cpu_flags,
+        cpu_precision,
+        matmul_peak_flops,
+    )
 
-    results = {}
-    for name in args.only or CONTENDERS:
-        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            name,
-            "--steps",
-            str(args.steps),
-            "--repeats",
-            str(args.repeats),
-            "--warmup",
-            str(args.warmup),
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        if out.returncode != 0:
-            sys.exit(f"[bench] {name} failed:\n{out.stderr[-3000:]}")
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(
-            f"[bench] {name}: {results[name]['tokens_per_second']:.0f} tok/s",
-            file=sys.stderr,
-            flush=True,
-        )
+    names = args.only or list(CONTENDERS)
+    results: dict[str, dict] = {}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for name in names:  # one at a time: compilation must not share the cores either
+            if reason := skip_reason(name):
+                results[name] = {"skipped": reason, "uses": CONTENDERS[name]}
+                continue
+            print(f"[bench] {name}: warming up", file=sys.stderr, flush=True)
+            cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup)]  # fmt: skip
+            p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            line = p.stdout.readline()
+            if not line:
+                sys.exit(f"[bench] {name} failed to start (exit {p.wait()})")
+            procs[name] = p
+            results[name] = {**json.loads(line), "each_repeat": [], "uses": CONTENDERS[name]}
+        for r in range(args.repeats):  # round-robin: every contender once per round
+            for name, p in procs.items():
+                p.stdin.write("go\n")
+                p.stdin.flush()
+                line = p.stdout.readline()
+                if not line:
+                    sys.exit(f"[bench] {name} died in repeat {r + 1} (exit {p.wait()})")
+                rate = json.loads(line)["tokens_per_second"]
+                results[name]["each_repeat"].append(round(rate))
+                print(f"[bench] round {r + 1}/{args.repeats} {name}: {rate:,.0f} tok/s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
 
-    mcfg = lmforge_config()
-    flops_per_token = mcfg.flops_per_token(SHAPE["seq_len"])
-    peak = matmul_peak_flops("cpu", "bfloat16")
+    flops_per_token = lmforge_config().flops_per_token(SHAPE["seq_len"])
+    peaks = {"fp32": matmul_peak_flops("cpu", "float32")}
+    if cpu_bf16_instructions():
+        peaks["bf16"] = matmul_peak_flops("cpu", "bfloat16")
     for r in results.values():
-        r["mfu"] = round(r["tokens_per_second"] * flops_per_token / peak, 4)
-        r["tokens_per_second"] = round(r["tokens_per_second"])
+        if "each_repeat" in r:
+            r["tokens_per_second"] = round(statistics.median(r["each_repeat"]))
+            r["mfu"] = round(r["tokens_per_second"] * flops_per_token / peaks[r["precision"]], 4)
+    timed = {k: v for k, v in results.items() if "tokens_per_second" in v}
     report = {
         "benchmark": "pretrain_throughput",
         "shape": SHAPE,
         "flops_per_token": flops_per_token,
-        "matmul_peak_bf16_tflops": round(peak / 1e12, 3),
+        "matmul_peak_tflops": {k: round(v / 1e12, 3) for k, v in peaks.items()},
         "machine": {
             "cpu": platform.processor() or platform.machine(),
+            "cpu_flags": sorted(
+                f for f in cpu_flags() if "avx512" in f or "amx" in f or f == "avx2"
+            ),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "lmforge_precision_auto": cpu_precision().reason,
             "cores": os.cpu_count(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
+        "protocol": f"{args.warmup} warm-up steps, then {args.repeats} round-robin repeats of "
+        f"{args.steps} steps; medians",
         "results": results,
     }
-    if "lmforge" in results:
-        lmf = results["lmforge"]["tokens_per_second"]
+    peers = {k: v for k, v in timed.items() if k not in NOT_PEERS}
+    if "lmforge" in timed and peers:
+        best = max(peers, key=lambda k: peers[k]["tokens_per_second"])
+        lmf = timed["lmforge"]["tokens_per_second"]
+        report["best_peer"] = best
+        report["headline"] = {f"lmforge/{best}": round(lmf / peers[best]["tokens_per_second"], 2)}
         report["ratios"] = {
             f"lmforge/{k}": round(lmf / v["tokens_per_second"], 2)
-            for k, v in results.items()
+            for k, v in timed.items()
             if k != "lmforge"
         }
     text = json.dumps(report, indent=2)

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
+import os
+import platform
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+
+# bf16 must beat fp32 by this much on a matmul before autocast pays: autocast also casts every
+# weight and activation around the matmuls, and the non-matmul work (norms, softmax, the
+# optimizer) is no faster in bf16 on a CPU. Measured on 2048² (DESIGN.md): AMX 2,862 vs fp32
+# ~400 GFLOP/s (7x: bf16); AVX-512-bf16 without AMX 231 (0.6x: fp32); AVX2 < 10 (fp32).
+BF16_MIN_SPEEDUP = 1.5
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -18,25 +30,117 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 @functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512 BF16: the CPUs where bf16 matmuls beat fp32 (measured ~6x with AMX)."""
+def cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        pass
+    return frozenset()
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' where the hardware runs it fast, else 'fp32'."""
+def cpu_bf16_instructions() -> bool:
+    """AMX or AVX-512 BF16 listed by the CPU. Necessary for fast bf16, not sufficient: without
+    AMX (or with oneDNN capped below it by ONEDNN_MAX_CPU_ISA) bf16 matmuls lose to fp32."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    precision: str  # "bf16" or "fp32"
+    reason: str  # one line for the run's log and summary
+    fp32_gflops: float | None = None  # the measurement behind it, when one was made
+    bf16_gflops: float | None = None
+
+
+def choose_precision(precision: str, device: torch.device) -> PrecisionChoice:
+    """What a run computes in: the configured precision, or for 'auto' what this machine runs
+    fastest (a GPU's bf16 support; on a CPU, a short fp32-vs-bf16 matmul measurement)."""
     if precision != "auto":
         if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise RuntimeError("this GPU does not support bf16; use trainer.precision=fp32")
-        return precision
+        return PrecisionChoice(precision, f"trainer.precision={precision} (set in the config)")
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice("bf16", "auto: this GPU supports bf16")
+        return PrecisionChoice("fp32", "auto: this GPU has no bf16")
+    return cpu_precision()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    return choose_precision(precision, device).precision
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "lmforge" / "precision.json"
+
+
+def machine_key() -> str:
+    """What decides the CPU's bf16 speed: the CPU, oneDNN's ISA cap, torch and the threads."""
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model
+            )
+    parts = [
+        model,
+        " ".join(sorted(f for f in cpu_flags() if "avx512" in f or "amx" in f)),
+        os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+        torch.__version__,
+        str(torch.get_num_threads()),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 3) -> float:
+    """Best-of-`repeats` rate of an n x n matmul on this CPU, in GFLOP/s."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up: oneDNN builds its kernel on first use
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+@functools.cache
+def cpu_precision() -> PrecisionChoice:
+    """'auto' on a CPU. Without bf16 instructions bf16 is emulated (under 10 GFLOP/s): fp32, no
+    measurement needed. With them, measure once per machine (about 0.1 s; cached in
+    ~/.cache/lmforge/precision.json by CPU, oneDNN ISA cap, torch and threads) and take bf16
+    only where its matmuls beat fp32's by BF16_MIN_SPEEDUP."""
+    if not cpu_bf16_instructions():
+        return PrecisionChoice(
+            "fp32", "auto: this CPU has no bf16 instructions (AMX, AVX-512 BF16)"
+        )
+    key, path = machine_key(), _cache_path()
+    cached: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        cached = json.loads(path.read_text())
+    if isinstance(cached.get(key), dict):
+        with contextlib.suppress(TypeError):
+            return PrecisionChoice(**cached[key])
+    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    pick = "bf16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "fp32"
+    choice = PrecisionChoice(
+        pick,
+        f"auto: measured 1024² matmul bf16 {bf16:,.0f} vs fp32 {fp32:,.0f} GFLOP/s "
+        f"(bf16 needs {BF16_MIN_SPEEDUP}x)",
+        round(fp32, 1),
+        round(bf16, 1),
+    )
+    with contextlib.suppress(OSError):  # a read-only home only costs a re-measurement
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**cached, key: asdict(choice)}, indent=1))
+        os.replace(tmp, path)
+    return choice
 
 
 def autocast(device: torch.device, precision: str):
