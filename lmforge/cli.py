@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lmforge.errors import ConfigError, LmforgeError
+from lmforge.errors import ConfigError, LmforgeError, MissingColumnError
 
 EPILOG = textwrap.dedent(
     """\
@@ -32,6 +32,17 @@ def _fmt(cls):
     return lambda prog: cls(prog, max_help_position=32, width=100)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse prints the message, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _add_config_args(p: argparse.ArgumentParser, default_config: str | None) -> None:
     p.add_argument(
         "--config", "-c", default=default_config, help=f"YAML recipe (default: {default_config})"
@@ -43,6 +54,12 @@ def _add_config_args(p: argparse.ArgumentParser, default_config: str | None) -> 
         help="override any config key, e.g. trainer.max_steps=50 model.n_layer=2 (values are YAML)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run out_dir already holds (finished, or interrupted under "
+                   "another config); without it such a run is refused")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         "standard library's code, a mid-training domain)",
     )
     build.add_argument(
-        "--max-docs-per-source", type=int, default=None, help="cap each source (for quick runs)"
+        "--max-docs-per-source",
+        type=positive_int,
+        default=None,
+        help="cap each source at this many documents, 1 or more (for quick runs; default: all)",
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -246,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     _add_config_args(pre, "configs/demo/pretrain.yaml")
+    _add_overwrite_arg(pre)
 
     # mid-training ------------------------------------------------------------------------
     mid = verbs.add_parser(
@@ -266,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     _add_config_args(mid, "configs/demo/midtrain-context.yaml")
+    _add_overwrite_arg(mid)
 
     # scaling -----------------------------------------------------------------------------
     sc = verbs.add_parser(
@@ -353,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     _add_config_args(sft, "configs/demo/sft.yaml")
+    _add_overwrite_arg(sft)
     rw = verbs.add_parser(
         "reward",
         help="train a reward model on preference pairs (Bradley-Terry)",
@@ -366,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     _add_config_args(rw, "configs/demo/reward.yaml")
+    _add_overwrite_arg(rw)
     dpo = verbs.add_parser(
         "dpo",
         help="direct preference optimisation from an SFT model",
@@ -381,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     _add_config_args(dpo, "configs/demo/dpo.yaml")
+    _add_overwrite_arg(dpo)
 
     def sampling_args(p):
         p.add_argument("--temperature", "-t", type=float, default=0.7, help="0 = greedy")
@@ -416,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--max-concurrent", type=int, default=2, help="generations at once")
-    srv.add_argument("--max-tokens-cap", type=int, default=512, help="upper bound on max_tokens")
+    srv.add_argument("--max-tokens-cap", type=int, default=512, help="max_tokens above it: 400")
+    srv.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies: 413")
+    srv.add_argument("--queue-timeout-s", type=float, default=5.0, help="slot wait, then 429")
 
     # generate ----------------------------------------------------------------------------
     base = verbs.add_parser(
@@ -467,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_fmt(argparse.RawDescriptionHelpFormatter),
     )
     _add_config_args(ctrain, None)
+    _add_overwrite_arg(ctrain)
     ceval = cls_verbs.add_parser("eval", help="evaluate a trained classifier on a split")
     ceval.add_argument("run", help="a classify run directory")
     ceval.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -553,7 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", required=True, choices=["int8", "int8-weight", "int4", "bf16", "fp16"]
     )
     qz.add_argument(
-        "--group-size", type=int, default=128, help="columns per int4 group (default 128)"
+        "--group-size",
+        type=positive_int,
+        default=None,
+        help="input columns per int4 group; must divide every layer's width (default: the "
+        "largest size up to 128 that does)",
     )
     qz.add_argument("--out", required=True)
 
@@ -583,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dtrain = dis_verbs.add_parser("train", help="train a student (classify train + distill.*)")
     _add_config_args(dtrain, None)
+    _add_overwrite_arg(dtrain)
     dgrid = dis_verbs.add_parser("grid", help="one student per temperature x alpha, one table")
     _add_config_args(dgrid, None)
     dgrid.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0])
@@ -881,7 +914,7 @@ def cmd_pretrain(args) -> int:
     cfg = _load_stage_config(pretrain.PretrainConfig, args)
     if args.print_config:
         return _print_config(cfg)
-    summary = pretrain.run(cfg)
+    summary = pretrain.run(cfg, overwrite=args.overwrite)
     keys = (
         "steps",
         "final_train_loss",
@@ -930,7 +963,7 @@ def cmd_classify(args) -> int:
         cfg = _load_stage_config(classify.ClassifyConfig, args)
         if args.print_config:
             return _print_config(cfg)
-        summary = classify.train(cfg)
+        summary = classify.train(cfg, overwrite=args.overwrite)
         print(json.dumps({**_headline(summary), "test": summary.get("test")}, indent=2))
         print(f"artifact: {cfg.out_dir}")
         return 0
@@ -1034,8 +1067,9 @@ def cmd_generate(args) -> int:
             seed=None if args.seed is None else args.seed + i,
             stop=args.stop,
         )
+        pieces = stream_text(loaded.model, loaded.tokenizer, args.prompt, cfg)  # checks the length
         sys.stdout.write(args.prompt)
-        for piece in stream_text(loaded.model, loaded.tokenizer, args.prompt, cfg):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -1052,7 +1086,7 @@ def _stage_command(module: str, cls: str, fn: str, keys: tuple[str, ...]):
         cfg = _load_stage_config(getattr(stage, cls), args)
         if args.print_config:
             return _print_config(cfg)
-        summary = getattr(stage, fn)(cfg)
+        summary = getattr(stage, fn)(cfg, overwrite=args.overwrite)
         print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
         print(f"artifact: {cfg.out_dir}")
         return 0
@@ -1129,7 +1163,8 @@ def cmd_serve(args) -> int:
     from lmforge.infer.serve import serve
 
     serve(args.model, host=args.host, port=args.port, max_concurrent=args.max_concurrent,
-          max_tokens_cap=args.max_tokens_cap)  # fmt: skip
+          max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
+          queue_timeout_s=args.queue_timeout_s)  # fmt: skip
     return 0
 
 
@@ -1275,6 +1310,8 @@ def main(argv: list[str] | None = None) -> int:
             distributed.finish()
         return code
     except LmforgeError as e:
+        if isinstance(e, MissingColumnError) and hasattr(args, "text_column"):
+            e = e.with_fix("Name the text column with --text-column.")
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,8 +21,10 @@ plus the overrides): any path inside another stage's `out` makes that stage an i
 adds what cannot be seen, e.g. a stage that scans a whole directory). Any other existing file
 or directory it names (a config file, a label map, your own data) is fingerprinted.
 
-A stage's key is the hash of its command line, those fingerprints and the keys of its inputs,
-so a change anywhere upstream changes every key below it. `lmforge run` skips a stage whose key
+A stage's key is the hash of its command line, those fingerprints, the keys of its inputs and
+lmforge's version (in a development checkout also a hash of lmforge's source, since code there
+changes without a new version), so a change anywhere upstream, or an upgrade, changes every key
+below it. `lmforge run` skips a stage whose key
 matches the one recorded when it last finished and whose output still exists; it runs the
 rest in order. A stage interrupted mid-way keeps its checkpoints and resumes from them when run
 again with the same key; with a different key its stale checkpoints are removed first, so a
@@ -33,6 +35,8 @@ atomically after every stage), which the report card also reads.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
+import functools
 import hashlib
 import json
 import os
@@ -117,7 +121,7 @@ class Pipeline:
             if s.name == name:
                 return s
         raise ConfigError(
-            f"no stage '{name}' in {self.file}; stages: {', '.join(s.name for s in self.stages)}"
+            f"no stage '{name}' in {self.file}{_did_you_mean(name, [s.name for s in self.stages])}"
         )
 
 
@@ -221,7 +225,10 @@ def load(path: str | os.PathLike, profile: str | None = None,
     chosen = spec.profiles[profile] if profile else Profile()
     for name in chosen.args:
         if name not in spec.stages:
-            raise ConfigError(f"profile '{profile}' in {path} gives args to unknown stage '{name}'")
+            raise ConfigError(
+                f"profile '{profile}' in {path} gives args to unknown stage "
+                f"'{name}'{_did_you_mean(name, spec.stages)}"
+            )
     defaults = dict(spec.vars)
     current = {**defaults, **chosen.vars, **(variables or {})}
 
@@ -244,29 +251,105 @@ def load(path: str | os.PathLike, profile: str | None = None,
         config = _resolved_config(argv, where)
         for n in s.needs:
             if n not in spec.stages:
-                raise ConfigError(f"{where} needs unknown stage '{n}'")
+                raise ConfigError(
+                    f"{where} needs unknown stage '{n}'{_did_you_mean(n, spec.stages)}"
+                )
         found, external = _inputs(name, _strings(argv) + _strings(config or {}), current_outs,
                                   [(n, o) for n, o in default_outs if o in moved], where)  # fmt: skip
         needs = list(dict.fromkeys([*s.needs, *found]))
-        order = list(spec.stages)
-        for n in needs:
-            if order.index(n) >= order.index(name):
-                raise ConfigError(
-                    f"{where} consumes '{n}', which comes after it; list stages in the order they run"
-                )
-        needs.sort(key=order.index)
         out = os.path.normpath(_substitute(s.out, current, where))
         stages.append(Stage(name, argv, out, needs, s.optional, s.about, config, external))
+    graph = {s.name: s.needs for s in stages}
+    cycle = _find_cycle(graph)
+    if cycle:
+        flow = cycle[::-1]  # in the direction data flows: each stage feeds the next
+        links = ", ".join(f"'{b}' reads the output of '{a}'" for a, b in zip(flow, flow[1:]))
+        raise ConfigError(
+            f"{path}: the stages {' -> '.join(repr(n) for n in flow)} form a cycle ({links}), "
+            "so none of them can run first. Remove one of these inputs: a `needs:` entry, or "
+            "a path in the stage's run line or config"
+        )
+    order = list(spec.stages)
+    for s in stages:
+        for n in s.needs:
+            if order.index(n) >= order.index(s.name):
+                raise ConfigError(
+                    f"stage '{s.name}' in {path} consumes '{n}', which comes after it; list "
+                    "stages in the order they run"
+                )
+        s.needs.sort(key=order.index)
     by_name = {s.name: s for s in stages}
     for s in stages:  # in order, so every input's key is known
         blob = {
             "argv": s.argv,
             "external": s.external,
             "inputs": {n: by_name[n].key for n in s.needs},
+            # Results of other code are not these results: the version, and in a checkout
+            # (where code changes without a version bump) the source itself.
             "lmforge": lmforge.__version__,
+            "source": source_hash(),
         }
         s.key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return Pipeline(spec.name, str(path), profile, current, stages)
+
+
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; stages: {', '.join(choices)}"
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A cycle in stage -> inputs as [a, b, ..., a] (each needs the next), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for m in graph.get(n, []):
+            if state.get(m) == 1:
+                return path[path.index(m) :] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        path.pop()
+        state[n] = 2
+        return None
+
+    for n in graph:
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def _is_development_checkout(package_dir: Path) -> bool:
+    """Code that can change without a new version number: a git checkout, an editable
+    install, or a source tree that was not installed at all (not a wheel in site-packages)."""
+    if (package_dir.parent / ".git").exists():
+        return True
+    try:
+        from importlib import metadata
+
+        dist = metadata.distribution("lmforge")
+    except Exception:  # not installed: run from a source tree
+        return True
+    direct = dist.read_text("direct_url.json")
+    if direct and json.loads(direct).get("dir_info", {}).get("editable"):
+        return True
+    return Path(dist.locate_file("lmforge")).resolve() != package_dir.resolve()
+
+
+@functools.lru_cache(maxsize=1)
+def source_hash() -> str | None:
+    """A hash of lmforge's own .py files in a development checkout (None in an installed
+    release, where the version says it). Once per process: about a megabyte to read."""
+    package_dir = Path(lmforge.__file__).resolve().parent
+    if not _is_development_checkout(package_dir):
+        return None
+    h = hashlib.sha256()
+    for f in sorted(package_dir.rglob("*.py")):
+        h.update(f"{f.relative_to(package_dir)}\0".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -310,10 +393,16 @@ def status(p: Pipeline, s: Stage, state: dict) -> str:
     return "interrupted" if rec.get("status") == "running" else rec.get("status", "new")
 
 
+# Verbs that refuse to replace a finished run made under another config unless --overwrite:
+# a stage the pipeline re-makes (its recipe or an input changed) replaces its old run.
+OVERWRITING_VERBS = ("pretrain", "midtrain", "sft", "reward", "dpo", "classify train",
+                     "distill train")  # fmt: skip
+
+
 def plan(p: Pipeline, chosen: list[Stage], state: dict, force: bool = False) -> list[dict]:
     """One row per chosen stage: what `run` would do and why, with estimates."""
     from lmforge.eval import estimate as est
-    from lmforge.train.device import cpu_has_fast_bf16
+    from lmforge.train.device import cpu_precision
 
     rows = []
     for s in chosen:
@@ -328,7 +417,7 @@ def plan(p: Pipeline, chosen: list[Stage], state: dict, force: bool = False) -> 
         if rec.get("seconds") is not None:
             row["seconds_est"], row["basis"] = rec["seconds"], "last run"
         elif flops:
-            row["seconds_est"] = flops / est.calibrate("bf16" if cpu_has_fast_bf16() else "fp32")
+            row["seconds_est"] = flops / est.calibrate(cpu_precision().precision)
             row["basis"] = "FLOPs / measured rate"
         rows.append(row)
     return rows
@@ -466,8 +555,11 @@ def run(p: Pipeline, runner: Callable[[list[str]], int] = subprocess_runner, onl
         }
         write_json(p.state_path, state)
         t = time.perf_counter()
+        argv = list(s.argv)
+        if st not in ("interrupted", "failed") and s.verb in OVERWRITING_VERBS:
+            argv.append("--overwrite")  # re-made by the pipeline: the stage's old run is replaced
         try:
-            code = runner(list(s.argv))
+            code = runner(argv)
         except KeyboardInterrupt:
             code = 130
         seconds = time.perf_counter() - t

@@ -247,7 +247,8 @@ def test_profile_moves_outputs_and_catches_paths_it_did_not_move(toy):
         (lambda t: t.replace("${data}/corpus --out", "${nope}/corpus --out"), r"\$\{nope\}.*not defined"),
         (lambda t: t.replace("needs: [cls-a, cls-b, int8]", "needs: [cls-a, ghost]"), "unknown stage 'ghost'"),
         (lambda t: t.replace("    out: ${runs}/tokenizer\n", "    out: ${runs}/tokenizer\n    outs: x\n"), "unknown key 'stages.tokenizer.outs'"),
-        (lambda t: t.replace("tokenizer train --data ${data}/corpus", "tokenizer train --data ${runs}/int8"), "consumes 'int8', which comes after it"),
+        (lambda t: t.replace("tokenizer train --data ${data}/corpus", "tokenizer train --data ${runs}/int8"), "'tokenizer' -> 'pretrain' -> 'cls-a' -> 'int8' -> 'tokenizer' form a cycle"),
+        (lambda t: t.replace("data wordnet-task --out", "data wordnet-task --from ${runs}/extra --out"), "'task'.*consumes 'extra', which comes after it"),
     ],
 )  # fmt: skip
 def test_bad_pipeline_files_are_clear_errors(toy, edit, message):

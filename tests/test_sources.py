@@ -42,6 +42,18 @@ def test_missing_column_lists_the_columns_that_exist(tmp_path):
         list(iter_texts(tmp_path / "e.parquet"))
 
 
+def test_missing_column_fix_names_the_commands_own_option(tmp_path, capsys):
+    """The reader does not know how a column is named; each command's message says how."""
+    from lmforge.cli import main
+
+    (tmp_path / "d.csv").write_text("id,body\n1,x\n")
+    assert main(["tokenizer", "train", "--data", str(tmp_path / "d.csv"), "--out",
+                 str(tmp_path / "tok")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "no column 'text'" in err and "id, body" in err and "--text-column" in err
+    assert not (tmp_path / "tok").exists()
+
+
 def test_non_utf8_file_names_the_file_and_the_fix(tmp_path):
     bad = tmp_path / "latin.txt"
     bad.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))

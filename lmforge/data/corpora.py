@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.errors import DataError
+from lmforge.errors import ConfigError, DataError
 from lmforge.utils import staging_dir, write_json
 
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -330,6 +330,15 @@ def build_default_corpus(
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
+    if max_docs_per_source is not None and (
+        isinstance(max_docs_per_source, bool)
+        or not isinstance(max_docs_per_source, int)
+        or max_docs_per_source < 1
+    ):
+        raise ConfigError(
+            f"max_docs_per_source must be a whole number of 1 or more (got "
+            f"{max_docs_per_source!r}); leave it out (None) to read every document"
+        )
     check_sources(sources)
     t0 = time.perf_counter()
     docs: list[tuple[str, str]] = []
@@ -344,7 +353,7 @@ def build_default_corpus(
             n += 1
             chars += len(text)
             words += len(text.split())
-            if max_docs_per_source and n >= max_docs_per_source:
+            if max_docs_per_source is not None and n >= max_docs_per_source:
                 break
         stats["sources"][name] = {"documents": n, "characters": chars, "words": words}
     random.Random(seed).shuffle(docs)

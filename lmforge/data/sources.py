@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmforge.errors import DataError
+from lmforge.errors import DataError, MissingColumnError
 
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
 SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".parquet", ".csv"}
@@ -60,13 +60,6 @@ def _read_text(file: Path) -> str:
         raise _decode_error(file, e) from None
 
 
-def _missing_column(file: Path, column: str, columns) -> DataError:
-    return DataError(
-        f"{file} has no column '{column}'. Columns present: {', '.join(map(str, columns)) or '(none)'}. "
-        f"Name the text column with --text-column (or data.text_column in the config)."
-    )
-
-
 def iter_jsonl_objects(file: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-empty line; a clear error for any bad line."""
     with open(file, "rb") as f:
@@ -91,7 +84,7 @@ def iter_jsonl_objects(file: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 def _iter_jsonl(file: Path, text_column: str) -> Iterator[dict]:
     for _, obj in iter_jsonl_objects(file):
         if text_column not in obj:
-            raise _missing_column(file, text_column, obj.keys())
+            raise MissingColumnError(file, text_column, obj.keys())
         yield {**obj, "text": str(obj[text_column])}
 
 
@@ -104,7 +97,7 @@ def _iter_parquet(file: Path, text_column: str) -> Iterator[dict]:
         raise DataError(f"{file} is not a readable parquet file: {e}") from None
     names = pf.schema_arrow.names
     if text_column not in names:
-        raise _missing_column(file, text_column, names)
+        raise MissingColumnError(file, text_column, names)
     columns = [text_column] + [c for c in ("source", "id") if c in names and c != text_column]
     for batch in pf.iter_batches(columns=columns, batch_size=4096):
         cols = batch.to_pydict()
@@ -120,7 +113,7 @@ def _iter_csv(file: Path, text_column: str) -> Iterator[dict]:
         with open(file, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or text_column not in reader.fieldnames:
-                raise _missing_column(file, text_column, reader.fieldnames or [])
+                raise MissingColumnError(file, text_column, reader.fieldnames or [])
             for row in reader:
                 yield {**row, "text": row[text_column] or ""}
     except UnicodeDecodeError as e:

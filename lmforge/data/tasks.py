@@ -165,7 +165,15 @@ def _rows(table: pa.Table, cfg: TaskConfig, where: str) -> list[tuple[str, str]]
             )
     texts = table.column(cfg.text_column).to_pylist()
     labels = table.column(cfg.label_column).to_pylist()
-    return [(t if t is not None else "", str(y)) for t, y in zip(texts, labels) if y is not None]
+    rows = [(t if t is not None else "", str(y)) for t, y in zip(texts, labels) if y is not None]
+    if rows and not any(str(t).strip() for t, _ in rows):
+        others = [c for c in table.column_names if c not in (cfg.text_column, cfg.label_column)]
+        raise DataError(
+            f"{where}: all {len(rows)} texts in column '{cfg.text_column}' are empty, so there is "
+            "nothing to learn from or to classify. Set task.text_column to the column that holds "
+            f"the text (other columns: {', '.join(others) or 'none'}), or fill it in"
+        )
+    return rows
 
 
 def _apply_merge(rows, merge: dict[str, str]):
@@ -205,6 +213,7 @@ def prepare_task(cfg: TaskConfig, out_dir: str | os.PathLike) -> Task:
         raise DataError(f"{cfg.path} has no train split (found: {', '.join(splits)})")
 
     info: dict = {"source": cfg.path, "raw_rows": {k: len(v) for k, v in splits.items()}}
+    before_merge = Counter(y for _, y in splits["train"])
     if cfg.merge_map:
         merge = _load_merge_map(cfg.merge_map, {y for rows in splits.values() for _, y in rows})
         splits = {k: _apply_merge(v, merge) for k, v in splits.items()}
@@ -216,12 +225,24 @@ def prepare_task(cfg: TaskConfig, out_dir: str | os.PathLike) -> Task:
     keep = {y for y, c in counts.items() if c >= cfg.min_count}
     dropped = sorted(set(counts) - keep)
     info["dropped_classes"] = dropped
+    if len(keep) < 2 and cfg.merge_map and len(before_merge) >= 2 and len(counts) < 2:
+        raise DataError(
+            f"task.merge_map {cfg.merge_map} collapses every training label of {cfg.path} into "
+            f"'{next(iter(counts))}' ({_listing(sorted(before_merge))} -> one class); "
+            "classification needs two or more. Map the labels to at least two new labels, or "
+            "leave out the ones to keep as they are"
+        )
     if len(keep) < 2:
         raise DataError(
             f"{cfg.path}: the label column '{cfg.label_column}' has {len(keep)} class(es) with at least "
             f"{cfg.min_count} examples; classification needs two or more (check the column or lower task.min_count)"
         )
     splits = {k: [r for r in v if r[1] in keep or k != "train"] for k, v in splits.items()}
+    for name, path in (("val", cfg.val_path), ("test", cfg.test_path)):
+        if path:
+            check_eval_labels(
+                name, [y for _, y in splits[name]], sorted(keep), f"task.{name}_path {path}"
+            )
 
     if "test" not in splits:
         splits["train"], splits["test"] = _stratified_take(
@@ -255,6 +276,29 @@ def prepare_task(cfg: TaskConfig, out_dir: str | os.PathLike) -> Task:
         )
         write_json(tmp / "task.json", info)
     return load_task(out_dir)
+
+
+def _listing(items: list[str], n: int = 5) -> str:
+    shown = ", ".join(f"'{x}'" for x in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def check_eval_labels(split: str, labels: list, classes: list[str], where: str) -> None:
+    """Refuse an evaluation split that has rows but none with a label the model is trained on:
+    nothing in it can be scored. ``labels``: label names, or ids (-1: a name not in training)."""
+
+    def known(y) -> bool:
+        return y >= 0 if isinstance(y, int) else y in classes
+
+    if labels and not any(known(y) for y in labels):
+        names = sorted({y for y in labels if isinstance(y, str)})
+        seen = f" (its labels: {_listing(names)})" if names else ""
+        raise DataError(
+            f"{where}: none of the {len(labels)} {split} examples has a label that occurs in "
+            f"training{seen}; the training labels are {_listing(classes)}. Nothing in the "
+            f"{split} split could be scored: label it with the training label names (or map "
+            "them with task.merge_map), or give a split of the same task"
+        )
 
 
 def _load_merge_map(path: str, labels: set[str]) -> dict[str, str]:
@@ -337,7 +381,14 @@ def subsample(rows: list[tuple[str, int]], n: int, seed: int) -> list[tuple[str,
 def resolve_task(cfg: TaskConfig, prepared_dir: str | os.PathLike) -> Task:
     """A task directory as is, or raw data prepared into ``prepared_dir`` first."""
     if is_task_dir(cfg.path):
-        return load_task(cfg.path)
+        task = load_task(cfg.path)
+        if task.train and not any(str(t).strip() for t, _ in task.train):
+            raise DataError(
+                f"{cfg.path}/train.parquet: all {len(task.train)} texts are empty, so there is "
+                "nothing to learn from; rebuild the task from the column that holds the text "
+                "(task.text_column)"
+            )
+        return task
     if not cfg.path.startswith("hf:") and not Path(cfg.path).exists():
         raise ConfigError(
             f"task.path '{cfg.path}' does not exist. Build the default task with "

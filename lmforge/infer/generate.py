@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lmforge.errors import ConfigError
+
 
 @dataclass
 class SamplingConfig:
@@ -108,6 +110,19 @@ def generate_tokens(
         )
 
 
+def check_prompt_fits(n_tokens: int, max_seq_len: int) -> None:
+    """Refuse a raw prompt longer than the model's context (as the server's /v1/completions
+    does with a 400): cutting it would continue a different text than the one given. A chat
+    conversation is different: its oldest turns are dropped, with a note (`stream_chat`)."""
+    if n_tokens > max_seq_len:
+        raise ConfigError(
+            f"the prompt is {n_tokens} tokens; this model's context is {max_seq_len} "
+            "(max_seq_len), and a prompt cut to fit would be continued as a different text. "
+            f"Shorten the prompt to at most {max_seq_len} tokens (keep its end), or use a "
+            "model with a longer context (`lmforge midtrain` extends it)"
+        )
+
+
 def stream_text(
     model: nn.Module,
     tokenizer,
@@ -116,13 +131,15 @@ def stream_text(
     add_bos: bool = True,
     stats: GenerationStats | None = None,
 ) -> Iterator[str]:
-    """Yield text pieces as they are generated, cut at the first stop string.
+    """Text pieces as they are generated, cut at the first stop string.
 
     Byte-level tokens can end mid-character, so text is released only once it decodes cleanly,
-    and held back while it could still be the start of a stop string.
+    and held back while it could still be the start of a stop string. A prompt longer than the
+    context is refused here, when called, before any text is produced.
     """
     prompt_ids = tokenizer.encode(prompt, add_bos=add_bos and tokenizer.bos_id is not None)
-    yield from stream_ids(model, tokenizer, prompt_ids, cfg, stats)
+    check_prompt_fits(len(prompt_ids), model.cfg.max_seq_len)
+    return stream_ids(model, tokenizer, prompt_ids, cfg, stats)
 
 
 def stream_ids(

@@ -9,40 +9,40 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from lmforge.config import Section
 
 
 class ModelConfig(Section):
     # --- shape -------------------------------------------------------------------------
-    vocab_size: int = 8192
-    n_layer: int = 6
-    n_embd: int = 384
-    n_head: int = 6
+    vocab_size: int = Field(8192, ge=1)
+    n_layer: int = Field(6, ge=1)
+    n_embd: int = Field(384, ge=1)
+    n_head: int = Field(6, ge=1)
     # Grouped-query attention: n_head query heads share n_kv_head key/value heads.
     # None means n_kv_head = n_head (multi-head attention).
-    n_kv_head: int | None = None
+    n_kv_head: int | None = Field(None, ge=1)
     # None means n_embd // n_head.
-    head_dim: int | None = None
-    intermediate_size: int = 1024
-    max_seq_len: int = 256
+    head_dim: int | None = Field(None, ge=1)
+    intermediate_size: int = Field(1024, ge=1)
+    max_seq_len: int = Field(256, ge=1)
 
     # --- behaviour flags -----------------------------------------------------------------
     causal: bool = True  # decoder (next token) or encoder (bidirectional, masked tokens)
     pos_embedding: Literal["rope", "learned"] = "rope"
-    rope_theta: float = 10000.0
+    rope_theta: float = Field(10000.0, gt=0)
     # ModernBERT: local-window layers use their own RoPE base.
     rope_theta_local: float | None = None
     # Context extension (mid-training): "none", base scaling ("ntk") or position interpolation.
     # "llama3": Llama 3.1+'s frequency-dependent interpolation (the three fields below).
     rope_scaling: Literal["none", "linear", "ntk", "llama3"] = "none"
-    rope_scaling_factor: float = 1.0
+    rope_scaling_factor: float = Field(1.0, gt=0)
     rope_original_max_len: int = 8192
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    norm_eps: float = 1e-5
+    norm_eps: float = Field(1e-5, gt=0)
     norm_bias: bool = False  # LayerNorm bias (GPT-2 and BERT have it, ModernBERT does not)
     post_norm: bool = False  # BERT normalises after the residual add
     final_norm: bool = True  # a norm after the last block (not in BERT)
@@ -55,13 +55,13 @@ class ModelConfig(Section):
     attn_out_bias: bool = False
     mlp_bias: bool = False
     tie_embeddings: bool = False
-    type_vocab_size: int = 0  # BERT's token-type embeddings; 0 means none
+    type_vocab_size: int = Field(0, ge=0)  # BERT's token-type embeddings; 0 means none
     # ModernBERT-style alternating attention: every `global_every`-th layer (0, N, 2N, ...)
     # attends globally, the others within +-local_window/2 tokens. 0 disables windows.
-    global_every: int = 0
-    local_window: int = 0
-    dropout: float = 0.0
-    init_std: float = 0.02
+    global_every: int = Field(0, ge=0)
+    local_window: int = Field(0, ge=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    init_std: float = Field(0.02, gt=0)
 
     # --- special tokens the model itself must know about ----------------------------------
     pad_token_id: int | None = None

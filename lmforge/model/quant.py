@@ -30,6 +30,7 @@ directly on the logits).
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -63,7 +64,8 @@ def quantize_asymmetric(
     """Per group of ``group_size`` columns of each row: uint8 codes in [0, 2^bits - 1], fp32
     scales and zero points of shape (rows, columns / group_size)."""
     rows, cols = w.shape
-    if group_size <= 0 or cols % group_size:
+    check_group_size(group_size)
+    if cols % group_size:
         raise ConfigError(
             f"group size {group_size} does not divide the layer width {cols}; pick a divisor "
             f"of {cols} (e.g. {_divisor_near(cols, group_size)})"
@@ -98,6 +100,73 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 def _divisor_near(n: int, k: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))
+
+
+DEFAULT_GROUP_SIZE = 128  # torchao's and GPTQ's usual int4 group
+
+
+def check_group_size(group_size) -> None:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ConfigError(
+            f"group size {group_size!r} is not a positive whole number; int4 quantizes groups "
+            f"of that many input columns (e.g. {DEFAULT_GROUP_SIZE}, or leave it out to have "
+            "one picked that divides every layer)"
+        )
+
+
+def group_sizes_that_fit(widths: list[int]) -> list[int]:
+    """Every group size that divides all of ``widths`` (the layers' in_features): the divisors
+    of their greatest common divisor, ascending."""
+    g = math.gcd(*widths)
+    return [d for d in range(1, g + 1) if g % d == 0]
+
+
+def pick_group_size(widths: list[int], preferred: int = DEFAULT_GROUP_SIZE) -> int:
+    """The largest group size up to ``preferred`` that divides every width (smaller groups
+    are more accurate and larger; this keeps the preferred size's cost as the upper bound)."""
+    fits = group_sizes_that_fit(widths)
+    return max((d for d in fits if d <= preferred), default=fits[0])
+
+
+def int4_widths(model: nn.Module) -> dict[str, int]:
+    """in_features of each Linear layer int4 would quantize, by name."""
+    return {name: model.get_submodule(name).in_features for name in quantizable(model)}
+
+
+def resolve_group_size(model: nn.Module, group_size: int | None) -> tuple[int, str | None]:
+    """The int4 group size for ``model``: ``group_size`` if it divides every quantized layer's
+    width (else a ConfigError naming the layers and the sizes that fit all of them), or, when
+    None, the largest size up to 128 that fits all of them. Returns (size, note)."""
+    widths = int4_widths(model)
+    if not widths:
+        return (group_size or DEFAULT_GROUP_SIZE), None
+    distinct = sorted(set(widths.values()))
+    fits = group_sizes_that_fit(distinct)
+    if group_size is None:
+        chosen = pick_group_size(distinct)
+        note = None
+        if chosen != DEFAULT_GROUP_SIZE:
+            note = (
+                f"group size {chosen}: the largest size up to {DEFAULT_GROUP_SIZE} that divides "
+                f"every quantized layer's width ({', '.join(map(str, distinct))})"
+            )
+        return chosen, note
+    check_group_size(group_size)
+    bad = {n: w for n, w in widths.items() if w % group_size}
+    if bad:
+        first = next(iter(bad))
+        suggest = pick_group_size(distinct, group_size)
+        larger = [d for d in fits if d > suggest]
+        raise ConfigError(
+            f"--group-size {group_size} does not divide the width of {len(bad)} of the "
+            f"{len(widths)} layers int4 quantizes (e.g. {first}: {bad[first]} input columns). "
+            f"A group size must divide every layer's width ({', '.join(map(str, distinct))}); "
+            f"sizes that fit all of them: {', '.join(map(str, fits))}. Use --group-size "
+            f"{suggest}"
+            + (f" (or {larger[0]}, fewer scales, a little less accurate)" if larger else "")
+            + ", or leave --group-size out to pick it automatically"
+        )
+    return group_size, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,9 +300,11 @@ def quantizable(model: nn.Module) -> list[str]:
 
 
 def quantize_model(
-    model: nn.Module, method: str, group_size: int = 128, empty: bool = False
+    model: nn.Module, method: str, group_size: int | None = None, empty: bool = False
 ) -> nn.Module:
-    """Replace the backbone's Linear layers in place (``empty``: shapes only, for loading)."""
+    """Replace the backbone's Linear layers in place (``empty``: shapes only, for loading).
+    int4's ``group_size`` must divide every quantized layer's width; None picks one that does
+    (see `resolve_group_size`)."""
     if method not in METHODS:
         raise ConfigError(
             f"unknown quantization method '{method}'; use one of {', '.join(METHODS)}"
@@ -247,6 +318,8 @@ def quantize_model(
         )
     if method in ("bf16", "fp16"):
         return model.to(torch.bfloat16 if method == "bf16" else torch.float16)
+    if method == "int4":
+        group_size, _ = resolve_group_size(model, group_size)
     for name in quantizable(model):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

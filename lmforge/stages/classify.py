@@ -19,11 +19,12 @@ import torch
 from pydantic import Field, model_validator
 
 from lmforge.artifact import load, save_model_artifact
-from lmforge.config import Section, load_config, save_config
+from lmforge.config import Section, load_config
 from lmforge.data.tasks import (
     ClassificationBatches,
     Task,
     TaskConfig,
+    check_eval_labels,
     encode_examples,
     load_task,
     pad_batch,
@@ -36,10 +37,11 @@ from lmforge.eval.classification import evaluate_split, headline, length_bucket
 from lmforge.model.heads import HeadConfig, SequenceClassifier
 from lmforge.model.lora import inject_lora, merge_lora, save_adapter, unwrap_lora
 from lmforge.model.transformer import count_parameters
+from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dp
 from lmforge.train.objectives import class_weights, classification_loss_fn, distillation_loss_fn
 from lmforge.train.plots import plot_training_curves
-from lmforge.train.trainer import Trainer, TrainerConfig
+from lmforge.train.trainer import Trainer, TrainerConfig, steps_for_epochs
 from lmforge.utils import read_json, seed_everything, write_json
 
 
@@ -342,91 +344,93 @@ def score(model, tokenizer, task: Task, cfg: ClassifyConfig, out: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def train(cfg: ClassifyConfig) -> dict:
+def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)
     seed_everything(cfg.trainer.seed)
-    fresh = not out.exists()
     tcfg = cfg.trainer.model_copy(update={"micro_batch_size": cfg.batch_size})
     par = dp.plan_for(tcfg)  # under torchrun: this rank's share of each batch
-    try:
+    # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
+    with ckpt.preparing_run(out, cfg, overwrite, is_main=par.is_main):
         with dp.main_first():  # rank 0 prepares the task files; the others read them
             task = resolve_task(cfg.task, out / "task")
+        for split in dict.fromkeys(["val", *cfg.eval_splits]):  # refused before a file is kept
+            rows = task.split(split)
+            check_eval_labels(split, [y for _, y in rows], task.label_names,
+                              f"task '{cfg.task.path}' [{split}]")  # fmt: skip
         model, tokenizer, head_modules = build_classifier(cfg, task)
-    except BaseException:
-        if fresh and par.is_main:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    out.mkdir(parents=True, exist_ok=True)
-    if par.is_main and not (out / "checkpoints").exists():
-        save_config(cfg, out / "config.yaml")
-
-    train_rows = subsample(task.train, cfg.task.max_train_examples, cfg.task.seed)
-    val_rows = subsample(task.val, cfg.task.max_eval_examples, cfg.task.seed)
-    train_ids, train_trunc = encode_examples(
-        tokenizer, [t for t, _ in train_rows], cfg.task.max_length
-    )
-    teacher = None
-    if cfg.distill.teacher_logits:
-        from lmforge.stages.compress import aligned_teacher_logits
-
-        teacher = aligned_teacher_logits(cfg.distill, [t for t, _ in train_rows], task.label_names)
-    # Each rank takes its rows of the same global batches (all of them in one process).
-    loader = par.shard(ClassificationBatches(
-        train_ids,
-        [y for _, y in train_rows],
-        par.micro_batch_size * par.world_size,
-        tokenizer.pad_id,
-        seed=cfg.trainer.seed,
-        padding_side=cfg.padding_side,
-        teacher_logits=teacher,
-    ))  # fmt: skip
-    batches_per_epoch = -(-len(loader.ids) // cfg.batch_size)
-    tcfg.max_steps = max(1, round(cfg.epochs * batches_per_epoch / tcfg.grad_accum_steps))
-    counts = [0] * task.num_labels
-    for _, y in train_rows:
-        counts[y] += 1
-    weights = class_weights(counts, cfg.class_weights)
-    loss_fn = classification_loss_fn(weights, cfg.label_smoothing)
-    if teacher is not None:
-        loss_fn = distillation_loss_fn(cfg.distill.temperature, cfg.distill.alpha, weights)
-    params = count_parameters(model)
-    print(
-        f"[classify] {cfg.method} on {cfg.init}: {params['trainable']:,} of {params['total']:,} "
-        f"parameters trainable ({100 * params['trainable'] / params['total']:.2f}%); "
-        f"{len(train_rows):,} training examples, {task.num_labels} labels, {tcfg.max_steps} steps"
-    )
-
-    val_texts, val_labels = [t for t, _ in val_rows], np.array([y for _, y in val_rows])
-    known = val_labels >= 0
-
-    def eval_fn(m):
-        from lmforge.eval.metrics import macro_f1
-
-        logits, _, _ = predict_logits(
-            m, tokenizer, val_texts, cfg.task.max_length, cfg.eval_batch_size, cfg.padding_side
+        train_rows = subsample(task.train, cfg.task.max_train_examples, cfg.task.seed)
+        val_rows = subsample(task.val, cfg.task.max_eval_examples, cfg.task.seed)
+        train_ids, train_trunc = encode_examples(
+            tokenizer, [t for t, _ in train_rows], cfg.task.max_length
         )
-        m.train()
-        z, y = logits[known], val_labels[known]
-        loss = torch.nn.functional.cross_entropy(torch.from_numpy(z), torch.from_numpy(y)).item()
-        pred = z.argmax(1)
-        return {
-            "val_loss": loss,
-            "val_accuracy": float((pred == y).mean()),
-            "val_macro_f1": macro_f1(y, pred, task.num_labels),
-        }
+        teacher = None
+        if cfg.distill.teacher_logits:
+            from lmforge.stages.compress import aligned_teacher_logits
 
-    trainer = Trainer(
-        tcfg,
-        model,
-        loss_fn,
-        loader,
-        out,
-        eval_fn=eval_fn if known.any() else None,
-        lr_overrides={name: cfg.head_lr_mult for name in head_modules}
-        if cfg.head_lr_mult != 1.0
-        else None,
-    )
+            teacher = aligned_teacher_logits(
+                cfg.distill, [t for t, _ in train_rows], task.label_names
+            )
+        # Each rank takes its rows of the same global batches (all of them in one process).
+        loader = par.shard(ClassificationBatches(
+            train_ids,
+            [y for _, y in train_rows],
+            par.micro_batch_size * par.world_size,
+            tokenizer.pad_id,
+            seed=cfg.trainer.seed,
+            padding_side=cfg.padding_side,
+            teacher_logits=teacher,
+        ))  # fmt: skip
+        batches_per_epoch = -(-len(loader.ids) // cfg.batch_size)
+        tcfg.max_steps, steps_from_epochs = steps_for_epochs(
+            cfg.epochs, batches_per_epoch, tcfg.grad_accum_steps, cfg.trainer, "classify"
+        )
+        counts = [0] * task.num_labels
+        for _, y in train_rows:
+            counts[y] += 1
+        weights = class_weights(counts, cfg.class_weights)
+        loss_fn = classification_loss_fn(weights, cfg.label_smoothing)
+        if teacher is not None:
+            loss_fn = distillation_loss_fn(cfg.distill.temperature, cfg.distill.alpha, weights)
+        params = count_parameters(model)
+        print(
+            f"[classify] {cfg.method} on {cfg.init}: {params['trainable']:,} of {params['total']:,} "
+            f"parameters trainable ({100 * params['trainable'] / params['total']:.2f}%); "
+            f"{len(train_rows):,} training examples, {task.num_labels} labels, {tcfg.max_steps} steps"
+        )
+
+        val_texts, val_labels = [t for t, _ in val_rows], np.array([y for _, y in val_rows])
+        known = val_labels >= 0
+
+        def eval_fn(m):
+            from lmforge.eval.metrics import macro_f1
+
+            logits, _, _ = predict_logits(
+                m, tokenizer, val_texts, cfg.task.max_length, cfg.eval_batch_size, cfg.padding_side
+            )
+            m.train()
+            z, y = logits[known], val_labels[known]
+            loss = torch.nn.functional.cross_entropy(
+                torch.from_numpy(z), torch.from_numpy(y)
+            ).item()
+            pred = z.argmax(1)
+            return {
+                "val_loss": loss,
+                "val_accuracy": float((pred == y).mean()),
+                "val_macro_f1": macro_f1(y, pred, task.num_labels),
+            }
+
+        trainer = Trainer(
+            tcfg,
+            model,
+            loss_fn,
+            loader,
+            out,
+            eval_fn=eval_fn if known.any() else None,
+            lr_overrides={name: cfg.head_lr_mult for name in head_modules}
+            if cfg.head_lr_mult != 1.0
+            else None,
+        )
     result = trainer.fit()
     if not par.is_main:
         return result  # rank 0 evaluates and writes the artifact
@@ -468,6 +472,8 @@ def train(cfg: ClassifyConfig) -> dict:
         "task": cfg.task.path,
         "num_labels": task.num_labels,
         "train_examples": len(train_rows),
+        "steps": tcfg.max_steps,
+        "steps_from_epochs": steps_from_epochs,
         "train_truncated": int(sum(train_trunc)),
         "params_total": params["total"],
         "params_trainable": params["trainable"],

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from lmforge.artifact import load, save_model_artifact
 from lmforge.errors import CheckpointError
 from lmforge.eval.bench import dir_size_mb
-from lmforge.model.quant import METHODS, quantize_model
+from lmforge.model.quant import METHODS, check_group_size, quantize_model, resolve_group_size
 from lmforge.utils import read_json, staging_dir, write_json
 
 # What `lmforge tradeoff` and the report say about each method on a CPU.
@@ -35,19 +36,33 @@ MODEL_FILES = ("model.safetensors", "model.json")  # what checkpoint_mb counts, 
 
 
 def quantize(
-    src: str | os.PathLike, out: str | os.PathLike, method: str, group_size: int = 128
+    src: str | os.PathLike, out: str | os.PathLike, method: str, group_size: int | None = None
 ) -> dict:
+    """A quantized copy of a trained artifact at ``out`` (atomic), evaluated like its source.
+
+    int4's ``group_size`` must divide the width of every layer it quantizes; given, a size
+    that does not is refused (with the sizes that fit); None picks the largest size up to 128
+    that fits, and the summary says so. Other methods ignore it."""
     src = Path(src)
+    if method not in METHODS:
+        raise CheckpointError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
+    if group_size is not None:
+        check_group_size(group_size)
     loaded = load(src)
     if "quantization" in loaded.meta:
         raise CheckpointError(
             f"{src} is already quantized ({loaded.meta['quantization']['method']}); quantize "
             "the full-precision run it came from"
         )
-    if method not in METHODS:
-        raise CheckpointError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
+    info: dict = {"method": method, "source": str(src)}
+    if method == "int4":
+        # Checked before anything is written; the choice is the artifact's (artifact.py reads it).
+        group_size, note = resolve_group_size(loaded.model, group_size)
+        info["group_size"] = group_size
+        if note:
+            print(f"[quantize] note: {note}", file=sys.stderr)
+            info["group_size_note"] = note
     model = quantize_model(loaded.model, method, group_size)
-    info = {"method": method, "group_size": group_size, "source": str(src)}
     with staging_dir(out) as tmp:
         save_model_artifact(tmp, model, loaded.kind, extra_meta={"quantization": info})
         if loaded.tokenizer is not None:

@@ -34,13 +34,14 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from lmforge.artifact import load_causal_lm, save_model_artifact
-from lmforge.config import Section, save_config
+from lmforge.config import Section
 from lmforge.data.shards import PackedLoader, ShardDataset, iter_eval_batches
 from lmforge.errors import ConfigError
 from lmforge.infer.generate import SamplingConfig, generate_text
 from lmforge.model.transformer import LanguageModel, count_parameters
 from lmforge.stages.pretrain import PretrainData, SampleConfig, ensure_shards
 from lmforge.tokenizer import Tokenizer, token_byte_lengths
+from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dp
 from lmforge.train.objectives import clm_loss, lm_eval
 from lmforge.train.plots import plot_training_curves
@@ -49,19 +50,19 @@ from lmforge.utils import seed_everything, write_json
 
 
 class ContextSection(Section):
-    seq_len: int | None = None  # the new context; None keeps the starting model's
+    seq_len: int | None = Field(None, ge=2)  # the new context; None keeps the starting model's
     # Progressive extension: [fraction of training, seq_len] steps; tokens per batch stay the
     # same (shorter rows, more of them). Empty: seq_len from the start.
     schedule: list[tuple[float, int]] = []
-    rope_theta: float | None = None  # a new RoPE base
+    rope_theta: float | None = Field(None, gt=0)  # a new RoPE base
     rope_scaling: Literal["none", "linear", "ntk", "llama3"] = "none"
-    rope_scaling_factor: float | None = None  # None: new length / old length
+    rope_scaling_factor: float | None = Field(None, gt=0)  # None: new length / old length
     # Loss-by-position buckets (token positions); the last bound is the new context.
     buckets: list[int] = [0, 64, 128, 256, 512, 1024]
-    max_eval_docs: int = 64  # held-out documents at least as long as the new context
+    max_eval_docs: int = Field(64, ge=1)  # held-out documents at least as long as the new context
     # Loss by position up to this length (None: the new context). Set it on a run that keeps
     # the old context (the "just train longer" baseline) to measure it the same way.
-    eval_len: int | None = None
+    eval_len: int | None = Field(None, ge=2)
 
 
 class MidtrainConfig(Section):
@@ -200,7 +201,7 @@ def plot_positions(curves: dict[str, np.ndarray], old_len: int, path: Path) -> N
 # --------------------------------------------------------------------------------------------
 
 
-def run(cfg: MidtrainConfig) -> dict:
+def run(cfg: MidtrainConfig, overwrite: bool = False) -> dict:
     out, t_start = Path(cfg.out_dir), time.perf_counter()
     seed_everything(cfg.trainer.seed)
     start = load_causal_lm(cfg.init, purpose="mid-training")
@@ -222,80 +223,80 @@ def run(cfg: MidtrainConfig) -> dict:
     del start
 
     # Data: the new diet's loaders and val sets, and the starting model's own val data.
-    out.mkdir(parents=True, exist_ok=True)
-    # This rank's micro-batches (all of them in one process), as the trainer will take them,
-    # so that the schedules land right.
-    par = dp.plan_for(cfg.trainer, cfg.trainer.micro_batch_size * seq_len)
-    tokens_per_batch = par.micro_batch_size * seq_len
-    total_batches = cfg.trainer.max_steps * par.grad_accum_steps
-    if cfg.mixture:
-        from lmforge.data.mixture import MixtureLoader
+    # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
+    is_main = dp.world_from_env()[0] == 0
+    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+        # This rank's micro-batches (all of them in one process), as the trainer will take them,
+        # so that the schedules land right.
+        par = dp.plan_for(cfg.trainer, cfg.trainer.micro_batch_size * seq_len)
+        tokens_per_batch = par.micro_batch_size * seq_len
+        total_batches = cfg.trainer.max_steps * par.grad_accum_steps
+        if cfg.mixture:
+            from lmforge.data.mixture import MixtureLoader
 
-        mix = MixtureLoader(cfg.mixture, par.micro_batch_size, seq_len, total_batches,
-                            seed=cfg.trainer.seed, bos_id=tokenizer.bos_id, rank=par.rank,
-                            world_size=par.world_size)  # fmt: skip
-        loader, domains = mix, mix.val_datasets()
-    else:
-        with dp.main_first():
-            shards = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
-        train_ds = ShardDataset(shards, "train")
-        loader = ProgressiveLoader(
-            lambda bs, n: PackedLoader(train_ds, bs, n, seed=cfg.trainer.seed, bos_id=tokenizer.bos_id,
-                                       rank=par.rank, world_size=par.world_size),
-            phases, total_batches, tokens_per_batch,
-        )  # fmt: skip
-        domains = {"data": ShardDataset(shards, "val")}
-    general = None
-    init_shards = Path(cfg.init) / "shards"
-    if (init_shards / "val").is_dir():
-        general = ShardDataset(init_shards, "val")
-    token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.long)
-    val_len = min(old.max_seq_len, cfg.data.seq_len)  # before/after on identical batches
+            mix = MixtureLoader(cfg.mixture, par.micro_batch_size, seq_len, total_batches,
+                                seed=cfg.trainer.seed, bos_id=tokenizer.bos_id, rank=par.rank,
+                                world_size=par.world_size)  # fmt: skip
+            loader, domains = mix, mix.val_datasets()
+        else:
+            with dp.main_first():
+                shards = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
+            train_ds = ShardDataset(shards, "train")
+            loader = ProgressiveLoader(
+                lambda bs, n: PackedLoader(train_ds, bs, n, seed=cfg.trainer.seed, bos_id=tokenizer.bos_id,
+                                           rank=par.rank, world_size=par.world_size),
+                phases, total_batches, tokens_per_batch,
+            )  # fmt: skip
+            domains = {"data": ShardDataset(shards, "val")}
+        general = None
+        init_shards = Path(cfg.init) / "shards"
+        if (init_shards / "val").is_dir():
+            general = ShardDataset(init_shards, "val")
+        token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.long)
+        val_len = min(old.max_seq_len, cfg.data.seq_len)  # before/after on identical batches
 
-    def eval_fn(m) -> dict:
-        result = {}
-        sets = ({"init": general} if general else {}) | domains
-        for name, ds in sets.items():
-            batches = iter_eval_batches(
-                ds, cfg.trainer.micro_batch_size, val_len, cfg.data.eval_batches
+        def eval_fn(m) -> dict:
+            result = {}
+            sets = ({"init": general} if general else {}) | domains
+            for name, ds in sets.items():
+                batches = iter_eval_batches(
+                    ds, cfg.trainer.micro_batch_size, val_len, cfg.data.eval_batches
+                )
+                r = lm_eval(m, batches, token_bytes)
+                result[f"val_bpb_{name}"] = r.get("val_bpb", math.nan)
+                result[f"val_loss_{name}"] = r["val_loss"]
+            first = "init" if general else next(iter(domains))
+            result["val_loss"], result["val_bpb"] = (
+                result[f"val_loss_{first}"],
+                result[f"val_bpb_{first}"],
             )
-            r = lm_eval(m, batches, token_bytes)
-            result[f"val_bpb_{name}"] = r.get("val_bpb", math.nan)
-            result[f"val_loss_{name}"] = r["val_loss"]
-        first = "init" if general else next(iter(domains))
-        result["val_loss"], result["val_bpb"] = (
-            result[f"val_loss_{first}"],
-            result[f"val_bpb_{first}"],
-        )
-        return result
+            return result
 
-    # held-out documents for loss by position, each split once (the diet may be the old data)
-    long_sets = {}
-    for ds in ([general] if general else []) + list(domains.values()):
-        long_sets.setdefault((str(Path(ds.path).resolve()), ds.split), ds)
-    long_sets = list(long_sets.values())
-    # The starting model's numbers, measured once (rank 0) while the others wait for it.
-    before = eval_fn(before_model) if par.is_main else {}
-    curves = {}
-    pos_len = cfg.context.eval_len or mcfg.max_seq_len
-    if pos_len > old.max_seq_len and par.is_main:
-        curves["before"], n_docs = loss_by_position(
-            before_model, long_sets, pos_len, cfg.context.max_eval_docs
-        )
-        if n_docs == 0:
-            print(
-                f"[midtrain] no held-out document has {pos_len + 1} tokens: loss by position not measured"
+        # held-out documents for loss by position, each split once (the diet may be the old data)
+        long_sets = {}
+        for ds in ([general] if general else []) + list(domains.values()):
+            long_sets.setdefault((str(Path(ds.path).resolve()), ds.split), ds)
+        long_sets = list(long_sets.values())
+        # The starting model's numbers, measured once (rank 0) while the others wait for it.
+        before = eval_fn(before_model) if par.is_main else {}
+        curves = {}
+        pos_len = cfg.context.eval_len or mcfg.max_seq_len
+        if pos_len > old.max_seq_len and par.is_main:
+            curves["before"], n_docs = loss_by_position(
+                before_model, long_sets, pos_len, cfg.context.max_eval_docs
             )
-    del before_model
-    if par.is_main and not (out / "checkpoints").exists():
-        save_config(cfg, out / "config.yaml")
-    params = count_parameters(model)
-    print(f"[midtrain] from {cfg.init}: context {old.max_seq_len} -> {mcfg.max_seq_len} "
-          f"(rope {mcfg.rope_scaling}, theta {mcfg.rope_theta:g}); phases {phases}; "
-          f"{'mixture ' + cfg.mixture if cfg.mixture else 'data ' + cfg.data.path}")  # fmt: skip
-    trainer = Trainer(cfg.trainer, model, clm_loss, loader, out, eval_fn=eval_fn,
-                      tokens_per_micro_batch=tokens_per_batch,
-                      flops_per_token=mcfg.flops_per_token(seq_len))  # fmt: skip
+            if n_docs == 0:
+                print(
+                    f"[midtrain] no held-out document has {pos_len + 1} tokens: loss by position not measured"
+                )
+        del before_model
+        params = count_parameters(model)
+        print(f"[midtrain] from {cfg.init}: context {old.max_seq_len} -> {mcfg.max_seq_len} "
+              f"(rope {mcfg.rope_scaling}, theta {mcfg.rope_theta:g}); phases {phases}; "
+              f"{'mixture ' + cfg.mixture if cfg.mixture else 'data ' + cfg.data.path}")  # fmt: skip
+        trainer = Trainer(cfg.trainer, model, clm_loss, loader, out, eval_fn=eval_fn,
+                          tokens_per_micro_batch=tokens_per_batch,
+                          flops_per_token=mcfg.flops_per_token(seq_len))  # fmt: skip
     result = trainer.fit()
     if not par.is_main:
         return result  # rank 0 measures and writes the artifact

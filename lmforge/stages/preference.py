@@ -32,7 +32,7 @@ import torch
 from pydantic import Field
 
 from lmforge.artifact import load, save_model_artifact
-from lmforge.config import Section, save_config
+from lmforge.config import Section
 from lmforge.data.chat import PairBatches, load_preferences
 from lmforge.errors import ConfigError
 from lmforge.infer.generate import SamplingConfig, stream_chat
@@ -40,19 +40,21 @@ from lmforge.model.heads import HeadConfig, SequenceClassifier
 from lmforge.model.lora import adapters_disabled, inject_lora, lora_modules
 from lmforge.model.transformer import count_parameters
 from lmforge.stages.classify import LoraSection, lora_targets
-from lmforge.stages.sft import load_decoder, save_decoder, steps_for
+from lmforge.stages.sft import load_decoder, save_decoder
+from lmforge.train import checkpoint as ckpt
+from lmforge.train import distributed as dp
 from lmforge.train.objectives import completion_logps, dpo_loss, reward_loss, reward_loss_fn
 from lmforge.train.plots import plot_training_curves
-from lmforge.train.trainer import Trainer, TrainerConfig
+from lmforge.train.trainer import Trainer, TrainerConfig, steps_for_epochs
 from lmforge.utils import seed_everything, write_json
 
 
 class PairData(Section):
     train: str = "data/instructions/preferences-train.jsonl"
     val: str = "data/instructions/preferences-val.jsonl"
-    seq_len: int = 256
-    max_train: int | None = None  # the first N training pairs (None: all)
-    max_val: int = 300
+    seq_len: int = Field(256, ge=2)
+    max_train: int | None = Field(None, ge=1)  # the first N training pairs (None: all)
+    max_val: int = Field(300, ge=1)
 
 
 def _trainer_defaults(lr: float):
@@ -65,14 +67,14 @@ class RewardConfig(Section):
     data: PairData = Field(default_factory=PairData)
     method: Literal["full", "lora"] = "full"
     lora: LoraSection = Field(default_factory=LoraSection)
-    epochs: float = 1.0
+    epochs: float = Field(1.0, gt=0)
     trainer: TrainerConfig = Field(default_factory=_trainer_defaults(1e-4))
 
 
 class WinRate(Section):
     reward_model: str | None = "runs/demo/reward"  # the judge; None skips the win rate
-    n: int = 100  # held-out prompts
-    max_new_tokens: int = 48
+    n: int = Field(100, ge=0)  # held-out prompts
+    max_new_tokens: int = Field(48, ge=1)
 
 
 class DPOConfig(Section):
@@ -82,7 +84,7 @@ class DPOConfig(Section):
     beta: float = Field(0.1, gt=0)
     method: Literal["full", "lora"] = "full"
     lora: LoraSection = Field(default_factory=LoraSection)
-    epochs: float = 1.0
+    epochs: float = Field(1.0, gt=0)
     win_rate: WinRate = Field(default_factory=WinRate)
     trainer: TrainerConfig = Field(default_factory=_trainer_defaults(5e-6))
 
@@ -134,7 +136,7 @@ def reward_metrics(model, batches) -> dict:
             "val_margin": (c - r).mean().item()}  # fmt: skip
 
 
-def train_reward(cfg: RewardConfig) -> dict:
+def train_reward(cfg: RewardConfig, overwrite: bool = False) -> dict:
     out, t_start = Path(cfg.out_dir), time.perf_counter()
     seed_everything(cfg.trainer.seed)
     decoder, tokenizer = load_decoder(cfg.init, "full", cfg.lora)
@@ -145,13 +147,19 @@ def train_reward(cfg: RewardConfig) -> dict:
                     alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, rslora=cfg.lora.rslora,
                     modules_to_save=["classifier"])  # fmt: skip
     train, val, _ = _pairs(cfg, tokenizer)
-    cfg.trainer.max_steps = steps_for(cfg.epochs, len(train.encoded), cfg.trainer)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "checkpoints").exists():
-        save_config(cfg, out / "config.yaml")
-    before = reward_metrics(model, val.batches())
-    trainer = Trainer(cfg.trainer, model, reward_loss_fn(), train, out,
-                      eval_fn=lambda m: reward_metrics(m, val.batches()))  # fmt: skip
+    cfg.trainer.max_steps, _ = steps_for_epochs(
+        cfg.epochs,
+        len(train.encoded),
+        cfg.trainer.micro_batch_size * cfg.trainer.grad_accum_steps,
+        cfg.trainer,
+        "reward",
+    )
+    # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
+    is_main = dp.world_from_env()[0] == 0
+    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+        before = reward_metrics(model, val.batches())
+        trainer = Trainer(cfg.trainer, model, reward_loss_fn(), train, out,
+                          eval_fn=lambda m: reward_metrics(m, val.batches()))  # fmt: skip
     result = trainer.fit()
     model = trainer.model
     after = reward_metrics(model, val.batches())
@@ -239,7 +247,7 @@ def win_rate(policy, baseline, tokenizer, judge, prompts, max_new_tokens: int) -
     return {"win_rate": wins / max(1, len(prompts)), "n": len(prompts), "transcripts": rows}
 
 
-def train_dpo(cfg: DPOConfig) -> dict:
+def train_dpo(cfg: DPOConfig, overwrite: bool = False) -> dict:
     out, t_start = Path(cfg.out_dir), time.perf_counter()
     seed_everything(cfg.trainer.seed)
     model, tokenizer = load_decoder(cfg.init, cfg.method, cfg.lora)
@@ -250,14 +258,20 @@ def train_dpo(cfg: DPOConfig) -> dict:
     elif not any(True for _ in lora_modules(model)):
         raise ConfigError("method lora found no layers to adapt")
     train, val, val_pairs = _pairs(cfg, tokenizer)
-    cfg.trainer.max_steps = steps_for(cfg.epochs, len(train.encoded), cfg.trainer)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "checkpoints").exists():
-        save_config(cfg, out / "config.yaml")
-    loss_fn, metrics = dpo_loss_fn(reference, cfg.beta)
-    before = metrics(model, val.batches())
-    trainer = Trainer(cfg.trainer, model, loss_fn, train, out,
-                      eval_fn=lambda m: metrics(m, val.batches()))  # fmt: skip
+    cfg.trainer.max_steps, _ = steps_for_epochs(
+        cfg.epochs,
+        len(train.encoded),
+        cfg.trainer.micro_batch_size * cfg.trainer.grad_accum_steps,
+        cfg.trainer,
+        "dpo",
+    )
+    # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
+    is_main = dp.world_from_env()[0] == 0
+    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+        loss_fn, metrics = dpo_loss_fn(reference, cfg.beta)
+        before = metrics(model, val.batches())
+        trainer = Trainer(cfg.trainer, model, loss_fn, train, out,
+                          eval_fn=lambda m: metrics(m, val.batches()))  # fmt: skip
     result = trainer.fit()
     model = trainer.model
     after = metrics(model, val.batches())

@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from lmforge.artifact import load, load_causal_lm, save_model_artifact
-from lmforge.config import Section, save_config
+from lmforge.artifact import Loaded, load, load_causal_lm, save_model_artifact
+from lmforge.config import Section
 from lmforge.data.shards import (
     PackedLoader,
     ShardDataset,
@@ -23,12 +23,13 @@ from lmforge.data.shards import (
     iter_eval_batches,
     shards_match,
 )
-from lmforge.errors import ConfigError
+from lmforge.errors import ConfigError, MissingColumnError
 from lmforge.infer.generate import SamplingConfig, generate_text
 from lmforge.model.config import ModelConfig, from_preset
 from lmforge.model.heads import MaskedLM
 from lmforge.model.transformer import LanguageModel, count_parameters
 from lmforge.tokenizer import Tokenizer, token_byte_lengths
+from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dp
 from lmforge.train.objectives import (
     clm_loss,
@@ -39,7 +40,7 @@ from lmforge.train.objectives import (
 )
 from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig
-from lmforge.utils import seed_everything, write_json
+from lmforge.utils import read_json, seed_everything, write_json
 
 
 class PretrainData(Section):
@@ -48,15 +49,15 @@ class PretrainData(Section):
     # Token shards: built from `path` into <out_dir>/shards unless this names a built directory.
     shards: str | None = None
     val_fraction: float = Field(0.01, gt=0, lt=1)
-    seq_len: int = 256
-    eval_batches: int = 20
+    seq_len: int = Field(256, ge=2)  # tokens per training row
+    eval_batches: int = Field(20, ge=1)
 
 
 class SampleConfig(Section):
     prompts: list[str] = ["The meaning of", "A dictionary is", "In the beginning"]
-    max_new_tokens: int = 60
-    temperature: float = 0.8
-    top_k: int = 50
+    max_new_tokens: int = Field(60, ge=1)
+    temperature: float = Field(0.8, ge=0)  # 0: greedy
+    top_k: int = Field(50, ge=0)  # 0: no top-k cut
     seed: int = 0
 
 
@@ -115,8 +116,6 @@ def check_inputs(cfg: PretrainConfig) -> None:
         )
     if cfg.distill.teacher:
         check_teacher(cfg)
-    if cfg.data.seq_len < 2:
-        raise ConfigError("data.seq_len must be at least 2")
     if cfg.init is None and cfg.data.seq_len > cfg.model.max_seq_len:
         raise ConfigError(
             f"data.seq_len ({cfg.data.seq_len}) exceeds model.max_seq_len ({cfg.model.max_seq_len}); "
@@ -151,22 +150,42 @@ def model_config_for(cfg: PretrainConfig, tokenizer: Tokenizer) -> ModelConfig:
 
 
 def ensure_shards(data: PretrainData, tokenizer: Tokenizer, out: Path, seed: int) -> Path:
-    """Token shards of data.path under out/shards (reused when built with this tokenizer), or
-    the built directory data.shards names."""
-    shards_dir = Path(data.shards) if data.shards else out / "shards"
-    if not shards_match(shards_dir, tokenizer):
-        if data.shards:
+    """Token shards of data.path under out/shards (reused when built from the same data with
+    this tokenizer), or the built directory data.shards names."""
+    if data.shards:
+        if not shards_match(data.shards, tokenizer):
             raise ConfigError(
-                f"data.shards {shards_dir} was built with another tokenizer or is incomplete; "
+                f"data.shards {data.shards} was built with another tokenizer or is incomplete; "
                 "remove data.shards to rebuild from data.path"
             )
+        return Path(data.shards)
+    shards_dir = out / "shards"
+    if shards_match(shards_dir, tokenizer) and _built_from(shards_dir, data, seed):
+        return shards_dir
+    try:
         build_shards(data.path, tokenizer, shards_dir, text_column=data.text_column,
                      val_fraction=data.val_fraction, seed=seed)  # fmt: skip
+    except MissingColumnError as e:
+        raise e.with_fix("Set data.text_column to the column that holds the text.") from None
     return shards_dir
 
 
-def prepare(cfg: PretrainConfig, out: Path):
-    """Tokenizer, model config, token shards, model and loader - everything before training."""
+def _built_from(shards_dir: Path, data: PretrainData, seed: int) -> bool:
+    """True when shards under a run directory were built from this data: a run re-made in the
+    same out_dir with another corpus must not train on the old one."""
+    meta = read_json(shards_dir / "meta.json")
+    built = (
+        meta.get("source"),
+        meta.get("text_column"),
+        meta.get("val_fraction"),
+        meta.get("seed"),
+    )
+    return built == (str(data.path), data.text_column, data.val_fraction, seed)
+
+
+def resolve_model(cfg: PretrainConfig) -> tuple[Tokenizer, Loaded | None]:
+    """The tokenizer, the init artifact if any, and cfg.model set to the model this run trains
+    (the recipe's, with the tokenizer's vocabulary) - all checked, nothing written."""
     tokenizer = Tokenizer.load(cfg.tokenizer)
     init = load(cfg.init) if cfg.init else None
     mcfg = init.config if init else model_config_for(cfg, tokenizer)
@@ -174,8 +193,16 @@ def prepare(cfg: PretrainConfig, out: Path):
         raise ConfigError(
             f"init model {cfg.init} has vocab {mcfg.vocab_size} but the tokenizer has {tokenizer.vocab_size}"
         )
+    if cfg.objective == "mlm" and tokenizer.mask_id is None:
+        raise ConfigError(
+            f"tokenizer {cfg.tokenizer} has no <|mask|> token; retrain it with lmforge"
+        )
     cfg.model = mcfg
+    return tokenizer, init
 
+
+def prepare(cfg: PretrainConfig, out: Path, tokenizer: Tokenizer, init: Loaded | None):
+    """Token shards, model and loader - everything before training."""
     with dp.main_first():  # under torchrun rank 0 tokenizes; the others then read its shards
         shards_dir = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
     train_ds, val_ds = ShardDataset(shards_dir, "train"), ShardDataset(shards_dir, "val")
@@ -185,19 +212,15 @@ def prepare(cfg: PretrainConfig, out: Path):
     if init:
         model = init.model
     else:
-        model = MaskedLM(mcfg) if cfg.objective == "mlm" else LanguageModel(mcfg)
-    out.mkdir(parents=True, exist_ok=True)
-    # a resumed run keeps the config it started with
-    if par.is_main and not (out / "checkpoints").exists():
-        save_config(cfg, out / "config.yaml")
-    return model, tokenizer, train_ds, val_ds, loader
+        model = MaskedLM(cfg.model) if cfg.objective == "mlm" else LanguageModel(cfg.model)
+    return model, train_ds, val_ds, loader
 
 
 @torch.no_grad()
 def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> dict:
     """An encoder's top guesses for each <|mask|> in text."""
     model.eval()
-    ids = tokenizer.encode(text, add_bos=True, add_eos=True)
+    ids = tokenizer.encode(text, add_bos=True, add_eos=True, allow_special=True)
     logits = model(torch.tensor([ids]))[0]
     guesses = []
     for pos, t in enumerate(ids):
@@ -219,63 +242,56 @@ def lm_distillation(cfg: PretrainConfig, tokenizer: Tokenizer, val_ds, token_byt
     return lm_distillation_loss_fn(model, cfg.distill.temperature, cfg.distill.alpha), info
 
 
-def run(cfg: PretrainConfig) -> dict:
+def run(cfg: PretrainConfig, overwrite: bool = False) -> dict:
     check_inputs(cfg)
     out = Path(cfg.out_dir)
     t_start = time.perf_counter()
     seed_everything(cfg.trainer.seed)
-    fresh = not out.exists()
-    try:
-        model, tokenizer, train_ds, val_ds, loader = prepare(cfg, out)
-    except BaseException:
-        # Bad input found while preparing: leave no half-made output directory behind.
-        if fresh and dp.world_from_env()[0] == 0:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    mcfg = cfg.model
-    params = count_parameters(model)
-    print(
-        f"[pretrain] {mcfg.name or 'model'}: {params['total'] / 1e6:.1f}M params "
-        f"({params['non_embedding'] / 1e6:.1f}M non-embedding), "
-        f"{mcfg.flops_per_token(cfg.data.seq_len) / 1e6:.0f} MFLOPs/token; "
-        f"data: {train_ds.num_tokens / 1e6:.1f}M train tokens, {val_ds.num_tokens / 1e3:.0f}K val tokens"
-    )
-
-    # Train: the trainer resumes from out_dir/checkpoints when a run was interrupted.
-    token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.long)
-
-    def eval_fn(m):
-        batches = iter_eval_batches(
-            val_ds, cfg.trainer.micro_batch_size, cfg.data.seq_len, cfg.data.eval_batches
+    tokenizer, init = resolve_model(cfg)
+    # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
+    is_main = dp.world_from_env()[0] == 0
+    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+        model, train_ds, val_ds, loader = prepare(cfg, out, tokenizer, init)
+        mcfg = cfg.model
+        params = count_parameters(model)
+        print(
+            f"[pretrain] {mcfg.name or 'model'}: {params['total'] / 1e6:.1f}M params "
+            f"({params['non_embedding'] / 1e6:.1f}M non-embedding), "
+            f"{mcfg.flops_per_token(cfg.data.seq_len) / 1e6:.0f} MFLOPs/token; "
+            f"data: {train_ds.num_tokens / 1e6:.1f}M train tokens, {val_ds.num_tokens / 1e3:.0f}K val tokens"
         )
-        if cfg.objective == "mlm":
-            return mlm_eval(m, batches, *mlm_args)
-        return lm_eval(m, batches, token_bytes)
 
-    loss_fn = clm_loss
-    if cfg.objective == "mlm":
-        if tokenizer.mask_id is None:
-            raise ConfigError(
-                f"tokenizer {cfg.tokenizer} has no <|mask|> token; retrain it with lmforge"
+        # Train: the trainer resumes from out_dir/checkpoints when a run was interrupted.
+        token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.long)
+
+        def eval_fn(m):
+            batches = iter_eval_batches(
+                val_ds, cfg.trainer.micro_batch_size, cfg.data.seq_len, cfg.data.eval_batches
             )
-        specials = sorted(tokenizer.special_ids)
-        mlm_args = (tokenizer.mask_id, mcfg.vocab_size, specials, cfg.mlm_rate)
-        loss_fn = mlm_loss_fn(*mlm_args)
+            if cfg.objective == "mlm":
+                return mlm_eval(m, batches, *mlm_args)
+            return lm_eval(m, batches, token_bytes)
 
-    teacher_info = {}
-    if cfg.distill.teacher:
-        loss_fn, teacher_info = lm_distillation(cfg, tokenizer, val_ds, token_bytes, eval_fn)
+        loss_fn = clm_loss
+        if cfg.objective == "mlm":
+            specials = sorted(tokenizer.special_ids)
+            mlm_args = (tokenizer.mask_id, mcfg.vocab_size, specials, cfg.mlm_rate)
+            loss_fn = mlm_loss_fn(*mlm_args)
 
-    trainer = Trainer(
-        cfg.trainer,
-        model,
-        loss_fn,
-        loader,
-        out,
-        eval_fn=eval_fn,
-        tokens_per_micro_batch=cfg.trainer.micro_batch_size * cfg.data.seq_len,
-        flops_per_token=mcfg.flops_per_token(cfg.data.seq_len),
-    )
+        teacher_info = {}
+        if cfg.distill.teacher:
+            loss_fn, teacher_info = lm_distillation(cfg, tokenizer, val_ds, token_bytes, eval_fn)
+
+        trainer = Trainer(
+            cfg.trainer,
+            model,
+            loss_fn,
+            loader,
+            out,
+            eval_fn=eval_fn,
+            tokens_per_micro_batch=cfg.trainer.micro_batch_size * cfg.data.seq_len,
+            flops_per_token=mcfg.flops_per_token(cfg.data.seq_len),
+        )
     result = trainer.fit()
     if not trainer.par.is_main:
         return result  # rank 0 writes the artifact

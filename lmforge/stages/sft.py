@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from lmforge.artifact import load, load_causal_lm, save_model_artifact
-from lmforge.config import Section, save_config
+from lmforge.config import Section
 from lmforge.data.chat import (
     PackedChatBatches,
     check_chat_tokenizer,
@@ -34,23 +34,26 @@ from lmforge.infer.generate import SamplingConfig, stream_chat
 from lmforge.model.lora import inject_lora, unwrap_lora
 from lmforge.model.transformer import count_parameters
 from lmforge.stages.classify import LoraSection, lora_targets
+from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dp
 from lmforge.train.objectives import clm_loss
 from lmforge.train.plots import plot_training_curves
-from lmforge.train.trainer import Trainer, TrainerConfig
+from lmforge.train.trainer import Trainer, TrainerConfig, steps_for_epochs
 from lmforge.utils import seed_everything, write_json
 
 
 class ChatData(Section):
     train: str = "data/instructions/train.jsonl"
     val: str = "data/instructions/val.jsonl"
-    seq_len: int = 256
-    max_val: int = 200  # held-out conversations for the val loss and the answer metrics
+    seq_len: int = Field(256, ge=2)
+    max_val: int = Field(
+        200, ge=1
+    )  # held-out conversations for the val loss and the answer metrics
 
 
 class AnswerEval(Section):
-    n: int = 100  # held-out conversations answered greedily at the end (0: skip)
-    max_new_tokens: int = 64
+    n: int = Field(100, ge=0)  # held-out conversations answered greedily at the end (0: skip)
+    max_new_tokens: int = Field(64, ge=1)
     baseline: bool = True  # also answer them with the starting model, for the before/after
 
 
@@ -73,7 +76,7 @@ class SFTConfig(Section):
             ]
         )
     )
-    epochs: float = 1.0  # sets trainer.max_steps from the number of packed rows
+    epochs: float = Field(1.0, gt=0)  # sets trainer.max_steps from the number of packed rows
     answers: AnswerEval = Field(default_factory=AnswerEval)
     trainer: TrainerConfig = Field(
         default_factory=lambda: TrainerConfig(lr=3e-4, warmup_steps=20, eval_every=100)
@@ -101,10 +104,6 @@ def save_decoder(out: Path, model, tokenizer, extra_meta: dict | None = None) ->
     model = unwrap_lora(model).float().eval()
     save_model_artifact(out, model, kind="causal_lm", extra_meta=extra_meta)
     tokenizer.save(out)
-
-
-def steps_for(epochs: float, rows: int, cfg: TrainerConfig) -> int:
-    return max(1, round(epochs * rows / (cfg.micro_batch_size * cfg.grad_accum_steps)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +161,7 @@ def answer_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -
 # --------------------------------------------------------------------------------------------
 
 
-def run(cfg: SFTConfig) -> dict:
+def run(cfg: SFTConfig, overwrite: bool = False) -> dict:
     out = Path(cfg.out_dir)
     t_start = time.perf_counter()
     seed_everything(cfg.trainer.seed)
@@ -179,7 +178,13 @@ def run(cfg: SFTConfig) -> dict:
     val_encoded = [encode_chat(tokenizer, r["messages"]) for r in val]
     if loader.truncated:
         print(f"[sft] {loader.truncated} conversations are longer than {seq_len} tokens: cut")
-    cfg.trainer.max_steps = steps_for(cfg.epochs, loader.rows_per_epoch(), cfg.trainer)
+    cfg.trainer.max_steps, _ = steps_for_epochs(
+        cfg.epochs,
+        loader.rows_per_epoch(),
+        cfg.trainer.micro_batch_size * cfg.trainer.grad_accum_steps,
+        cfg.trainer,
+        "sft",
+    )
     params = count_parameters(model)
     trainable = params["trainable"]
     print(f"[sft] {cfg.method} from {cfg.init}: {trainable / 1e6:.2f}M of "
@@ -197,18 +202,18 @@ def run(cfg: SFTConfig) -> dict:
                 nats, n = nats + loss.item() * k, n + k
         return {"val_loss": nats / max(1, n)}
 
-    out.mkdir(parents=True, exist_ok=True)
-    if par.is_main and not (out / "checkpoints").exists():
-        save_config(cfg, out / "config.yaml")
-    baseline = None
-    if cfg.answers.n and cfg.answers.baseline and par.is_main:
-        start = load(cfg.init).model
-        baseline = answer_metrics(
-            start, tokenizer, val[: cfg.answers.n], cfg.answers.max_new_tokens
-        )
-        del start
-    trainer = Trainer(cfg.trainer, model, clm_loss, loader, out, eval_fn=eval_fn,
-                      tokens_per_micro_batch=cfg.trainer.micro_batch_size * seq_len)  # fmt: skip
+    # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
+    is_main = dp.world_from_env()[0] == 0
+    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+        baseline = None
+        if cfg.answers.n and cfg.answers.baseline and par.is_main:
+            start = load(cfg.init).model
+            baseline = answer_metrics(
+                start, tokenizer, val[: cfg.answers.n], cfg.answers.max_new_tokens
+            )
+            del start
+        trainer = Trainer(cfg.trainer, model, clm_loss, loader, out, eval_fn=eval_fn,
+                          tokens_per_micro_batch=cfg.trainer.micro_batch_size * seq_len)  # fmt: skip
     result = trainer.fit()
     if not par.is_main:
         return result  # rank 0 measures and writes the artifact

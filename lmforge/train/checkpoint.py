@@ -8,17 +8,22 @@ intact. Weights are safetensors; optimizer state is a torch file read back with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from lmforge.errors import CheckpointError
+from lmforge.config import config_changes, config_dict, format_changes, read_yaml, save_config
+from lmforge.errors import CheckpointError, ConfigError
 from lmforge.utils import read_json, staging_dir, write_json
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -83,20 +88,51 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str,
         for k, v in own.items()
         if k in tensors and tensors[k].shape != v.shape
     ]
+    # An artifact's weights have their ModelConfig beside them; a checkpoint's run keeps its
+    # config in the run directory's config.yaml (the caller says so).
+    beside = Path(source).with_name("model.json")
+    fix = f" Load it with the config saved beside it ({beside})." if beside.is_file() else ""
     if wrong:
         k, got, want = wrong[0]
         raise CheckpointError(
             f"{source} does not fit this model: '{k}' has shape {got} in the file but {want} in the "
-            f"model ({len(wrong)} mismatched tensors). It was written by a different model config; "
-            "load it with the config saved beside it (model.json) or start a fresh output directory."
+            f"model ({len(wrong)} mismatched tensors). It was written by a different model config."
+            + fix
         )
     if strict and (missing or unexpected):
         raise CheckpointError(
             f"{source} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. It was written by a "
-            "different model config."
+            "different model config." + fix
         )
     model.load_state_dict({k: v for k, v in tensors.items() if k in own}, strict=False)
+
+
+def remove_stale_partials(root: str | os.PathLike) -> list[Path]:
+    """Remove what a killed save leaves in ``root``: hidden ``.<name>.*.partial`` directories
+    (utils.staging_dir), ``.<name>.old`` directories and ``.<name>.*tmp`` files. Call it at
+    start-up, before anything saves into ``root`` (no save is under way then)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in root.iterdir():
+        if not p.name.startswith("."):
+            continue
+        if p.is_dir() and p.name.endswith(".partial"):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.is_dir() and p.name.endswith(".old"):
+            final = p.with_name(p.name[1:].removesuffix(".old"))
+            if final.exists():
+                shutil.rmtree(p, ignore_errors=True)
+            else:  # killed between moving the old one aside and the new one in: put it back
+                os.replace(p, final)
+        elif p.is_file() and p.name.endswith(".tmp"):
+            p.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(p)
+    return removed
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
@@ -160,3 +196,150 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             "checkpoint"
         ) from None
     return weights, opt_state, state
+
+
+# ------------------------------------------------------------------------------------------
+# The run directory: new, resumed, or refused
+# ------------------------------------------------------------------------------------------
+
+# What a resumed run may change: how long and how it runs, not what it trains (`epochs` sets
+# the post-training stages' max_steps; samples, answers and win_rate are measured after
+# training). The run's config.yaml is rewritten with the values in force. A key ending in "."
+# covers a section.
+RESUMABLE_CHANGES = (
+    "trainer.max_steps", "trainer.time_limit_s", "trainer.progress", "trainer.log_every",
+    "trainer.eval_every", "trainer.checkpoint_every", "trainer.keep_checkpoints",
+    "trainer.tensorboard", "trainer.device", "trainer.compile", "trainer.precision",
+    "trainer.parallel", "trainer.peak_flops", "trainer.resume", "epochs", "samples.",
+    "answers.", "win_rate.", "out_dir",
+)  # fmt: skip
+# What changes nothing a finished run produced: re-running with it is the same run.
+COSMETIC_CHANGES = ("out_dir", "trainer.progress")
+
+
+def _covered(key: str, keys: tuple[str, ...]) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
+
+
+@dataclass
+class RunDir:
+    """What a stage does with its output directory; nothing is written until ``commit``."""
+
+    path: Path
+    action: Literal["new", "resume", "restart"]
+    config: object  # the resolved config (a pydantic model) that config.yaml will hold
+    created: bool = False  # this run made the directory: remove it if the run never starts
+    changes: list = field(default_factory=list)  # from the config.yaml found there
+
+    def commit(self) -> None:
+        """Just before training (rank 0): clear what an earlier run left that this one does
+        not continue, and write config.yaml with the config in force."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.action != "resume":
+            shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+            for name in ("summary.json", "metrics.jsonl", "best.safetensors"):
+                (self.path / name).unlink(missing_ok=True)
+        save_config(self.config, self.path / "config.yaml")
+
+    def abandon(self) -> None:
+        """Bad input found before training: leave nothing half-made behind."""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _inputs_inside(config_dump, out: Path) -> list[str]:
+    """Paths the config names that exist inside ``out`` (what --overwrite must not delete)."""
+    if isinstance(config_dump, dict):
+        return [p for v in config_dump.values() for p in _inputs_inside(v, out)]
+    if isinstance(config_dump, list):
+        return [p for v in config_dump for p in _inputs_inside(v, out)]
+    if not isinstance(config_dump, str) or not config_dump or len(config_dump) > 4096:
+        return []
+    try:
+        path = Path(config_dump).resolve()
+        inside = path.is_relative_to(out) and path.exists()
+    except (OSError, ValueError):
+        return []
+    return [config_dump] if inside else []
+
+
+@contextlib.contextmanager
+def preparing_run(out: str | os.PathLike, config, overwrite: bool = False,
+                  is_main: bool = True) -> Iterator[RunDir]:  # fmt: skip
+    """A stage's start: `with preparing_run(out, cfg) as run:` around loading data and model.
+
+    What ``out`` holds decides, before anything is written: a new run, a resumed one, or a
+    refusal (``open_run_dir``). Bad input found inside the block leaves nothing half-made
+    behind; a block that completes writes config.yaml with the config in force (rank 0)."""
+    run = open_run_dir(out, config, overwrite, is_main=is_main)
+    try:
+        yield run
+    except BaseException:
+        if is_main:
+            run.abandon()
+        raise
+    if is_main:
+        run.commit()
+
+
+def open_run_dir(out: str | os.PathLike, config, overwrite: bool = False,
+                 resumable: tuple[str, ...] = RESUMABLE_CHANGES, is_main: bool = True) -> RunDir:  # fmt: skip
+    """Decide, before anything is written, what this run does with ``out``:
+
+    - no run there: a new run;
+    - an interrupted run (checkpoints, trainer.resume=auto): resume it, if only ``resumable``
+      keys changed; otherwise refuse;
+    - a finished run (summary.json): run again if the config is the same; otherwise refuse;
+    - a run that stopped before its first checkpoint, or trainer.resume=never: start over.
+
+    ``overwrite`` (--overwrite) discards a run that would be refused, and starts a new one.
+    """
+    out = Path(out)
+    if is_main:
+        # What a killed save left behind, removed now: before this run's ranks write anything
+        # here (later, another rank may be staging its own files in the same directory).
+        remove_stale_partials(out)
+        remove_stale_partials(out / "checkpoints")
+    new = config_dict(config)
+    saved_path = out / "config.yaml"
+    finished = (out / "summary.json").is_file()
+    latest = latest_checkpoint(out / "checkpoints")
+    resume = new.get("trainer", {}).get("resume", "auto") == "auto" and latest is not None
+    if not saved_path.is_file() and not finished and not resume:
+        return RunDir(out, "new", config, created=not out.exists())
+    try:
+        changes = config_changes(read_yaml(saved_path), new)
+    except ConfigError:  # missing or damaged: what the run was cannot be known
+        changes = [(str(saved_path), "missing or unreadable", "this run's config")]
+    if resume and not finished:
+        refused = [c for c in changes if not _covered(c[0], resumable)]
+        if not refused:
+            return RunDir(out, "resume", config, changes=changes)
+        what = f"an interrupted run (newest checkpoint: {latest.name})"
+        fix = (f"resume it with the values in {saved_path} (a resumed run may change only "
+               "trainer.max_steps, trainer.time_limit_s and how it logs, evaluates, checkpoints "
+               "and where it runs), or pass --overwrite to discard it and start over, or "
+               "choose another out_dir")  # fmt: skip
+    elif finished:
+        refused = [c for c in changes if not _covered(c[0], COSMETIC_CHANGES)]
+        if not refused:
+            return RunDir(out, "restart", config, changes=changes)
+        what = "a finished run"
+        fix = (f"choose another out_dir (e.g. out_dir={out}-2), or pass --overwrite to replace "
+               "the finished run")  # fmt: skip
+    else:  # stopped before its first checkpoint, or trainer.resume=never: nothing to continue
+        return RunDir(out, "restart", config, changes=changes)
+    if not overwrite:
+        raise ConfigError(
+            f"{out} holds {what} with a different config ({format_changes(refused)}); "
+            f"this run would overwrite it. Fix: {fix}."
+        )
+    inside = _inputs_inside({k: v for k, v in new.items() if k != "out_dir"}, out.resolve())
+    if inside:
+        raise ConfigError(
+            f"--overwrite would delete {inside[0]}, which this run reads, with the rest of {out}. "
+            "Fix: move it out of the run directory first, or choose another out_dir."
+        )
+    if is_main:
+        shutil.rmtree(out)
+    return RunDir(out, "new", config, created=True, changes=changes)

@@ -19,15 +19,16 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from lmforge.config import Section
@@ -36,8 +37,8 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dp
 from lmforge.train.device import (
     autocast,
+    choose_precision,
     matmul_peak_flops,
-    resolve_precision,
     tune_cpu_allocator,
 )
 from lmforge.train.optim import build_optimizer, lr_factor
@@ -47,10 +48,10 @@ from lmforge.utils import append_jsonl, read_jsonl
 class SpikeConfig(Section):
     enabled: bool = True
     # A loss above mean + sigma * std of the last `window` losses (or a non-finite loss) is a spike.
-    sigma: float = 6.0
-    window: int = 50
-    min_history: int = 20  # too few losses give a meaningless std
-    max_rollbacks: int = 5  # more than this many spikes means the run is broken: stop
+    sigma: float = Field(6.0, gt=0)
+    window: int = Field(50, ge=2)
+    min_history: int = Field(20, ge=2)  # too few losses give a meaningless std
+    max_rollbacks: int = Field(5, ge=0)  # more than this many spikes means the run is broken: stop
 
 
 class EarlyStopConfig(Section):
@@ -58,29 +59,31 @@ class EarlyStopConfig(Section):
     # improved for `patience` evaluations, and restore the weights of the best evaluation.
     metric: str | None = None
     mode: Literal["max", "min"] = "max"
-    patience: int = 3
-    min_delta: float = 0.0
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0)
 
 
 class TrainerConfig(Section):
-    max_steps: int = 1000
-    micro_batch_size: int = 8
+    max_steps: int = Field(1000, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
     # Gradient accumulation: either a number of micro-batches per step, or a tokens-per-step
     # target from which the number is derived (tokens_per_step / (micro_batch * seq_len)).
-    grad_accum_steps: int = 1
-    tokens_per_step: int | None = None
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    warmup_fraction: float | None = (
-        None  # if set, warmup = this fraction of max_steps (HF's warmup_ratio)
-    )
+    grad_accum_steps: int = Field(1, ge=1)
+    tokens_per_step: int | None = Field(None, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # the schedule's floor, a fraction of lr
+    warmup_steps: int = Field(50, ge=0)
+    # if set, warmup = this fraction of max_steps (HF's warmup_ratio)
+    warmup_fraction: float | None = Field(None, ge=0, le=1)
     schedule: Literal["cosine", "wsd", "linear", "constant"] = "cosine"
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    decay_fraction: float = Field(0.2, ge=0, le=1)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.95,
+    )
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, gt=0)  # max gradient norm
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     device: str = "auto"
@@ -89,12 +92,12 @@ class TrainerConfig(Section):
     parallel: dp.Parallel = "auto"
     # MFU's denominator per device, in FLOP/s (e.g. 989e12 for an H100's dense bf16); by
     # default the matmul rate measured on this device at start-up.
-    peak_flops: float | None = None
+    peak_flops: float | None = Field(None, gt=0)
     seed: int = 1337
-    eval_every: int = 100
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    eval_every: int = Field(100, ge=0)  # 0: evaluate at the end only
+    checkpoint_every: int = Field(100, ge=0)  # 0: no checkpoints
+    keep_checkpoints: int = Field(2, ge=0)  # 0: keep them all
+    log_every: int = Field(10, ge=1)
     # "auto": continue from the newest checkpoint in the output directory if there is one.
     resume: Literal["auto", "never"] = "auto"
     spike: SpikeConfig = Field(default_factory=SpikeConfig)
@@ -103,7 +106,17 @@ class TrainerConfig(Section):
     progress: bool = True
     # Stop after this many seconds of training (the demo's "about 10 minutes"); 0 = no limit.
     # The schedule still spans max_steps, so set both together.
-    time_limit_s: float = 0
+    time_limit_s: float = Field(0, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _a_device(cls, name: str) -> str:
+        if name != "auto":
+            try:
+                torch.device(name)
+            except RuntimeError:
+                raise ValueError("not a device: use auto, cpu, cuda, cuda:1, mps") from None
+        return name
 
 
 class BatchSource(Protocol):
@@ -114,6 +127,22 @@ class BatchSource(Protocol):
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+def steps_for_epochs(
+    epochs: float, units: int, units_per_step: int, cfg: TrainerConfig, stage: str
+) -> tuple[int, int]:
+    """(steps to train, steps `epochs` imply) for stages whose length is set in epochs:
+    `epochs` passes over `units` (rows, batches) at `units_per_step` per optimizer step.
+
+    A trainer.max_steps the user set (in the recipe or as an override) caps that number, and
+    says so; it is never silently replaced."""
+    from_epochs = max(1, round(epochs * units / units_per_step))
+    if "max_steps" in cfg.model_fields_set and cfg.max_steps < from_epochs:
+        print(f"[{stage}] trainer.max_steps={cfg.max_steps} caps training at {cfg.max_steps} "
+              f"steps ({epochs:g} epochs would take {from_epochs})")  # fmt: skip
+        return cfg.max_steps, from_epochs
+    return from_epochs, from_epochs
 
 
 def save_trainable(model: nn.Module, path: Path, par: dp.DataParallel = dp.DataParallel()) -> None:
@@ -204,7 +233,9 @@ class Trainer:
         # `loader` with the same plan (dp.plan on the same config).
         self.par = dp.plan_for(cfg, tokens_per_micro_batch)
         self.device = dp.device_for(cfg.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
+        # "auto" follows the hardware: bf16 only where it measured faster than fp32
+        self.precision_choice = choose_precision(cfg.precision, self.device)
+        self.precision = self.precision_choice.precision
         if self.device.type == "cpu":
             tune_cpu_allocator()
         # FSDP: rank 0 keeps an empty host copy to consolidate into at the end (made before
@@ -290,7 +321,12 @@ class Trainer:
         try:
             self._restore(latest)
         except CheckpointError as e:
-            raise CheckpointError(f"cannot resume from {latest}: {e}") from None
+            saved = self.out_dir / "config.yaml"  # the stage's record of the run's config
+            started = f"the config in {saved}" if saved.is_file() else "the config it started with"
+            raise CheckpointError(
+                f"cannot resume from {latest}: {e} Fix: resume with {started}, or start over "
+                "(trainer.resume=never, or --overwrite), or choose another out_dir."
+            ) from None
         self.rollbacks = 0
         # Metrics logged after the checkpoint belong to the lost future: drop them so the
         # curve in metrics.jsonl is the one this run actually follows.
@@ -427,13 +463,19 @@ class Trainer:
 
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.par.is_main:  # what a save killed mid-way (kill -9) left behind
+            ckpt.remove_stale_partials(self.ckpt_dir)
         if cfg.tensorboard and self.par.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
         resumed = self.maybe_resume()
+        if self.par.is_main and cfg.progress:
+            print(f"[train] {self.precision} on {self.device.type}: {self.precision_choice.reason}")
         if not resumed and self.par.is_main:
             self.metrics_path.unlink(missing_ok=True)
+            # trainer.resume=never: an earlier run's checkpoints must not outlive this start
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         # MFU per device: the whole launch's throughput against every rank's peak.
         peak = self.par.world_size * (cfg.peak_flops or matmul_peak_flops(
             self.device.type, "bfloat16" if self.precision == "bf16" else "float32"
@@ -446,7 +488,9 @@ class Trainer:
             desc="train",
             dynamic_ncols=True,
         )
-        window_tokens, window_start = 0, time.perf_counter()
+        # Throughput windows run from one log line to the next; evaluation and checkpoint
+        # time inside a window is paused out of it (not restarted: its tokens stay counted).
+        window_tokens, window_start, paused = 0, time.perf_counter(), 0.0
         remeasured = False
         last_eval: dict[str, float] = {}
         recent_losses: deque[float] = deque(maxlen=max(1, cfg.log_every))
@@ -466,7 +510,7 @@ class Trainer:
             recent_losses.append(info["loss"])
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                dt = time.perf_counter() - window_start
+                dt = time.perf_counter() - window_start - paused
                 tps = window_tokens / max(dt, 1e-9)
                 mfu = tps * self.flops_per_token / peak if self.flops_per_token else None
                 if mfu is not None and mfu > 1 and not cfg.peak_flops and not remeasured:
@@ -495,17 +539,20 @@ class Trainer:
                     tok_s=f"{tps:,.0f}",
                     **({"mfu": f"{mfu:.1%}"} if mfu else {}),
                 )
-                window_tokens, window_start = 0, time.perf_counter()
+                window_tokens, window_start, paused = 0, time.perf_counter(), 0.0
             # rank 0's clock decides, so that every rank stops at the same step
             time_up = bool(cfg.time_limit_s) and dp.agree(
                 self.train_seconds >= cfg.time_limit_s, self.par
             )
             if self.eval_fn and (
-                self.step % cfg.eval_every == 0 or self.step == cfg.max_steps or time_up
+                (cfg.eval_every and self.step % cfg.eval_every == 0)
+                or self.step == cfg.max_steps
+                or time_up
             ):
+                t_pause = time.perf_counter()
                 last_eval = self.evaluate()
                 self.log({"step": self.step, **last_eval})
-                window_start = time.perf_counter()  # eval time is not training throughput
+                paused += time.perf_counter() - t_pause  # eval time is not training throughput
                 if self._early_stop(last_eval):
                     stopped_early = True
                     self.log({"event": "early_stop", "step": self.step, **self.best})
@@ -515,8 +562,9 @@ class Trainer:
                 and self.step % cfg.checkpoint_every == 0
                 and self.step < cfg.max_steps
             ):
+                t_pause = time.perf_counter()
                 self.save_checkpoint()
-                window_start = time.perf_counter()
+                paused += time.perf_counter() - t_pause
             if time_up:
                 stopped_early = True
                 break
@@ -555,6 +603,7 @@ class Trainer:
                 1 for m in read_jsonl(self.metrics_path) if m.get("event") == "loss_spike"
             ),
             "precision": self.precision,
+            "precision_reason": self.precision_choice.reason,
             "compiled": self.cfg.compile,
             "grad_accum_steps": self.grad_accum,
             "world_size": self.par.world_size,
