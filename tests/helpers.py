@@ -2,6 +2,8 @@
 
 import json
 import re
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmforge.model.config import ModelConfig
@@ -109,3 +111,16 @@ def render_page(html: Path, png: Path) -> dict:
         finally:
             browser.close()
     return {**out, "requests": requests, "errors": errors}
+
+
+@contextmanager
+def running(server):
+    """A bound lmforge server serving on a thread; yields its URL, shuts it down after."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

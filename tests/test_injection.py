@@ -6,14 +6,12 @@ turn. Read as control tokens it is three turns; read as text it stays one user m
 test counts the control-token ids of what would be trained on or what the model was fed."""
 
 import json
-import threading
-from contextlib import contextmanager
 
 import httpx
 import openai
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import running, tiny_config
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -171,17 +169,8 @@ def recording(tok):
     return RecordingModel(tiny_config(vocab_size=tok.vocab_size, max_seq_len=256)).eval()
 
 
-@contextmanager
 def serving(model, tokenizer):
-    server = make_server(model, tokenizer, "tiny", port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.url
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    return running(make_server(model, tokenizer, "tiny", port=0))
 
 
 def test_the_server_feeds_a_forged_turn_to_the_model_as_text(tok, recording):

@@ -7,14 +7,13 @@ import random
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import torch
-from helpers import CHROMIUM, CHROMIUM_ARGS, tiny_config
+from helpers import CHROMIUM, CHROMIUM_ARGS, running, tiny_config
 
 from lmforge.artifact import save_model_artifact
 from lmforge.data.chat import encode_prompt
@@ -40,18 +39,6 @@ def tiny_lm(tiny_tokenizer_dir, tmp_path_factory):
     save_model_artifact(run, model, kind="causal_lm")
     tokenizer.save(run)
     return load_causal_lm(str(run))
-
-
-@contextmanager
-def running(server):
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.url
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.fixture(scope="module")

@@ -136,6 +136,12 @@ def reward_metrics(model, batches) -> dict:
             "val_margin": (c - r).mean().item()}  # fmt: skip
 
 
+def _steps(cfg, pairs: int, stage: str) -> int:
+    """`epochs` over the pairs, capped by a trainer.max_steps the user set."""
+    t = cfg.trainer
+    return steps_for_epochs(cfg.epochs, pairs, t.micro_batch_size * t.grad_accum_steps, t, stage)[0]
+
+
 def train_reward(cfg: RewardConfig, overwrite: bool = False) -> dict:
     out, t_start = Path(cfg.out_dir), time.perf_counter()
     seed_everything(cfg.trainer.seed)
@@ -147,13 +153,7 @@ def train_reward(cfg: RewardConfig, overwrite: bool = False) -> dict:
                     alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, rslora=cfg.lora.rslora,
                     modules_to_save=["classifier"])  # fmt: skip
     train, val, _ = _pairs(cfg, tokenizer)
-    cfg.trainer.max_steps, _ = steps_for_epochs(
-        cfg.epochs,
-        len(train.encoded),
-        cfg.trainer.micro_batch_size * cfg.trainer.grad_accum_steps,
-        cfg.trainer,
-        "reward",
-    )
+    cfg.trainer.max_steps = _steps(cfg, len(train.encoded), "reward")
     # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
     is_main = dp.world_from_env()[0] == 0
     with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
@@ -258,13 +258,7 @@ def train_dpo(cfg: DPOConfig, overwrite: bool = False) -> dict:
     elif not any(True for _ in lora_modules(model)):
         raise ConfigError("method lora found no layers to adapt")
     train, val, val_pairs = _pairs(cfg, tokenizer)
-    cfg.trainer.max_steps, _ = steps_for_epochs(
-        cfg.epochs,
-        len(train.encoded),
-        cfg.trainer.micro_batch_size * cfg.trainer.grad_accum_steps,
-        cfg.trainer,
-        "dpo",
-    )
+    cfg.trainer.max_steps = _steps(cfg, len(train.encoded), "dpo")
     # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
     is_main = dp.world_from_env()[0] == 0
     with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
