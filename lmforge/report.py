@@ -305,6 +305,13 @@ def _ci(v) -> str:
     return f" [{_num(v[0])}, {_num(v[1])}]" if isinstance(v, (list, tuple)) and len(v) == 2 else ""
 
 
+def _pct_ci(v) -> str:
+    """' [lo%, hi%]' for a 95% interval of a rate, or nothing when there is none."""
+    if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_ok, v))):
+        return ""
+    return f" [{_pct(v[0])}, {_pct(v[1])}]"
+
+
 def _delta(t) -> str:
     """A paired-bootstrap difference with its 95% interval."""
     lo, hi = _get(t, "ci95") or (math.nan, math.nan)
@@ -376,7 +383,7 @@ def _headline(ctx: Context, r: Run) -> str:
         "encoder": lambda: f"masked-token accuracy {_pct(s.get('val_masked_accuracy'))}",
         "midtrain": lambda: "val bpb " + "; ".join(f"{d} {_arrow(b, a)}" for d, b, a in _domains(s)),
         "reward": lambda: f"val accuracy {_arrow(_get(s, 'before.val_accuracy'), s.get('val_accuracy'), _pct)}",
-        "dpo": lambda: f"reward accuracy {_pct(s.get('val_reward_accuracy'))}, win rate {_pct(s.get('win_rate_over_init'))}",
+        "dpo": lambda: f"reward accuracy {_pct(s.get('val_reward_accuracy'))}, win rate {_pct(s.get('win_rate_over_init'))}{_pct_ci(s.get('win_rate_ci95'))}",
         "classify": lambda: f"macro F1 {_num(m.get('macro_f1'))} ({split})",
         "baseline-tfidf": lambda: f"macro F1 {_num(m.get('macro_f1'))} ({split})",
         "quantize": lambda: f"macro F1 {_num(m.get('macro_f1'))} ({split}), {_num(s.get('checkpoint_mb'))} MB",
@@ -517,7 +524,11 @@ def _cards(ctx: Context) -> list[tuple[str, str, str]]:
     if r := main("dpo"):
         s, acc = r.summary, _pct(r.summary.get("val_reward_accuracy"))
         cards.append(
-            ("DPO win rate", _pct(s.get("win_rate_over_init")), f"{r.name}, reward accuracy {acc}")
+            (
+                "DPO win rate",
+                _pct(s.get("win_rate_over_init")) + _pct_ci(s.get("win_rate_ci95")),
+                f"{r.name}, n {_num(s.get('win_rate_n'))}, reward accuracy {acc}",
+            )
         )
     if runs := _classifiers(ctx):
         best = max(runs, key=lambda r: _cls_metrics(r.summary)[0]["macro_f1"])
@@ -841,7 +852,8 @@ def _dpo_transcripts(ctx: Context, r: Run) -> list:
     if not picks:
         return []
     out = [("h3", f"DPO against its starting model, judged by the reward model ({r.name}: "
-                  f"win rate {_pct(wr.get('win_rate'))} over {wr.get('n')} prompts)")]  # fmt: skip
+                  f"win rate {_pct(wr.get('win_rate'))}{_pct_ci(wr.get('ci95'))} over "
+                  f"{wr.get('n')} prompts)")]  # fmt: skip
     for t in picks:
         out.append(("chat", [("user", "user", str(t.get("user", ""))),
                              ("before", f"starting model · reward {_num(t['baseline_reward'])}", _clip(str(t.get("baseline", "")))),

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -288,6 +289,36 @@ def test_classify_from_a_transformers_bert_with_lora_exports_for_peft(tmp_path, 
     assert main(["convert", "--to-hf", str(run), "--out", str(tmp_path / "x")]) == 0
     merged = _exported_logits_agree(run, tmp_path / "x", ["dog cat rain", "the soup bread"], 4)
     assert type(merged).__name__ == "BertForSequenceClassification"
+
+
+def test_a_sentence_transformers_backbone_is_read_through_its_own_pooling(
+    tmp_path, bert_dir, task_csv, capsys
+):
+    """A sentence-transformers BERT (modules.json + 1_Pooling, as all-MiniLM-L6-v2 ships) was
+    trained to be mean-pooled: the classifier's auto head is its pooling plus one Linear, not
+    BERT's [CLS] pooler; such a head cannot become a BertForSequenceClassification, and the
+    export says so instead of writing a model whose pooler transformers would re-initialise."""
+    st = tmp_path / "st"
+    shutil.copytree(bert_dir, st)
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))  # fmt: skip
+    (st / "1_Pooling").mkdir()
+    modes = {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}
+    (st / "1_Pooling" / "config.json").write_text(json.dumps(modes))
+    train(recipe(tmp_path, st, task_csv, "full", epochs=1, speed=False, eval_splits=["val"]))
+    head = load(tmp_path / "full").model.head_cfg
+    assert (head.head, head.pooling, head.bias) == ("linear", "mean", True)
+    assert main(["convert", "--to-hf", str(tmp_path / "full"), "--out", str(tmp_path / "x")]) == 2
+    assert "head.head=pooler_tanh head.pooling=cls" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+    modes["pooling_mode_mean_tokens"], modes["pooling_mode_cls_token"] = False, True
+    (st / "1_Pooling" / "config.json").write_text(json.dumps(modes))
+    train(recipe(tmp_path / "b", st, task_csv, "full", epochs=1, speed=False, eval_splits=["val"]))
+    head = load(tmp_path / "b" / "full").model.head_cfg
+    assert (head.head, head.pooling) == ("linear", "cls")
 
 
 def _hf_backbone(family, tok, out):

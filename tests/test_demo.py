@@ -46,10 +46,9 @@ def test_every_stage_runs_and_reports_a_headline(demo):
     s = state(runs)
     assert s["profile"] == "quick" and s["environment"]["torch"]
     stages = s["stages"]
-    assert "cls-minilm" not in stages  # --quick leaves the 22.7M-parameter MiniLM out
     assert all(r["status"] == "done" and not r["cached"] for r in stages.values())
-    for name in ("pretrain", "encoder", "midtrain-context", "sft", "reward", "dpo",
-                 "cls-decoder-lora", "cls-decoder-int4", "cls-encoder-distilled", "tradeoff"):  # fmt: skip
+    for name in ("pretrain", "encoder", "midtrain-context", "sft", "reward", "dpo", "cls-minilm",
+                 "cls-minilm-int8", "cls-decoder-lora", "cls-decoder-int4", "cls-encoder-distilled", "tradeoff"):  # fmt: skip
         assert name in stages and Path(stages[name]["out"]).exists()
     table = stdout[stdout.index("headline") :]
     assert "val bpb" in table and "macro F1" in table and "recommended:" in table

@@ -7,6 +7,7 @@ from lmforge.eval.metrics import (
     classification_report,
     expected_calibration_error,
     fit_temperature,
+    mean_ci95,
     paired_bootstrap,
     softmax,
 )
@@ -59,3 +60,17 @@ def test_paired_bootstrap_sees_a_real_difference_and_not_a_fake_one():
     assert res["overall"]["ci95"][0] > 0 and "low" in res
     same = paired_bootstrap(y, good, good, 4, n_resamples=50)
     assert same["overall"]["delta"] == 0 and same["overall"]["ci95"] == [0.0, 0.0]
+
+
+def test_mean_ci95_is_the_bootstrap_interval_of_a_rate():
+    # 200 prompts, 110 wins: the normal approximation gives 0.55 +- 1.96 * sqrt(.55*.45/200)
+    outcomes = [1.0] * 110 + [0.0] * 90
+    lo, hi = mean_ci95(outcomes)
+    half = 1.96 * (0.55 * 0.45 / 200) ** 0.5
+    assert lo == pytest.approx(0.55 - half, abs=0.015) and hi == pytest.approx(
+        0.55 + half, abs=0.015
+    )
+    assert mean_ci95(outcomes) == [lo, hi]  # deterministic
+    assert mean_ci95([1.0] * 20) == [1.0, 1.0]
+    a, b = mean_ci95([1.0, 0.0] * 400)  # four times the prompts: half the width
+    assert (b - a) == pytest.approx((hi - lo) * (200 / 800) ** 0.5, rel=0.2)

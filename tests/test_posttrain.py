@@ -299,9 +299,15 @@ def test_dpo_moves_rewards_apart_and_reports_a_win_rate(
     assert s["before"]["val_loss"] == pytest.approx(0.6931, abs=1e-3)
     assert s["val_margin"] > 0.1 and s["val_reward_accuracy"] >= 0.75 and s["val_loss"] < 0.69
     assert s["val_chosen_reward"] > s["val_rejected_reward"]
-    assert (
-        0 <= s["win_rate_over_init"] <= 1
-        and len(read_json(out / "win_rate.json")["transcripts"]) == 4
+    wr = read_json(out / "win_rate.json")
+    assert 0 <= s["win_rate_over_init"] <= 1 and len(wr["transcripts"]) == 4
+    outcomes = [1.0 if t["policy_reward"] > t["baseline_reward"] else
+                0.5 if t["policy_reward"] == t["baseline_reward"] else 0.0
+                for t in wr["transcripts"]]  # fmt: skip
+    assert s["win_rate_over_init"] == pytest.approx(sum(outcomes) / 4)
+    lo, hi = s["win_rate_ci95"]
+    assert s["win_rate_n"] == 4 and min(outcomes) <= lo <= s["win_rate_over_init"] <= hi <= max(
+        outcomes
     )
     assert load(out).kind == "causal_lm"
 

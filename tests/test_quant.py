@@ -91,7 +91,7 @@ def test_w8a8_matches_its_formula():
     xq = torch.clamp(torch.round(x / sx), -128, 127).double()
     formula = (xq @ q.qweight.double().t()) * sx.double() * q.scale.double() + lin.bias.double()
     with torch.no_grad():
-        ours, want = q(x).double(), lin(x).double()
+        ours, want = q.forward_with("onednn", x).double(), lin(x).double()
     # int32 accumulation is exact; only the fp32 rescale rounds (|y| ~ 1, fp32 eps ~ 1e-7)
     assert torch.allclose(ours, formula, rtol=1e-5, atol=1e-5)
 
@@ -102,6 +102,61 @@ def test_w8a8_matches_its_formula():
     per_tensor = per_tensor + lin.bias.double()
     assert (ours - want).norm() <= (per_tensor - want).norm()
     assert (ours - want).norm() / want.norm() < 0.02  # 8-bit noise on both operands
+
+
+def test_w8a8_fbgemm_kernel_matches_its_per_tensor_formula():
+    """The kernel picked where the CPU has no int8 dot-product instructions: fbgemm's dynamic
+    linear quantizes the activations per tensor, asymmetric, to 7 bits (reduce_range), on the
+    same weight codes. Checked against that formula in float64; 7-bit codes cannot saturate
+    AVX2's 16-bit pair sums (127 * 128 * 2 < 32767), so it holds on every x86 CPU."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    x = torch.randn(40, 64)
+    q = QuantLinear.from_linear(lin, "int8", group_size=32)
+
+    lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    sx = (hi - lo) / 127
+    zx = round(-lo / sx)
+    xq = torch.clamp(torch.round(x.double() / sx) + zx, 0, 127)
+    formula = ((xq - zx) @ q.qweight.double().t()) * sx * q.scale.double() + lin.bias.double()
+    with torch.no_grad():
+        ours, want = q.forward_with("fbgemm", x).double(), lin(x).double()
+    assert torch.allclose(ours, formula, rtol=1e-4, atol=1e-3 * want.abs().max().item())
+    assert (ours - want).norm() / want.norm() < 0.03
+
+    # the packed weight follows the buffers: loading new codes changes the output
+    q.load_state_dict(QuantLinear.from_linear(torch.nn.Linear(64, 48), "int8", 32).state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(q.forward_with("fbgemm", x), ours.float())
+        assert torch.allclose(q.forward_with("fbgemm", x), q.forward_with("onednn", x), atol=0.05)
+
+
+def test_int8_kernel_is_chosen_by_measurement_and_cached(tmp_path, monkeypatch):
+    from lmforge.model import quant
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("LMFORGE_INT8_KERNEL", raising=False)
+    calls = []
+
+    def fake(**_):
+        calls.append(1)
+        return {"onednn": 0.2, "fbgemm": 0.01}
+
+    monkeypatch.setattr(quant, "_time_int8_kernels", fake)
+    quant.int8_kernel.cache_clear()
+    try:
+        assert quant.int8_kernel() == "fbgemm"
+        quant.int8_kernel.cache_clear()
+        assert quant.int8_kernel() == "fbgemm" and len(calls) == 1  # read from the cache
+        monkeypatch.setenv("LMFORGE_INT8_KERNEL", "onednn")
+        quant.int8_kernel.cache_clear()
+        assert quant.int8_kernel() == "onednn"
+        monkeypatch.setenv("LMFORGE_INT8_KERNEL", "vnni")
+        quant.int8_kernel.cache_clear()
+        with pytest.raises(ConfigError, match="use one of onednn, fbgemm"):
+            quant.int8_kernel()
+    finally:
+        quant.int8_kernel.cache_clear()
 
 
 def _classifier():

@@ -83,11 +83,12 @@ def test_loss_decreases_on_a_learnable_stream(tmp_path):
     assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 4 * 32
 
 
-def test_resume_continues_same_loss_curve(tmp_path):
-    make(tmp_path / "a").fit()
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_continues_same_loss_curve(tmp_path, optimizer):
+    make(tmp_path / "a", optimizer=optimizer).fit()
     reference = loss_by_step(tmp_path / "a")
     # interrupted run: crash during step 14 (checkpoints at 5 and 10), then resume
-    t = make(tmp_path / "b")
+    t = make(tmp_path / "b", optimizer=optimizer)
     calls = []
 
     def crashing(model, batch):
@@ -100,7 +101,7 @@ def test_resume_continues_same_loss_curve(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         t.fit()
     assert list(loss_by_step(tmp_path / "b")) == list(range(1, 14))
-    resumed = make(tmp_path / "b")
+    resumed = make(tmp_path / "b", optimizer=optimizer)
     resumed.fit()
     assert resumed.step == 20
     # each step once, in order (loss_by_step checks): the lost steps 11-13 were replaced
@@ -108,6 +109,51 @@ def test_resume_continues_same_loss_curve(tmp_path):
     assert list(curve) == list(range(1, 21))
     for step in range(1, 21):
         assert abs(curve[step] - reference[step]) < 1e-4, step
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest(tmp_path):
+    t = make(tmp_path, max_steps=40, optimizer="muon")
+    muon, adamw = t.optimizer.parts
+    names = {id(p): n for n, p in t.model.named_parameters()}
+    to_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    to_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert to_muon == {n for n, p in t.model.named_parameters() if ".layers." in n and p.ndim == 2}
+    assert to_adamw == set(names.values()) - to_muon
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= to_adamw
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    t.fit()
+    curve = loss_by_step(tmp_path)
+    assert curve[40] < curve[1] - 1.0  # it learns
+    assert all(not torch.equal(before[n], p) for n, p in t.model.named_parameters())
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(
+        3e-3 * lr_factor(39, 40, 5, "cosine", 0.1)
+    )
+
+
+def test_our_muon_is_torch_muon_with_the_iteration_in_a_dtype_we_choose():
+    """torch.optim.Muon (match_rms_adamw) runs Newton-Schulz in bf16 only; ours takes the dtype
+    (fp32 where bf16 is emulated). In bf16 they agree; in fp32 the result is close, and the
+    update's singular values sit in Newton-Schulz's band around 1."""
+    from lmforge.train.optim import Muon, orthogonalize
+
+    torch.manual_seed(0)
+    g = torch.randn(48, 80)
+    s = torch.linalg.svdvals(orthogonalize(g))
+    assert 0.6 < s.min() and s.max() < 1.25 and not torch.allclose(s, torch.ones_like(s), atol=0.01)
+    tall = torch.linalg.svdvals(orthogonalize(g.T))  # tall matrices through their transpose
+    assert torch.allclose(tall, s, atol=1e-5)
+    for dtype, tol in ((torch.bfloat16, 1e-6), (torch.float32, 2e-3)):
+        w0 = torch.randn(48, 80)
+        ours, ref = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+        a = Muon([ours], lr=0.02, weight_decay=0.1, dtype=dtype)
+        b = torch.optim.Muon([ref], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+        for _ in range(3):
+            grad = torch.randn(48, 80)
+            ours.grad, ref.grad = grad.clone(), grad.clone()
+            a.step()
+            b.step()
+        assert (ours - ref).abs().max() < tol, dtype
+        assert (ours - w0).abs().max() > 0.01  # it moved
 
 
 def test_loss_spike_rolls_back_and_skips_the_batch(tmp_path):

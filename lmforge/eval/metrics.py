@@ -262,5 +262,17 @@ def paired_bootstrap(
     return out
 
 
+def mean_ci95(values, n_resamples: int = 2000, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of the mean of ``values`` (e.g. per-prompt wins 1, ties
+    0.5, losses 0), resampling the items; deterministic for a seed."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return [math.nan, math.nan]
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, (n_resamples, v.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 def bits_per_byte(total_nats: float, total_bytes: int) -> float:
     return total_nats / (math.log(2) * total_bytes)

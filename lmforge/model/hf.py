@@ -651,6 +651,12 @@ def load_hf(
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{where}: cannot read it ({e})") from None
     kind, cfg, meta = config_from_hf(hf, where)
+    pooling = sentence_transformers_pooling(folder)
+    if pooling and kind == "encoder":
+        # A sentence-transformers model was trained to be read through its pooling module, not
+        # BERT's [CLS] pooler (left as pretrained): a classifier on it pools the same way and
+        # adds one Linear, as SetFit does. On the demo task 0.20 -> 0.56 macro F1 (docs/LOG.md).
+        meta["classifier_defaults"] = dict(head="linear", pooling=pooling, bias=True)
     family = cfg.family
     tensors = _Tensors(folder)
     if family == "bert" and kind == "encoder":  # BertModel(add_pooling_layer=False) has none
@@ -693,6 +699,21 @@ def load_hf(
     model.load_state_dict(state, strict=False, assign=True)
     _retie_and_materialise(model, cfg)
     return model.to(device).eval(), kind, cfg, meta
+
+
+def sentence_transformers_pooling(folder: Path) -> str | None:
+    """ "mean" or "cls" when ``folder`` is a sentence-transformers model whose Pooling module
+    (named in modules.json) uses that alone; None otherwise (no file, other modes)."""
+    try:
+        modules = read_json(folder / "modules.json")
+        path = next(m["path"] for m in modules if m.get("type", "").endswith("models.Pooling"))
+        cfg = read_json(folder / path / "config.json")
+    except (OSError, ValueError, StopIteration, TypeError, KeyError, AttributeError):
+        return None
+    modes = {k for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True}
+    return {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}.get(
+        next(iter(modes)) if len(modes) == 1 else ""
+    )
 
 
 def _find_prefix(model: nn.Module, family: str, kind: str, tensors: _Tensors) -> str:
@@ -750,6 +771,16 @@ def write_hf(
             raise CheckpointError(
                 "transformers' decoder classifiers read the last token with one Linear; this model "
                 f"uses pooling '{model.head_cfg.pooling}' and head '{model.head_cfg.head}'"
+            )
+    if kind == "sequence_classifier" and family in ("modernbert", "bert"):
+        need = ("pooler_tanh", ("cls",)) if family == "bert" else ("dense_norm", ("cls", "mean"))
+        if model.head_cfg.head != need[0] or model.head_cfg.pooling not in need[1]:
+            raise CheckpointError(
+                f"transformers' {family} classifier has head '{need[0]}' with pooling "
+                f"{' or '.join(need[1])}; this model uses head '{model.head_cfg.head}' with "
+                f"pooling '{model.head_cfg.pooling}' (e.g. a sentence-transformers backbone's "
+                f"default). Train with head.head={need[0]} head.pooling={need[1][0]} to export "
+                "it to transformers, or serve it with lmforge"
             )
     state = model.state_dict()
     out_state = {}

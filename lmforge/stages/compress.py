@@ -24,7 +24,7 @@ from lmforge.utils import read_json, staging_dir, write_json
 
 # What `lmforge tradeoff` and the report say about each method on a CPU.
 SPEED_NOTE = {
-    "int8": "int8 GEMM (torch._int_mm) with activations quantized per row on the fly: smaller and faster",
+    "int8": "int8 GEMM (oneDNN per-row or fbgemm per-tensor activations, whichever this CPU runs faster): smaller and faster",
     "int8-weight": "int8 weights dequantized for an fp32 matmul: smaller, not faster",
     "int4": "4-bit weights dequantized for the matmul: smaller, not faster",
     "bf16": "bf16 matmuls: faster where the CPU has bf16 units (AVX-512 bf16, AMX)",

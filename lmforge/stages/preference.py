@@ -35,6 +35,7 @@ from lmforge.artifact import load, save_model_artifact
 from lmforge.config import Section
 from lmforge.data.chat import PairBatches, load_preferences
 from lmforge.errors import ConfigError
+from lmforge.eval.metrics import mean_ci95
 from lmforge.infer.generate import SamplingConfig, stream_chat
 from lmforge.model.heads import HeadConfig, SequenceClassifier
 from lmforge.model.lora import adapters_disabled, inject_lora, lora_modules
@@ -228,11 +229,12 @@ def dpo_loss_fn(reference, beta: float):
 @torch.no_grad()
 def win_rate(policy, baseline, tokenizer, judge, prompts, max_new_tokens: int) -> dict:
     """Greedy answers of both models to each prompt, scored by the judge (a reward model);
-    a tie counts half. Returns the rate and the answers."""
+    a tie counts half. Returns the rate, its 95% bootstrap interval over prompts, and the
+    answers."""
     from lmforge.data.chat import encode_completion
 
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
-    rows, wins = [], 0.0
+    rows, outcomes = [], []
     for prompt in prompts:
         answers = ["".join(stream_chat(m, tokenizer, prompt, sampling)).strip() or "."
                    for m in (policy, baseline)]  # fmt: skip
@@ -241,10 +243,11 @@ def win_rate(policy, baseline, tokenizer, judge, prompts, max_new_tokens: int) -
             ids, _ = encode_completion(tokenizer, prompt, a)
             ids = ids[-judge.cfg.max_seq_len :]
             scores.append(judge(torch.tensor([ids]))[0, 0].item())
-        wins += 1.0 if scores[0] > scores[1] else 0.5 if scores[0] == scores[1] else 0.0
+        outcomes.append(1.0 if scores[0] > scores[1] else 0.5 if scores[0] == scores[1] else 0.0)
         rows.append({"user": prompt[-1]["content"], "policy": answers[0], "baseline": answers[1],
                      "policy_reward": scores[0], "baseline_reward": scores[1]})  # fmt: skip
-    return {"win_rate": wins / max(1, len(prompts)), "n": len(prompts), "transcripts": rows}
+    return {"win_rate": sum(outcomes) / max(1, len(prompts)), "ci95": mean_ci95(outcomes),
+            "n": len(prompts), "transcripts": rows}  # fmt: skip
 
 
 def train_dpo(cfg: DPOConfig, overwrite: bool = False) -> dict:
@@ -280,5 +283,7 @@ def train_dpo(cfg: DPOConfig, overwrite: bool = False) -> dict:
         wr = win_rate(model, start, tokenizer, judge, prompts, cfg.win_rate.max_new_tokens)
         write_json(out / "win_rate.json", wr)
         summary["win_rate_over_init"] = wr["win_rate"]
+        summary["win_rate_ci95"] = wr["ci95"]
+        summary["win_rate_n"] = wr["n"]
         summary["samples"] = wr["transcripts"][:8]
     return _finish(out, summary, t_start, f"DPO (beta {cfg.beta}, {cfg.method})")

@@ -88,7 +88,7 @@ def machine_key() -> str:
             )
     parts = [
         model,
-        " ".join(sorted(f for f in cpu_flags() if "avx512" in f or "amx" in f)),
+        " ".join(sorted(f for f in cpu_flags() if any(k in f for k in ("avx512", "amx", "vnni")))),
         os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
         torch.__version__,
         str(torch.get_num_threads()),

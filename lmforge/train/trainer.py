@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from lmforge.config import Section
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, ConfigError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dp
 from lmforge.train.device import (
@@ -84,6 +84,8 @@ class TrainerConfig(Section):
     )
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
+    # "muon": Muon for the blocks' matrices, AdamW for embeddings, heads and gains (MuonAdamW).
+    optimizer: Literal["adamw", "muon"] = "adamw"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     device: str = "auto"
@@ -249,9 +251,16 @@ class Trainer:
         self.eval_fn = eval_fn
         self.flops_per_token = flops_per_token
         self.grad_accum = self.par.grad_accum_steps
+        if cfg.optimizer == "muon" and self.par.mode == "fsdp":
+            raise ConfigError(
+                "trainer.optimizer=muon orthogonalizes whole matrices, which FSDP shards; use "
+                "trainer.parallel=ddp with Muon, or trainer.optimizer=adamw under FSDP"
+            )
         self.optimizer = build_optimizer(
-            self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, lr_overrides=lr_overrides
-        )
+            self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, lr_overrides=lr_overrides,
+            kind=cfg.optimizer,
+            matmul_dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32,
+        )  # fmt: skip
         # Compile the loss (model forward + loss) as one graph: the elementwise work around the
         # matmuls (norms, RoPE, SwiGLU, the fp32 cross-entropy) is where CPU time goes.
         self._loss = torch.compile(loss_fn) if cfg.compile else loss_fn
@@ -608,6 +617,7 @@ class Trainer:
             "grad_accum_steps": self.grad_accum,
             "world_size": self.par.world_size,
             "parallel": self.par.mode,
+            "optimizer": self.cfg.optimizer,
         }
         if rows and "mfu" in rows[-1]:
             out["mfu"] = float(np.median([r["mfu"] for r in steady]))
