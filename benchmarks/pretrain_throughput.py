@@ -199,12 +199,8 @@ def main() -> None:
 
     import torch
 
-    from lmforge.train.device import (
-        cpu_bf16_instructions,
-        cpu_flags,
-        cpu_precision,
-        matmul_peak_flops,
-    )
+    from lmforge.machine import cpu_flags
+    from lmforge.train.device import cpu_bf16_instructions, cpu_precision, matmul_peak_flops
 
     names = args.only or list(CONTENDERS)
     results: dict[str, dict] = {}

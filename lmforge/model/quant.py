@@ -35,9 +35,7 @@ directly on the logits).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import math
 import os
 import time
@@ -48,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.machine import measured_once
 
 METHODS = ("int8", "int8-weight", "int4", "bf16", "fp16")
 _EPS = 1e-12
@@ -214,22 +213,12 @@ def int8_kernel() -> str:
         return forced
     if "fbgemm" not in torch.backends.quantized.supported_engines:
         return "onednn"
-    from lmforge.train.device import _cache_path, machine_key
 
-    key, path = f"int8:{machine_key()}", _cache_path()
-    cached: dict = {}
-    with contextlib.suppress(OSError, ValueError):
-        cached = json.loads(path.read_text())
-    if cached.get(key) in INT8_KERNELS:
-        return cached[key]
-    times = _time_int8_kernels()
-    pick = min(times, key=times.get)
-    with contextlib.suppress(OSError):  # a read-only home only costs a re-measurement
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**cached, key: pick}, indent=1))
-        os.replace(tmp, path)
-    return pick
+    def measure() -> str:
+        times = _time_int8_kernels()
+        return min(times, key=times.get)
+
+    return measured_once("int8", measure, lambda raw: raw in INT8_KERNELS)
 
 
 def _time_int8_kernels(m: int = 256, k: int = 384, n: int = 1024) -> dict[str, float]:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 
 import torch
+
+from lmforge.machine import cpu_flags, measured_once
 
 # bf16 must beat fp32 by this much on a matmul before autocast pays: autocast also casts every
 # weight and activation around the matmuls, and the non-matmul work (norms, softmax, the
@@ -27,18 +24,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device '{name}' requested but CUDA is not available; use device=cpu")
     return torch.device(name)
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def cpu_bf16_instructions() -> bool:
@@ -73,29 +58,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return choose_precision(precision, device).precision
 
 
-def _cache_path() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "lmforge" / "precision.json"
-
-
-def machine_key() -> str:
-    """What decides the CPU's bf16 speed: the CPU, oneDNN's ISA cap, torch and the threads."""
-    model = platform.processor()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            model = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model
-            )
-    parts = [
-        model,
-        " ".join(sorted(f for f in cpu_flags() if any(k in f for k in ("avx512", "amx", "vnni")))),
-        os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
-        torch.__version__,
-        str(torch.get_num_threads()),
-    ]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
 def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 3) -> float:
     """Best-of-`repeats` rate of an n x n matmul on this CPU, in GFLOP/s."""
     a = torch.randn(n, n, dtype=dtype)
@@ -119,28 +81,18 @@ def cpu_precision() -> PrecisionChoice:
         return PrecisionChoice(
             "fp32", "auto: this CPU has no bf16 instructions (AMX, AVX-512 BF16)"
         )
-    key, path = machine_key(), _cache_path()
-    cached: dict = {}
-    with contextlib.suppress(OSError, ValueError):
-        cached = json.loads(path.read_text())
-    if isinstance(cached.get(key), dict):
-        with contextlib.suppress(TypeError):
-            return PrecisionChoice(**cached[key])
-    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
-    pick = "bf16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "fp32"
-    choice = PrecisionChoice(
-        pick,
-        f"auto: measured 1024² matmul bf16 {bf16:,.0f} vs fp32 {fp32:,.0f} GFLOP/s "
-        f"(bf16 needs {BF16_MIN_SPEEDUP}x)",
-        round(fp32, 1),
-        round(bf16, 1),
-    )
-    with contextlib.suppress(OSError):  # a read-only home only costs a re-measurement
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**cached, key: asdict(choice)}, indent=1))
-        os.replace(tmp, path)
-    return choice
+
+    def measure() -> dict:
+        fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+        pick = "bf16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "fp32"
+        reason = (f"auto: measured 1024² matmul bf16 {bf16:,.0f} vs fp32 {fp32:,.0f} GFLOP/s "
+                  f"(bf16 needs {BF16_MIN_SPEEDUP}x)")  # fmt: skip
+        return asdict(PrecisionChoice(pick, reason, round(fp32, 1), round(bf16, 1)))
+
+    def valid(raw) -> bool:
+        return isinstance(raw, dict) and set(raw) == {f.name for f in fields(PrecisionChoice)}
+
+    return PrecisionChoice(**measured_once("precision", measure, valid))
 
 
 def autocast(device: torch.device, precision: str):
