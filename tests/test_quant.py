@@ -155,6 +155,11 @@ def test_int8_kernel_is_chosen_by_measurement_and_cached(tmp_path, monkeypatch):
         quant.int8_kernel.cache_clear()
         with pytest.raises(ConfigError, match="use one of onednn, fbgemm"):
             quant.int8_kernel()
+        # quantize refuses it before anything is written (not at its first evaluation)
+        src = tmp_path / "fp32"
+        save_model_artifact(src, _classifier(), "sequence_classifier")
+        assert main(["quantize", str(src), "--method", "int8", "--out", str(tmp_path / "q")]) == 2
+        assert not (tmp_path / "q").exists()
     finally:
         quant.int8_kernel.cache_clear()
 

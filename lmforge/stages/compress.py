@@ -19,7 +19,13 @@ from pathlib import Path
 from lmforge.artifact import load, save_model_artifact
 from lmforge.errors import CheckpointError
 from lmforge.eval.bench import dir_size_mb
-from lmforge.model.quant import METHODS, check_group_size, quantize_model, resolve_group_size
+from lmforge.model.quant import (
+    METHODS,
+    check_group_size,
+    int8_kernel,
+    quantize_model,
+    resolve_group_size,
+)
 from lmforge.utils import read_json, staging_dir, write_json
 
 # What `lmforge tradeoff` and the report say about each method on a CPU.
@@ -48,6 +54,8 @@ def quantize(
         raise CheckpointError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
     if group_size is not None:
         check_group_size(group_size)
+    if method == "int8":
+        int8_kernel()  # a bad LMFORGE_INT8_KERNEL is refused, and a first measurement made, first
     loaded = load(src)
     if "quantization" in loaded.meta:
         raise CheckpointError(
