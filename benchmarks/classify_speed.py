@@ -32,9 +32,9 @@ if summary.get("stage") == "baseline-tfidf":
     result = measure_speed(model.transform, model.logits, texts)
 else:
     from lmforge.artifact import load
-    from lmforge.stages.classify import _run_config, speed
+    from lmforge.eval.classifier import read_settings, speed
     loaded = load(run)
-    result = speed(loaded.model, loaded.tokenizer, texts, _run_config(run))
+    result = speed(loaded.model, loaded.tokenizer, texts, read_settings(run))
 print(json.dumps(result))
 """
 

@@ -31,12 +31,29 @@ import torch
 from lmforge.eval.estimate import calibrate, estimate, measure
 from lmforge.model.config import ModelConfig, from_preset
 
-ENCODER = dict(causal=False, norm="layernorm", mlp="geglu", activation="gelu", embed_norm=True,
-               first_attn_norm=False, tie_embeddings=True, global_every=3, local_window=64,
-               rope_theta_local=10000.0)  # fmt: skip
-GPT2 = dict(norm="layernorm", norm_bias=True, mlp="gelu", activation="gelu_tanh",
-            pos_embedding="learned", attn_qkv_bias=True, attn_out_bias=True, mlp_bias=True,
-            tie_embeddings=True)  # fmt: skip
+ENCODER = dict(
+    causal=False,
+    norm="layernorm",
+    mlp="geglu",
+    activation="gelu",
+    embed_norm=True,
+    first_attn_norm=False,
+    tie_embeddings=True,
+    global_every=3,
+    local_window=64,
+    rope_theta_local=10000.0,
+)
+GPT2 = dict(
+    norm="layernorm",
+    norm_bias=True,
+    mlp="gelu",
+    activation="gelu_tanh",
+    pos_embedding="learned",
+    attn_qkv_bias=True,
+    attn_out_bias=True,
+    mlp_bias=True,
+    tie_embeddings=True,
+)
 
 CONFIGS = {
     # the demo's decoder shape at depth 4 (width 256, 4 heads, SwiGLU 704), 2 KV heads
@@ -46,7 +63,7 @@ CONFIGS = {
     # past 512 keys our CPU attention hands over to SDPA's fused kernel (no t x t matrix)
     "decoder-d4-long": from_preset(
         "lmforge-d4", vocab_size=8192, n_layer=2, n_kv_head=1, max_seq_len=1024
-    ),  # fmt: skip
+    ),
 }
 
 # (config, method, dtype, batch, seq, options)
@@ -73,14 +90,21 @@ def run(name: str, cfg: ModelConfig, method, dtype, batch, seq, options, timed_s
     est = estimate(cfg, method, batch, seq, dtype, flops_per_s=flops_per_s, **options)
     checkpointing = options.get("activation_checkpointing", False)
     est_mb = est["memory_mb"]["total_checkpointed" if checkpointing else "total"]
+    counts = (est["params"], est["trainable"])
     row = {
-        "config": name, "method": method, "dtype": dtype, "batch": batch, "seq": seq,
-        "options": options, "params": est["params"], "trainable": est["trainable"],
-        "counts_match": (est["params"], est["trainable"]) == (measured["params"],
-                                                              measured["trainable"]),
-        "estimated_peak_mb": round(est_mb, 1), "measured_peak_mb": round(measured["peak_mb"], 1),
+        "config": name,
+        "method": method,
+        "dtype": dtype,
+        "batch": batch,
+        "seq": seq,
+        "options": options,
+        "params": est["params"],
+        "trainable": est["trainable"],
+        "counts_match": counts == (measured["params"], measured["trainable"]),
+        "estimated_peak_mb": round(est_mb, 1),
+        "measured_peak_mb": round(measured["peak_mb"], 1),
         "memory_ratio": round(est_mb / measured["peak_mb"], 3),
-    }  # fmt: skip
+    }
     if timed_steps:
         row.update(
             estimated_s=round(est["seconds_per_step"], 3),
@@ -101,21 +125,30 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = [run(name, CONFIGS[name], *rest, timed_steps=args.timed_steps) for name, *rest in RUNS]
     ratios = [r["memory_ratio"] for r in rows]
+    gflops = None
+    if args.timed_steps:
+        gflops = {dt: round(calibrate(dt) / 1e9, 1) for dt in ("fp32", "bf16")}
     result = {
-        "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": args.threads,
         "load_average": os.getloadavg()[0],
-        "calibration_gflop_per_s": {dt: round(calibrate(dt) / 1e9, 1)
-                                    for dt in ("fp32", "bf16")} if args.timed_steps else None,
+        "calibration_gflop_per_s": gflops,
         "summary": {
-            "memory_ratio_min": min(ratios), "memory_ratio_max": max(ratios),
-            "within_20_percent": sum(0.8 <= r <= 1.2 for r in ratios), "runs": len(rows),
+            "memory_ratio_min": min(ratios),
+            "memory_ratio_max": max(ratios),
+            "within_20_percent": sum(0.8 <= r <= 1.2 for r in ratios),
+            "runs": len(rows),
             "counts_match": all(r["counts_match"] for r in rows),
-            **({"time_ratio_median": statistics.median(r["time_ratio"] for r in rows)}
-               if args.timed_steps else {}),
+            **(
+                {"time_ratio_median": statistics.median(r["time_ratio"] for r in rows)}
+                if args.timed_steps
+                else {}
+            ),
         },
         "runs": rows,
         "seconds": round(time.perf_counter() - t0, 1),
-    }  # fmt: skip
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

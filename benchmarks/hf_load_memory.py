@@ -21,7 +21,7 @@ from pathlib import Path
 
 WRITE = """
 import sys, torch
-from lmforge.artifact import build_model
+from lmforge.model.build import build_model
 from lmforge.model.config import from_preset
 from lmforge.model.hf import write_hf
 cfg = from_preset(sys.argv[1])
@@ -74,8 +74,10 @@ def main() -> None:
         for loader in ("lmforge", "transformers"):
             out = subprocess.run(
                 [sys.executable, "-c", MEASURE, loader, str(ckpt)],
-                check=True, capture_output=True, text=True,
-            )  # fmt: skip
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             r["peak_over_checkpoint"] = r["peak_rss_mb"] / size_mb
             r["load_over_checkpoint"] = (r["peak_rss_mb"] - r["rss_before_load_mb"]) / size_mb

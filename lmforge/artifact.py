@@ -18,28 +18,13 @@ import torch
 from torch import nn
 
 from lmforge.errors import CheckpointError
+from lmforge.model import hf
+from lmforge.model.build import build_model
 from lmforge.model.config import ModelConfig
-from lmforge.model.transformer import LanguageModel
+from lmforge.model.quant import quantize_model
+from lmforge.tokenizer import Tokenizer
 from lmforge.train.checkpoint import load_weights, save_weights
 from lmforge.utils import read_json, write_json
-
-KINDS = ("causal_lm", "masked_lm", "sequence_classifier", "encoder")
-
-
-def build_model(kind: str, cfg: ModelConfig, meta: dict | None = None) -> nn.Module:
-    """A fresh model of an artifact kind (weights are loaded separately)."""
-    from lmforge.model.heads import Encoder, HeadConfig, MaskedLM, SequenceClassifier
-
-    meta = meta or {}
-    if kind == "causal_lm":
-        return LanguageModel(cfg)
-    if kind == "masked_lm":
-        return MaskedLM(cfg, **meta.get("mlm_head", {}))
-    if kind == "sequence_classifier":
-        return SequenceClassifier(cfg, HeadConfig.model_validate(meta.get("head", {})))
-    if kind == "encoder":
-        return Encoder(cfg, pooler=meta.get("pooler", False))
-    raise CheckpointError(f"unknown model kind '{kind}' (known: {', '.join(KINDS)})")
 
 
 @dataclass
@@ -93,8 +78,9 @@ def read_model_config(path: str | os.PathLike) -> tuple[str, ModelConfig]:
         ) from None
 
 
-def load_causal_lm(path: str | os.PathLike, device: str | torch.device = "cpu",
-                   purpose: str = "generation") -> Loaded:  # fmt: skip
+def load_causal_lm(
+    path: str | os.PathLike, device: str | torch.device = "cpu", purpose: str = "generation"
+) -> Loaded:
     """`load` for what needs a decoder and its tokenizer (generation, chat, post-training,
     mid-training, a distillation teacher), or an error naming what the path holds instead."""
     loaded = load(path, device=device)
@@ -113,9 +99,6 @@ def load(
 ) -> Loaded:
     """The model, tokenizer and config of an lmforge artifact directory, a Hugging Face
     checkpoint directory, or ``hf:<repo id>`` (the hub, or its cache when offline)."""
-    from lmforge.model import hf
-    from lmforge.tokenizer import Tokenizer
-
     path = hf.resolve(path)
     if not path.is_dir():
         raise CheckpointError(
@@ -131,8 +114,6 @@ def load(
     meta = read_model_meta(path)
     model = build_model(kind, cfg, meta)
     if "quantization" in meta:  # quantized layers (or a cast) first, then their weights
-        from lmforge.model.quant import quantize_model
-
         q = meta["quantization"]
         quantize_model(model, q["method"], q.get("group_size", 128), empty=True)
     load_weights(model, path / "model.safetensors")

@@ -54,9 +54,15 @@ from pathlib import Path
 from pydantic import Field
 
 import lmforge
-from lmforge.config import Section, apply_overrides, read_yaml, validate
+from lmforge import verbs
+from lmforge.config import Section, read_yaml, validate
 from lmforge.errors import ConfigError
+from lmforge.eval.estimate import calibrate, estimate, model_from_config
+from lmforge.report import environment
+from lmforge.train.checkpoint import checkpoint_dir
+from lmforge.train.device import cpu_precision
 from lmforge.utils import read_json, write_json
+from lmforge.verbs.options import Call
 
 
 class StageSpec(Section):
@@ -90,14 +96,14 @@ class Stage:
     needs: list[str]  # every input stage, explicit and inferred, in pipeline order
     optional: bool
     about: str
-    config: dict | None  # the resolved config, for stages run with --config
+    config: dict | None  # the recipe as its file and command line give it (--config verbs)
+    call: Call  # the command line as the registry reads it: verb, flags, resolved recipe
     external: dict[str, str] = field(default_factory=dict)  # path -> fingerprint
     key: str = ""
 
     @property
     def verb(self) -> str:
-        two = {"data", "tokenizer", "baseline", "classify", "distill", "scaling"}
-        return " ".join(self.argv[:2]) if self.argv[0] in two else self.argv[0]
+        return self.call.verb.name
 
 
 @dataclass
@@ -140,16 +146,11 @@ def _substitute(text: str, variables: dict[str, str], where: str) -> str:
         raise ConfigError(f"{where}: {e} (write a literal $ as $$)") from None
 
 
-def _resolved_config(argv: list[str], where: str) -> dict | None:
-    """The config a `--config FILE key=value ...` command line resolves to, as a plain dict."""
-    if "--config" not in argv and "-c" not in argv:
-        return None
-    i = argv.index("--config") if "--config" in argv else argv.index("-c")
-    if i + 1 >= len(argv):
-        raise ConfigError(f"{where}: --config needs a file")
-    overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+def _parse(argv: list[str], where: str) -> Call:
+    """A stage's command line as the CLI would read it (lmforge/verbs/): refused here, at
+    load time, when it would be refused when the stage runs."""
     try:
-        return apply_overrides(read_yaml(argv[i + 1]), overrides)
+        return verbs.parse(argv)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -248,7 +249,8 @@ def load(path: str | os.PathLike, profile: str | None = None,
             argv = argv[1:]
         if not argv:
             raise ConfigError(f"{where} has an empty `run:` line")
-        config = _resolved_config(argv, where)
+        call = _parse(argv, where)
+        config = call.raw_config
         for n in s.needs:
             if n not in spec.stages:
                 raise ConfigError(
@@ -258,7 +260,7 @@ def load(path: str | os.PathLike, profile: str | None = None,
                                   [(n, o) for n, o in default_outs if o in moved], where)  # fmt: skip
         needs = list(dict.fromkeys([*s.needs, *found]))
         out = os.path.normpath(_substitute(s.out, current, where))
-        stages.append(Stage(name, argv, out, needs, s.optional, s.about, config, external))
+        stages.append(Stage(name, argv, out, needs, s.optional, s.about, config, call, external))
     graph = {s.name: s.needs for s in stages}
     cycle = _find_cycle(graph)
     if cycle:
@@ -393,17 +395,8 @@ def status(p: Pipeline, s: Stage, state: dict) -> str:
     return "interrupted" if rec.get("status") == "running" else rec.get("status", "new")
 
 
-# Verbs that refuse to replace a finished run made under another config unless --overwrite:
-# a stage the pipeline re-makes (its recipe or an input changed) replaces its old run.
-OVERWRITING_VERBS = ("pretrain", "midtrain", "sft", "reward", "dpo", "classify train",
-                     "distill train")  # fmt: skip
-
-
 def plan(p: Pipeline, chosen: list[Stage], state: dict, force: bool = False) -> list[dict]:
     """One row per chosen stage: what `run` would do and why, with estimates."""
-    from lmforge.eval import estimate as est
-    from lmforge.train.device import cpu_precision
-
     rows = []
     for s in chosen:
         st = status(p, s, state)
@@ -417,7 +410,7 @@ def plan(p: Pipeline, chosen: list[Stage], state: dict, force: bool = False) -> 
         if rec.get("seconds") is not None:
             row["seconds_est"], row["basis"] = rec["seconds"], "last run"
         elif flops:
-            row["seconds_est"] = flops / est.calibrate(cpu_precision().precision)
+            row["seconds_est"] = flops / calibrate(cpu_precision().precision)
             row["basis"] = "FLOPs / measured rate"
         rows.append(row)
     return rows
@@ -426,8 +419,6 @@ def plan(p: Pipeline, chosen: list[Stage], state: dict, force: bool = False) -> 
 def _model_of(p: Pipeline, s: Stage):
     """The ModelConfig a training stage trains: its recipe's, or, for `init:` an upstream stage
     that has not run yet, that stage's."""
-    from lmforge.eval.estimate import model_from_config
-
     cfg = s.config or {}
     init = cfg.get("init")
     upstream = next((u for u in p.stages if init and _inside(init, u.out)), None)
@@ -438,34 +429,32 @@ def _model_of(p: Pipeline, s: Stage):
 
 def stage_flops(p: Pipeline, s: Stage) -> float | None:
     """Training FLOPs of a stage that trains a model for a known number of steps, by
-    eval/estimate.py's accounting for its method; None when it cannot be told before running."""
-    from lmforge.eval.estimate import estimate
-
-    cfg = s.config or {}
-    trainer = cfg.get("trainer") or {}
-    steps = trainer.get("max_steps")
+    eval/estimate's accounting for its method; None when it cannot be told before running
+    (e.g. steps set by epochs over data not yet built)."""
+    cfg = s.call.cfg
+    trainer = getattr(cfg, "trainer", None)
+    if trainer is None:
+        return None
     try:
         model = _model_of(p, s)
     except Exception:  # an estimate must never stop a run
         return None
-    if s.verb in ("classify train", "distill train"):
-        task = cfg.get("task") or {}
-        n, batch = task.get("max_train_examples") or 0, cfg.get("batch_size", 32)
+    steps = trainer.max_steps if "max_steps" in trainer.model_fields_set else None
+    if s.call.verb.name in ("classify train", "distill train"):
+        n, batch = cfg.task.max_train_examples, cfg.batch_size
         if not n:
             return None
-        steps = min(steps or 10**12, -(-int(n * cfg.get("epochs", 1)) // batch))
-        seq, method, labels = task.get("max_length", 128), cfg.get("method", "full"), 2
+        steps = min(steps or 10**12, -(-int(n * cfg.epochs) // batch))
+        seq, method, labels = cfg.task.max_length, cfg.method, 2
     else:
         if not steps:
             return None
-        data = cfg.get("data") or {}
-        seq = data.get("seq_len") or cfg.get("seq_len") or model.max_seq_len
-        batch = trainer.get("micro_batch_size", 8) * trainer.get("grad_accum_steps", 1)
+        seq = getattr(getattr(cfg, "data", None), "seq_len", None) or model.max_seq_len
+        batch = trainer.micro_batch_size * trainer.grad_accum_steps
         method, labels = "full", None
     try:  # (a classifier's head is a rounding error next to its backbone: any label count)
-        return float(
-            estimate(model, method, batch, seq, num_labels=labels)["flops_per_step"] * steps
-        )
+        flops = estimate(model, method, batch, seq, num_labels=labels)["flops_per_step"]
+        return float(flops * steps)
     except Exception:
         return None
 
@@ -517,8 +506,6 @@ def run(p: Pipeline, runner: Callable[[list[str]], int] = subprocess_runner, onl
             if n not in chosen_names and status(p, p.stage(n), state) != "cached":
                 echo(f"[{s.name}] note: its input '{n}' is not up to date ({status(p, p.stage(n), state)}) "
                      "and is not part of this run; the existing output is used")  # fmt: skip
-    from lmforge.report import environment
-
     state.update(name=p.name, file=p.file, profile=p.profile, vars=p.vars,
                  environment=environment(), started=_now())  # fmt: skip
     state.pop("finished", None)
@@ -537,7 +524,7 @@ def run(p: Pipeline, runner: Callable[[list[str]], int] = subprocess_runner, onl
             echo(f"[{s.name}] cached ({s.key}): {s.out}")
             continue
         rec = state["stages"].get(s.name, {})
-        ckpts = Path(s.out) / "checkpoints"
+        ckpts = checkpoint_dir(s.out)
         if st not in ("interrupted", "failed") and ckpts.is_dir():
             # Only an interrupted run of this very recipe may continue from these; checkpoints
             # of another recipe (or of a run this record does not know) would mix two runs.
@@ -556,8 +543,10 @@ def run(p: Pipeline, runner: Callable[[list[str]], int] = subprocess_runner, onl
         write_json(p.state_path, state)
         t = time.perf_counter()
         argv = list(s.argv)
-        if st not in ("interrupted", "failed") and s.verb in OVERWRITING_VERBS:
-            argv.append("--overwrite")  # re-made by the pipeline: the stage's old run is replaced
+        if st not in ("interrupted", "failed") and s.call.verb.trains:
+            # Re-made by the pipeline: a verb that refuses to replace a finished run made under
+            # another config is told to replace the stage's old run.
+            argv.append("--overwrite")
         try:
             code = runner(argv)
         except KeyboardInterrupt:

@@ -55,7 +55,7 @@ def tiny_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory, tiny_corpus):
-    from lmforge.tokenizer import train_tokenizer_from_path
+    from lmforge.data.vocab import train_tokenizer_from_path
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     train_tokenizer_from_path(tiny_corpus, 400, out, progress=False)

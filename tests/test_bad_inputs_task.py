@@ -195,7 +195,7 @@ def test_group_size_below_one_is_a_usage_error(tmp_path, wide_lm, capsys, size):
 
 
 def test_group_size_given_must_fit_every_layer_and_the_hint_does(tmp_path, wide_lm, capsys):
-    from lmforge.stages.compress import quantize
+    from lmforge.stages.quantize import quantize
 
     for size in (128, 160):
         code, _, err = _cli(capsys, "quantize", wide_lm, "--method", "int4", "--group-size",

@@ -298,7 +298,7 @@ PUBLISHED = [
 
 @pytest.mark.parametrize("name,kind,count", PUBLISHED)
 def test_presets_have_the_published_parameter_counts(name, kind, count):
-    from lmforge.artifact import build_model
+    from lmforge.model.build import build_model
 
     cfg = from_preset(name)
     with torch.device("meta"):  # shapes only: no memory
@@ -329,17 +329,15 @@ def test_course_qwen_lora_recipe_trains_the_course_parameter_count():
     as the course's PEFT model reports (its total counts the saved head twice; ours once)."""
     from lmforge.config import load_config
     from lmforge.model.heads import HeadConfig, SequenceClassifier
-    from lmforge.model.lora import inject_lora
-    from lmforge.stages.classify import ClassifyConfig, lora_targets
+    from lmforge.model.lora import apply_lora
+    from lmforge.stages.classify import ClassifyConfig
 
     recipe = load_config(ClassifyConfig, "configs/course/qwen2.5-0.5b-lora.yaml", [])
     assert recipe.padding_side == "left" and recipe.trainer.warmup_steps == 100
     with torch.device("meta"):
         cfg = from_preset("qwen2.5-0.5b", pad_token_id=151643)
         model = SequenceClassifier(cfg, HeadConfig(num_labels=113, head="linear", pooling="last"))
-        lora = recipe.lora
-        inject_lora(model, lora_targets(lora.target_modules), r=lora.r, alpha=lora.alpha,
-                    dropout=lora.dropout, modules_to_save=["classifier"])  # fmt: skip
+        apply_lora(model, recipe.lora, modules_to_save=["classifier"])
     counts = count_parameters(model)
     assert counts["trainable"] == 2_263_936
     assert counts["total"] + 896 * 113 == 496_397_952

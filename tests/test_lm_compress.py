@@ -9,7 +9,7 @@ from lmforge.artifact import load
 from lmforge.cli import main
 from lmforge.data.shards import ShardDataset, iter_eval_batches
 from lmforge.errors import ConfigError
-from lmforge.stages.compress import quantize
+from lmforge.stages.quantize import quantize
 from lmforge.utils import read_json
 
 
@@ -76,7 +76,7 @@ def test_lm_distillation_pulls_the_student_toward_the_teacher(
 def test_lm_distillation_refuses_a_teacher_with_another_tokenizer(
     teacher_run, tmp_path, tiny_corpus
 ):
-    from lmforge.tokenizer import train_tokenizer_from_path
+    from lmforge.data.vocab import train_tokenizer_from_path
 
     other = tmp_path / "tok300"
     train_tokenizer_from_path(tiny_corpus, 300, other, progress=False)

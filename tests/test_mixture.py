@@ -290,7 +290,7 @@ def test_failed_build_keeps_the_previous_mixture(tiny_tokenizer_dir, data_dir, t
 def test_prebuilt_shards_are_used_in_place_and_must_match_the_tokenizer(
     tiny_tokenizer_dir, tiny_corpus, data_dir, tmp_path, tok
 ):
-    from lmforge.tokenizer import train_tokenizer_from_path
+    from lmforge.data.vocab import train_tokenizer_from_path
 
     prebuilt = tmp_path / "digits-shards"
     build_shards(data_dir / "digits.jsonl", tok, prebuilt, "body", 0.1, progress=False)

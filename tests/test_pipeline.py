@@ -248,7 +248,11 @@ def test_profile_moves_outputs_and_catches_paths_it_did_not_move(toy):
         (lambda t: t.replace("needs: [cls-a, cls-b, int8]", "needs: [cls-a, ghost]"), "unknown stage 'ghost'"),
         (lambda t: t.replace("    out: ${runs}/tokenizer\n", "    out: ${runs}/tokenizer\n    outs: x\n"), "unknown key 'stages.tokenizer.outs'"),
         (lambda t: t.replace("tokenizer train --data ${data}/corpus", "tokenizer train --data ${runs}/int8"), "'tokenizer' -> 'pretrain' -> 'cls-a' -> 'int8' -> 'tokenizer' form a cycle"),
-        (lambda t: t.replace("data wordnet-task --out", "data wordnet-task --from ${runs}/extra --out"), "'task'.*consumes 'extra', which comes after it"),
+        (lambda t: t.replace("    out: ${data}/task\n", "    out: ${data}/task\n    needs: [extra]\n"), "'task'.*consumes 'extra', which comes after it"),
+        # a run line the CLI would refuse is refused when the file is read, not mid-pipeline
+        (lambda t: t.replace("data wordnet-task --out", "data wordnet-task --from x --out"), "stage 'task' .*unrecognized arguments: --from x"),
+        (lambda t: t.replace("quantize ${runs}/cls-a --method int8", "quantize ${runs}/cls-a --method int9"), "stage 'int8' .*invalid choice: 'int9'"),
+        (lambda t: t.replace("tradeoff ${runs}", "tradeof ${runs}"), "stage 'tradeoff' .*not a verb of lmforge"),
     ],
 )  # fmt: skip
 def test_bad_pipeline_files_are_clear_errors(toy, edit, message):

@@ -19,7 +19,10 @@ from helpers import CHROMIUM, render_page
 from lmforge.data.curate import CurateConfig, curate
 from lmforge.eval.classification import headline
 from lmforge.eval.metrics import classification_report, paired_bootstrap
-from lmforge.report import _dur, _num, _pct, build_report, environment
+from lmforge.report import build_report, environment
+from lmforge.report import fmt_duration as _dur
+from lmforge.report import fmt_num as _num
+from lmforge.report import fmt_pct as _pct
 from lmforge.stages.tradeoff import tradeoff
 from lmforge.utils import append_jsonl, write_json
 

@@ -7,7 +7,8 @@ from lmforge.cli import main
 from lmforge.config import save_config, validate
 from lmforge.errors import ConfigError
 from lmforge.stages.pretrain import PretrainConfig
-from lmforge.stages.scaling import SweepConfig, fit, plan, sweep
+from lmforge.stages.scaling import fit
+from lmforge.stages.sweeps import SweepConfig, plan, sweep
 from lmforge.utils import read_json, write_json
 
 

@@ -3,6 +3,7 @@ import random
 
 import pytest
 
+from lmforge.data.vocab import train_tokenizer_from_path
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizer import (
     MIN_VOCAB,
@@ -10,7 +11,6 @@ from lmforge.tokenizer import (
     Tokenizer,
     token_byte_lengths,
     train_tokenizer,
-    train_tokenizer_from_path,
 )
 
 

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from lmforge.errors import DataError
+from lmforge.config import Section
+from lmforge.errors import ConfigError, DataError, MissingColumnError
 from lmforge.tokenizer import Tokenizer, is_heldout
 from lmforge.utils import read_json, staging_dir, write_json
 
@@ -353,3 +355,54 @@ def iter_eval_batches(
     n = min(max_batches, max(1, total_rows // batch_size))
     for _ in range(n):
         yield loader.next_batch()
+
+
+# --------------------------------------------------------------------------------------------
+# A recipe's data section, built into shards once
+# --------------------------------------------------------------------------------------------
+
+
+class LMData(Section):
+    """A language-modelling recipe's `data:` section (pretrain, midtrain)."""
+
+    path: str = "data/default"  # txt / jsonl / parquet / csv file or directory
+    text_column: str = "text"
+    # Token shards: built from `path` into <out_dir>/shards unless this names a built directory.
+    shards: str | None = None
+    val_fraction: float = Field(0.01, gt=0, lt=1)
+    seq_len: int = Field(256, ge=2)  # tokens per training row
+    eval_batches: int = Field(20, ge=1)
+
+
+def ensure_shards(data: LMData, tokenizer: Tokenizer, out: Path, seed: int) -> Path:
+    """Token shards of data.path under out/shards (reused when built from the same data with
+    this tokenizer), or the built directory data.shards names."""
+    if data.shards:
+        if not shards_match(data.shards, tokenizer):
+            raise ConfigError(
+                f"data.shards {data.shards} was built with another tokenizer or is incomplete; "
+                "remove data.shards to rebuild from data.path"
+            )
+        return Path(data.shards)
+    shards_dir = out / "shards"
+    if shards_match(shards_dir, tokenizer) and _built_from(shards_dir, data, seed):
+        return shards_dir
+    try:
+        build_shards(data.path, tokenizer, shards_dir, text_column=data.text_column,
+                     val_fraction=data.val_fraction, seed=seed)  # fmt: skip
+    except MissingColumnError as e:
+        raise e.with_fix("Set data.text_column to the column that holds the text.") from None
+    return shards_dir
+
+
+def _built_from(shards_dir: Path, data: LMData, seed: int) -> bool:
+    """True when shards under a run directory were built from this data: a run re-made in the
+    same out_dir with another corpus must not train on the old one."""
+    meta = read_json(shards_dir / "meta.json")
+    built = (
+        meta.get("source"),
+        meta.get("text_column"),
+        meta.get("val_fraction"),
+        meta.get("seed"),
+    )
+    return built == (str(data.path), data.text_column, data.val_fraction, seed)

@@ -82,7 +82,7 @@ class Task:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_table(path: str) -> dict[str, pa.Table]:
+def read_table(path: str) -> dict[str, pa.Table]:
     """Raw data -> {split name: table}. A single file or a directory of files is one split, 'train'."""
     if path.startswith("hf:"):
         return _read_hf(path[3:], hub=True)
@@ -203,12 +203,12 @@ def _stratified_take(rows, fraction: float, seed: int):
 
 def prepare_task(cfg: TaskConfig, out_dir: str | os.PathLike) -> Task:
     """Raw labelled data -> a task directory (atomic). Returns the task."""
-    raw = _read_table(cfg.path)
+    raw = read_table(cfg.path)
     splits = {name: _rows(t, cfg, f"{cfg.path} [{name}]") for name, t in raw.items()}
     if cfg.val_path:
-        splits["val"] = _rows(_read_table(cfg.val_path)["train"], cfg, cfg.val_path)
+        splits["val"] = _rows(read_table(cfg.val_path)["train"], cfg, cfg.val_path)
     if cfg.test_path:
-        splits["test"] = _rows(_read_table(cfg.test_path)["train"], cfg, cfg.test_path)
+        splits["test"] = _rows(read_table(cfg.test_path)["train"], cfg, cfg.test_path)
     if "train" not in splits:
         raise DataError(f"{cfg.path} has no train split (found: {', '.join(splits)})")
 

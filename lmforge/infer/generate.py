@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from lmforge.config import Section
 from lmforge.errors import ConfigError
 
 
@@ -200,3 +202,29 @@ def generate_text(
     model: nn.Module, tokenizer, prompt: str, cfg: SamplingConfig, add_bos: bool = True
 ) -> str:
     return "".join(stream_text(model, tokenizer, prompt, cfg, add_bos=add_bos))
+
+
+class SampleConfig(Section):
+    """A recipe's `samples:` section: completions written beside a trained LM."""
+
+    prompts: list[str] = ["The meaning of", "A dictionary is", "In the beginning"]
+    max_new_tokens: int = Field(60, ge=1)
+    temperature: float = Field(0.8, ge=0)  # 0: greedy
+    top_k: int = Field(50, ge=0)  # 0: no top-k cut
+    seed: int = 0
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            seed=self.seed,
+        )
+
+
+def write_samples(model, tokenizer, cfg: SampleConfig) -> list[dict]:
+    """One completion per prompt of a recipe's `samples:` section."""
+    return [
+        {"prompt": p, "completion": generate_text(model, tokenizer, p, cfg.sampling())}
+        for p in cfg.prompts
+    ]

@@ -21,10 +21,40 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lmforge.config import Section
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.utils import atomic_write_text
 
 PEFT_PREFIX = "base_model.model."
+
+
+class LoraConfig(Section):
+    """A recipe's `lora:` section (classify, sft, reward, dpo)."""
+
+
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    # Names (or name suffixes) of the Linear layers that get adapters.
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+
+
+# Target names from the transformers models, as recipes (and the course) write them, -> ours.
+# ModernBERT's "Wo" names both the attention output and the MLP output, as in PEFT.
+HF_TARGETS = {
+    "Wqkv": ["q_proj", "k_proj", "v_proj"], "Wo": ["o_proj", "down_proj"],
+    "Wi": ["gate_proj", "up_proj"], "query": ["q_proj"], "key": ["k_proj"],
+    "value": ["v_proj"], "c_attn": ["q_proj", "k_proj", "v_proj"],
+    "c_proj": ["o_proj", "down_proj"], "c_fc": ["up_proj"],
+}  # fmt: skip
+
+
+def lora_targets(names: list[str]) -> list[str]:
+    out = []
+    for n in names:
+        out += [t for t in HF_TARGETS.get(n, [n]) if t not in out]
+    return out
 
 
 class LoRALinear(nn.Module):
@@ -146,6 +176,14 @@ def inject_lora(
         trainable |= any(name == m or name.startswith(m + ".") for m in modules_to_save)
         p.requires_grad_(trainable)
     return wrapped
+
+
+def apply_lora(model: nn.Module, cfg: LoraConfig, modules_to_save: list[str] = ()) -> list[str]:
+    """Adapters on the layers a recipe's `lora:` section names (transformers' names translated
+    by lora_targets), everything else frozen but ``modules_to_save``. The one way every stage
+    and the memory estimate put LoRA on a model."""
+    return inject_lora(model, lora_targets(cfg.target_modules), r=cfg.r, alpha=cfg.alpha,
+                       dropout=cfg.dropout, rslora=cfg.rslora, modules_to_save=modules_to_save)
 
 
 def set_adapter(model: nn.Module, name: str | None) -> None:

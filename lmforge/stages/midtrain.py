@@ -23,8 +23,6 @@ model's weights are all that is carried over.
 from __future__ import annotations
 
 import math
-import shutil
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -35,18 +33,16 @@ from pydantic import Field
 
 from lmforge.artifact import load_causal_lm, save_model_artifact
 from lmforge.config import Section
-from lmforge.data.shards import PackedLoader, ShardDataset, iter_eval_batches
+from lmforge.data.shards import LMData, PackedLoader, ShardDataset, ensure_shards, iter_eval_batches
 from lmforge.errors import ConfigError
-from lmforge.infer.generate import SamplingConfig, generate_text
+from lmforge.infer.generate import SampleConfig, write_samples
 from lmforge.model.transformer import LanguageModel, count_parameters
-from lmforge.stages.pretrain import PretrainData, SampleConfig, ensure_shards
+from lmforge.stages import frame
+from lmforge.stages.summaries import MidtrainSummary
 from lmforge.tokenizer import Tokenizer, token_byte_lengths
-from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dp
 from lmforge.train.objectives import clm_loss, lm_eval
-from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig
-from lmforge.utils import seed_everything, write_json
 
 
 class ContextSection(Section):
@@ -70,7 +66,7 @@ class MidtrainConfig(Section):
     init: str = "runs/demo/pretrain"  # a causal LM; its tokenizer comes with it
     # The new diet: a `lmforge data mix` directory, or (None) the documents under data.path.
     mixture: str | None = None
-    data: PretrainData = Field(default_factory=PretrainData)
+    data: LMData = Field(default_factory=LMData)
     context: ContextSection = Field(default_factory=ContextSection)
     trainer: TrainerConfig = Field(
         default_factory=lambda: TrainerConfig(max_steps=300, lr=1e-3, warmup_steps=30)
@@ -202,8 +198,8 @@ def plot_positions(curves: dict[str, np.ndarray], old_len: int, path: Path) -> N
 
 
 def run(cfg: MidtrainConfig, overwrite: bool = False) -> dict:
-    out, t_start = Path(cfg.out_dir), time.perf_counter()
-    seed_everything(cfg.trainer.seed)
+    run_ = frame.begin(cfg)
+    out = run_.out
     start = load_causal_lm(cfg.init, purpose="mid-training")
     tokenizer: Tokenizer = start.tokenizer
     old = start.config
@@ -222,10 +218,9 @@ def run(cfg: MidtrainConfig, overwrite: bool = False) -> dict:
     before_model.load_state_dict(start.model.state_dict())  # the old positions, run longer
     del start
 
-    # Data: the new diet's loaders and val sets, and the starting model's own val data.
     # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
-    is_main = dp.world_from_env()[0] == 0
-    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+    with run_.open(overwrite):
+        # Data: the new diet's loaders and val sets, and the starting model's own val data.
         # This rank's micro-batches (all of them in one process), as the trainer will take them,
         # so that the schedules land right.
         par = dp.plan_for(cfg.trainer, cfg.trainer.micro_batch_size * seq_len)
@@ -325,14 +320,5 @@ def run(cfg: MidtrainConfig, overwrite: bool = False) -> dict:
         }  # fmt: skip
         plot_positions(curves, old.max_seq_len, out / "loss_by_position.png")
         np.save(out / "loss_by_position.npy", np.stack([curves["before"], curves["after"]]))
-    s = cfg.samples
-    summary["samples"] = [
-        {"prompt": p, "completion": generate_text(model, tokenizer, p, SamplingConfig(
-            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, seed=s.seed))}
-        for p in s.prompts
-    ]  # fmt: skip
-    plot_training_curves(out / "metrics.jsonl", out / "loss.png", title="mid-training")
-    summary["stage_seconds"] = time.perf_counter() - t_start
-    write_json(out / "summary.json", summary)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return summary
+    summary["samples"] = write_samples(model, tokenizer, cfg.samples)
+    return run_.finish(MidtrainSummary(**summary), plot="mid-training")

@@ -22,10 +22,6 @@ the starting model's on held-out prompts, judged by a reward model.
 from __future__ import annotations
 
 import copy
-import shutil
-import time
-from contextlib import nullcontext
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -38,16 +34,14 @@ from lmforge.errors import ConfigError
 from lmforge.eval.metrics import mean_ci95
 from lmforge.infer.generate import SamplingConfig, stream_chat
 from lmforge.model.heads import HeadConfig, SequenceClassifier
-from lmforge.model.lora import adapters_disabled, inject_lora, lora_modules
+from lmforge.model.lora import LoraConfig, apply_lora, lora_modules
 from lmforge.model.transformer import count_parameters
-from lmforge.stages.classify import LoraSection, lora_targets
+from lmforge.stages import frame
 from lmforge.stages.sft import load_decoder, save_decoder
-from lmforge.train import checkpoint as ckpt
-from lmforge.train import distributed as dp
-from lmforge.train.objectives import completion_logps, dpo_loss, reward_loss, reward_loss_fn
-from lmforge.train.plots import plot_training_curves
+from lmforge.stages.summaries import DPOSummary, RewardSummary
+from lmforge.train.objectives import dpo_loss_fn, reward_loss, reward_loss_fn
 from lmforge.train.trainer import Trainer, TrainerConfig, steps_for_epochs
-from lmforge.utils import seed_everything, write_json
+from lmforge.utils import write_json
 
 
 class PairData(Section):
@@ -67,7 +61,7 @@ class RewardConfig(Section):
     init: str = "runs/demo/sft"  # a decoder; its body becomes the reward model's
     data: PairData = Field(default_factory=PairData)
     method: Literal["full", "lora"] = "full"
-    lora: LoraSection = Field(default_factory=LoraSection)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     epochs: float = Field(1.0, gt=0)
     trainer: TrainerConfig = Field(default_factory=_trainer_defaults(1e-4))
 
@@ -84,7 +78,7 @@ class DPOConfig(Section):
     data: PairData = Field(default_factory=PairData)
     beta: float = Field(0.1, gt=0)
     method: Literal["full", "lora"] = "full"
-    lora: LoraSection = Field(default_factory=LoraSection)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     epochs: float = Field(1.0, gt=0)
     win_rate: WinRate = Field(default_factory=WinRate)
     trainer: TrainerConfig = Field(default_factory=_trainer_defaults(5e-6))
@@ -99,14 +93,6 @@ def _pairs(cfg, tokenizer):
     if train.truncated:
         print(f"[{cfg.out_dir}] {train.truncated} training pairs were cut from the left to fit")
     return train, val, val_pairs
-
-
-def _finish(out: Path, summary: dict, t_start: float, title: str) -> dict:
-    plot_training_curves(out / "metrics.jsonl", out / "loss.png", title=title)
-    summary["stage_seconds"] = time.perf_counter() - t_start
-    write_json(out / "summary.json", summary)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return summary
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,20 +130,17 @@ def _steps(cfg, pairs: int, stage: str) -> int:
 
 
 def train_reward(cfg: RewardConfig, overwrite: bool = False) -> dict:
-    out, t_start = Path(cfg.out_dir), time.perf_counter()
-    seed_everything(cfg.trainer.seed)
+    run_ = frame.begin(cfg)
+    out = run_.out
     decoder, tokenizer = load_decoder(cfg.init, "full", cfg.lora)
     model = reward_model_from(decoder)
     del decoder
     if cfg.method == "lora":
-        inject_lora(model, lora_targets(cfg.lora.target_modules), r=cfg.lora.r,
-                    alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, rslora=cfg.lora.rslora,
-                    modules_to_save=["classifier"])  # fmt: skip
+        apply_lora(model, cfg.lora, modules_to_save=["classifier"])
     train, val, _ = _pairs(cfg, tokenizer)
     cfg.trainer.max_steps = _steps(cfg, len(train.encoded), "reward")
     # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
-    is_main = dp.world_from_env()[0] == 0
-    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+    with run_.open(overwrite):
         before = reward_metrics(model, val.batches())
         trainer = Trainer(cfg.trainer, model, reward_loss_fn(), train, out,
                           eval_fn=lambda m: reward_metrics(m, val.batches()))  # fmt: skip
@@ -174,7 +157,7 @@ def train_reward(cfg: RewardConfig, overwrite: bool = False) -> dict:
     summary = {"stage": "reward", "init": cfg.init, "method": cfg.method, **result,
                "train_pairs": len(train.encoded), "val_pairs": len(val.encoded),
                "params": count_parameters(model)["total"], "before": before, **after}  # fmt: skip
-    return _finish(out, summary, t_start, f"reward model ({cfg.method})")
+    return run_.finish(RewardSummary(**summary), plot=f"reward model ({cfg.method})")
 
 
 def load_reward_model(path: str):
@@ -182,48 +165,6 @@ def load_reward_model(path: str):
     if loaded.kind != "sequence_classifier" or loaded.meta.get("head", {}).get("num_labels") != 1:
         raise ConfigError(f"{path} is not a reward model (make one with `lmforge reward`)")
     return loaded.model.eval(), loaded.tokenizer
-
-
-# --------------------------------------------------------------------------------------------
-# DPO
-# --------------------------------------------------------------------------------------------
-
-
-def dpo_loss_fn(reference, beta: float):
-    """`reference` is a frozen model, or None: the policy itself with LoRA switched off."""
-
-    def logps(model, batch):
-        return completion_logps(model, batch["input_ids"], batch["answer"])
-
-    def loss_fn(model, batch):
-        policy = logps(model, batch)
-        with torch.no_grad(), adapters_disabled(model) if reference is None else nullcontext():
-            ref = logps(model if reference is None else reference, batch)
-        n = policy.shape[0] // 2
-        loss, _ = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
-        return loss, int(batch["answer"].sum())
-
-    def metrics(model, batches) -> dict:
-        model.eval()
-        pc, pr, rc, rr = [], [], [], []
-        with torch.no_grad():
-            for batch in batches:
-                policy = logps(model, batch)
-                with adapters_disabled(model) if reference is None else nullcontext():
-                    ref = logps(model if reference is None else reference, batch)
-                n = policy.shape[0] // 2
-                pc.append(policy[:n]), pr.append(policy[n:]), rc.append(ref[:n]), rr.append(ref[n:])
-        pc, pr, rc, rr = map(torch.cat, (pc, pr, rc, rr))
-        loss, rewards = dpo_loss(pc, pr, rc, rr, beta)
-        c, r = rewards["chosen"], rewards["rejected"]
-        return {"val_loss": loss.item(), "val_reward_accuracy": (c > r).float().mean().item(),
-                "val_chosen_reward": c.mean().item(), "val_rejected_reward": r.mean().item(),
-                "val_margin": (c - r).mean().item(),
-                # the policy's own preference, with no reference: logp(chosen) > logp(rejected)
-                "val_policy_prefers_chosen": (pc > pr).float().mean().item(),
-                "val_reference_prefers_chosen": (rc > rr).float().mean().item()}  # fmt: skip
-
-    return loss_fn, metrics
 
 
 @torch.no_grad()
@@ -251,8 +192,8 @@ def win_rate(policy, baseline, tokenizer, judge, prompts, max_new_tokens: int) -
 
 
 def train_dpo(cfg: DPOConfig, overwrite: bool = False) -> dict:
-    out, t_start = Path(cfg.out_dir), time.perf_counter()
-    seed_everything(cfg.trainer.seed)
+    run_ = frame.begin(cfg)
+    out = run_.out
     model, tokenizer = load_decoder(cfg.init, cfg.method, cfg.lora)
     # The reference: for LoRA the same weights with adapters off; for full training a frozen copy.
     reference = None
@@ -263,8 +204,7 @@ def train_dpo(cfg: DPOConfig, overwrite: bool = False) -> dict:
     train, val, val_pairs = _pairs(cfg, tokenizer)
     cfg.trainer.max_steps = _steps(cfg, len(train.encoded), "dpo")
     # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
-    is_main = dp.world_from_env()[0] == 0
-    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+    with run_.open(overwrite):
         loss_fn, metrics = dpo_loss_fn(reference, cfg.beta)
         before = metrics(model, val.batches())
         trainer = Trainer(cfg.trainer, model, loss_fn, train, out,
@@ -286,4 +226,4 @@ def train_dpo(cfg: DPOConfig, overwrite: bool = False) -> dict:
         summary["win_rate_ci95"] = wr["ci95"]
         summary["win_rate_n"] = wr["n"]
         summary["samples"] = wr["transcripts"][:8]
-    return _finish(out, summary, t_start, f"DPO (beta {cfg.beta}, {cfg.method})")
+    return run_.finish(DPOSummary(**summary), plot=f"DPO (beta {cfg.beta}, {cfg.method})")

@@ -6,8 +6,6 @@ lmforge pretrain --config configs/demo/pretrain.yaml trainer.max_steps=50 model.
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -17,19 +15,20 @@ from pydantic import Field, model_validator
 from lmforge.artifact import Loaded, load, load_causal_lm, save_model_artifact
 from lmforge.config import Section
 from lmforge.data.shards import (
+    LMData,
     PackedLoader,
     ShardDataset,
-    build_shards,
+    ensure_shards,
     iter_eval_batches,
-    shards_match,
 )
-from lmforge.errors import ConfigError, MissingColumnError
-from lmforge.infer.generate import SamplingConfig, generate_text
+from lmforge.errors import ConfigError
+from lmforge.infer.generate import SampleConfig, write_samples
 from lmforge.model.config import ModelConfig, from_preset
 from lmforge.model.heads import MaskedLM
 from lmforge.model.transformer import LanguageModel, count_parameters
+from lmforge.stages import frame
+from lmforge.stages.summaries import PretrainSummary
 from lmforge.tokenizer import Tokenizer, token_byte_lengths
-from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dp
 from lmforge.train.objectives import (
     clm_loss,
@@ -38,27 +37,7 @@ from lmforge.train.objectives import (
     mlm_eval,
     mlm_loss_fn,
 )
-from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig
-from lmforge.utils import read_json, seed_everything, write_json
-
-
-class PretrainData(Section):
-    path: str = "data/default"  # txt / jsonl / parquet / csv file or directory
-    text_column: str = "text"
-    # Token shards: built from `path` into <out_dir>/shards unless this names a built directory.
-    shards: str | None = None
-    val_fraction: float = Field(0.01, gt=0, lt=1)
-    seq_len: int = Field(256, ge=2)  # tokens per training row
-    eval_batches: int = Field(20, ge=1)
-
-
-class SampleConfig(Section):
-    prompts: list[str] = ["The meaning of", "A dictionary is", "In the beginning"]
-    max_new_tokens: int = Field(60, ge=1)
-    temperature: float = Field(0.8, ge=0)  # 0: greedy
-    top_k: int = Field(50, ge=0)  # 0: no top-k cut
-    seed: int = 0
 
 
 class LMDistillConfig(Section):
@@ -80,7 +59,7 @@ class PretrainConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     # Start from an earlier artifact's weights instead of a random init (mid-training).
     init: str | None = None
-    data: PretrainData = Field(default_factory=PretrainData)
+    data: LMData = Field(default_factory=LMData)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     samples: SampleConfig = Field(default_factory=SampleConfig)
     distill: LMDistillConfig = Field(default_factory=LMDistillConfig)
@@ -149,40 +128,6 @@ def model_config_for(cfg: PretrainConfig, tokenizer: Tokenizer) -> ModelConfig:
     )
 
 
-def ensure_shards(data: PretrainData, tokenizer: Tokenizer, out: Path, seed: int) -> Path:
-    """Token shards of data.path under out/shards (reused when built from the same data with
-    this tokenizer), or the built directory data.shards names."""
-    if data.shards:
-        if not shards_match(data.shards, tokenizer):
-            raise ConfigError(
-                f"data.shards {data.shards} was built with another tokenizer or is incomplete; "
-                "remove data.shards to rebuild from data.path"
-            )
-        return Path(data.shards)
-    shards_dir = out / "shards"
-    if shards_match(shards_dir, tokenizer) and _built_from(shards_dir, data, seed):
-        return shards_dir
-    try:
-        build_shards(data.path, tokenizer, shards_dir, text_column=data.text_column,
-                     val_fraction=data.val_fraction, seed=seed)  # fmt: skip
-    except MissingColumnError as e:
-        raise e.with_fix("Set data.text_column to the column that holds the text.") from None
-    return shards_dir
-
-
-def _built_from(shards_dir: Path, data: PretrainData, seed: int) -> bool:
-    """True when shards under a run directory were built from this data: a run re-made in the
-    same out_dir with another corpus must not train on the old one."""
-    meta = read_json(shards_dir / "meta.json")
-    built = (
-        meta.get("source"),
-        meta.get("text_column"),
-        meta.get("val_fraction"),
-        meta.get("seed"),
-    )
-    return built == (str(data.path), data.text_column, data.val_fraction, seed)
-
-
 def resolve_model(cfg: PretrainConfig) -> tuple[Tokenizer, Loaded | None]:
     """The tokenizer, the init artifact if any, and cfg.model set to the model this run trains
     (the recipe's, with the tokenizer's vocabulary) - all checked, nothing written."""
@@ -244,13 +189,10 @@ def lm_distillation(cfg: PretrainConfig, tokenizer: Tokenizer, val_ds, token_byt
 
 def run(cfg: PretrainConfig, overwrite: bool = False) -> dict:
     check_inputs(cfg)
-    out = Path(cfg.out_dir)
-    t_start = time.perf_counter()
-    seed_everything(cfg.trainer.seed)
-    tokenizer, init = resolve_model(cfg)
-    # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
-    is_main = dp.world_from_env()[0] == 0
-    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+    run_ = frame.begin(cfg)
+    tokenizer, init = resolve_model(cfg)  # fills in cfg.model: the config in force
+    out = run_.out
+    with run_.open(overwrite):
         model, train_ds, val_ds, loader = prepare(cfg, out, tokenizer, init)
         mcfg = cfg.model
         params = count_parameters(model)
@@ -260,8 +202,6 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict:
             f"{mcfg.flops_per_token(cfg.data.seq_len) / 1e6:.0f} MFLOPs/token; "
             f"data: {train_ds.num_tokens / 1e6:.1f}M train tokens, {val_ds.num_tokens / 1e3:.0f}K val tokens"
         )
-
-        # Train: the trainer resumes from out_dir/checkpoints when a run was interrupted.
         token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.long)
 
         def eval_fn(m):
@@ -292,50 +232,29 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict:
             tokens_per_micro_batch=cfg.trainer.micro_batch_size * cfg.data.seq_len,
             flops_per_token=mcfg.flops_per_token(cfg.data.seq_len),
         )
-    result = trainer.fit()
+    result = trainer.fit()  # resumes from the run's checkpoints when it was interrupted
     if not trainer.par.is_main:
         return result  # rank 0 writes the artifact
 
-    # Artifact: weights, config, tokenizer, samples, plot, summary (last: it marks completion).
+    # The artifact: weights, config, tokenizer, samples; then the summary (it marks completion).
     model = trainer.model.float()
     save_model_artifact(out, model, kind="masked_lm" if cfg.objective == "mlm" else "causal_lm")
     tokenizer.save(out)
-    samples = []
-    s = cfg.samples
-    for prompt in s.prompts if cfg.objective == "clm" else []:
-        text = generate_text(
-            model,
-            tokenizer,
-            prompt,
-            SamplingConfig(
-                max_new_tokens=s.max_new_tokens,
-                temperature=s.temperature,
-                top_k=s.top_k,
-                seed=s.seed,
-            ),
-        )
-        samples.append({"prompt": prompt, "completion": text})
     if cfg.objective == "mlm":
-        samples = [fill_mask(model, tokenizer, p) for p in s.prompts if "<|mask|>" in p]
+        samples = [fill_mask(model, tokenizer, p) for p in cfg.samples.prompts if "<|mask|>" in p]
+    else:
+        samples = write_samples(model, tokenizer, cfg.samples)
     (out / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
-    plot_training_curves(
-        out / "metrics.jsonl",
-        out / "loss.png",
-        title=f"pretrain {mcfg.name or ''} ({params['total'] / 1e6:.1f}M params)",
-    )
-    summary = {
-        "stage": "pretrain",
+    summary = PretrainSummary(
+        stage="pretrain",
         **result,
-        "params": params["total"],
-        "params_non_embedding": params["non_embedding"],
-        "flops_per_token": mcfg.flops_per_token(cfg.data.seq_len),
-        "train_tokens_available": train_ds.num_tokens,
-        "epochs": result["tokens_seen"] / max(1, train_ds.num_tokens),
-        "samples": samples,
+        params=params["total"],
+        params_non_embedding=params["non_embedding"],
+        flops_per_token=mcfg.flops_per_token(cfg.data.seq_len),
+        train_tokens_available=train_ds.num_tokens,
+        epochs=result["tokens_seen"] / max(1, train_ds.num_tokens),
+        samples=samples,
         **teacher_info,
-        "stage_seconds": time.perf_counter() - t_start,
-    }
-    write_json(out / "summary.json", summary)
-    # Resumable state is no longer needed once the artifact is complete.
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return summary
+    )
+    title = f"pretrain {mcfg.name or ''} ({params['total'] / 1e6:.1f}M params)"
+    return run_.finish(summary, plot=title)

@@ -15,118 +15,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.config import Section, load_config
+from lmforge.config import read_yaml, validate
+from lmforge.data.shards import LMData
 from lmforge.errors import ConfigError
-from lmforge.stages.pretrain import PretrainConfig
+from lmforge.eval.scaling_laws import accounting
+from lmforge.model.config import ModelConfig
+from lmforge.stages.summaries import PretrainSummary
 from lmforge.utils import read_json, write_json
-
-
-class SweepConfig(Section):
-    out_dir: str = "runs/demo/scaling"
-    base: str = "configs/demo/pretrain.yaml"  # the pretrain recipe every run starts from
-    overrides: list[str] = []  # applied to every run, e.g. [trainer.compile=false]
-    depths: list[int] = [2, 3, 4, 6]  # lmforge-d<depth> presets (width 64 x depth)
-    # IsoFLOP: every depth at each budget of training FLOPs (6N + attention, per token) ...
-    budgets: list[float] = []
-    # ... or a grid: every depth at each number of training tokens (approach 3 only; the
-    # sizes and the data vary independently, which pins both exponents down)
-    tokens: list[float] = []
-    min_steps: int = (
-        20  # a run shorter than this says nothing; such (depth, budget) pairs are skipped
-    )
-    predict_flops: float | None = (
-        None  # report the fitted optimum at this budget (default: the largest x10)
-    )
-
-
-def plan(cfg: SweepConfig) -> list[dict]:
-    """The runs of the sweep: depth, budget, steps, tokens, and where each goes."""
-    from lmforge.stages.pretrain import model_config_for
-    from lmforge.tokenizer import Tokenizer
-
-    base = load_config(PretrainConfig, cfg.base, cfg.overrides)
-    tokenizer = Tokenizer.load(base.tokenizer) if Path(base.tokenizer).exists() else None
-    tokens_per_step = (
-        base.trainer.micro_batch_size * base.data.seq_len * base.trainer.grad_accum_steps
-    )
-    if bool(cfg.budgets) == bool(cfg.tokens):
-        raise ConfigError(
-            "a sweep sets either `budgets` (IsoFLOP: FLOPs per run) or `tokens` (a grid: "
-            "training tokens per run), not both or neither"
-        )
-    runs, impossible = [], []
-    for target in cfg.budgets or cfg.tokens:
-        for depth in cfg.depths:
-            run = load_config(
-                PretrainConfig, cfg.base, [*cfg.overrides, f"preset=lmforge-d{depth}"]
-            )
-            mcfg = model_config_for(run, tokenizer) if tokenizer else run.model
-            per_token = mcfg.flops_per_token(base.data.seq_len)
-            tokens = target / per_token if cfg.budgets else target
-            steps = int(tokens / tokens_per_step)
-            if steps < cfg.min_steps:
-                impossible.append((depth, target, steps))
-                continue
-            name = f"C{target:.0e}-d{depth}" if cfg.budgets else f"D{target:.0e}-d{depth}"
-            budget = target if cfg.budgets else per_token * steps * tokens_per_step
-            runs.append({"depth": depth, "budget": budget, "steps": steps,
-                         "tokens": steps * tokens_per_step, "flops_per_token": per_token,
-                         "out_dir": str(Path(cfg.out_dir) / name)})  # fmt: skip
-    unit = "FLOPs" if cfg.budgets else "tokens"
-    if not runs:
-        raise ConfigError(
-            f"no (depth, {unit}) pair reaches {cfg.min_steps} steps at {tokens_per_step} tokens per "
-            f"step: raise `{'budgets' if cfg.budgets else 'tokens'}` (smallest "
-            f"{min(cfg.budgets or cfg.tokens):.1e} {unit}) or use smaller depths"
-        )
-    for depth, target, steps in impossible:
-        print(f"[scaling] skipped d{depth} at {target:.1e} {unit}: only {steps} steps")
-    return runs
-
-
-def sweep(cfg: SweepConfig) -> list[dict]:
-    """Run (or read back) every planned run; returns the table rows."""
-    from lmforge.stages import pretrain
-
-    rows = []
-    runs = plan(cfg)
-    # The plan first: a fit of a sweep still running (or stopped) groups its runs by the
-    # planned budgets, not by the slightly different FLOPs each run realised.
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.out_dir) / "sweep.json", {"config": cfg.model_dump(mode="json"),
-               "runs": [{"run": r["out_dir"], "flops": r["budget"]} for r in runs]})  # fmt: skip
-    for k, r in enumerate(runs, 1):
-        summary_path = Path(r["out_dir"]) / "summary.json"
-        if not summary_path.is_file():
-            print(
-                f"[scaling] run {k}/{len(runs)}: d{r['depth']}, {r['budget']:.1e} FLOPs, {r['steps']} steps"
-            )
-            overrides = [*cfg.overrides, f"preset=lmforge-d{r['depth']}", f"out_dir={r['out_dir']}",
-                         f"trainer.max_steps={r['steps']}",
-                         f"trainer.warmup_steps={max(1, r['steps'] // 10)}", "trainer.time_limit_s=0"]  # fmt: skip
-            pretrain.run(load_config(PretrainConfig, cfg.base, overrides))
-        rows.append(run_row(Path(r["out_dir"]), budget=r["budget"]))
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    write_json(
-        Path(cfg.out_dir) / "sweep.json", {"config": cfg.model_dump(mode="json"), "runs": rows}
-    )
-    return rows
 
 
 def run_row(run: Path, budget: float | None = None) -> dict:
     """One finished pretrain run as a point: N, D, C and its val loss, with what must match
     across a fit (the vocabulary and the data the shards were built from)."""
-    from lmforge.eval.scaling_laws import accounting
-
-    s = read_json(run / "summary.json")
-    config = load_config(PretrainConfig, run / "config.yaml")
-    cost = accounting(config.model, config.data.seq_len, s["tokens_seen"])
-    return {"run": str(run), "params": s["params"], "non_embedding": s["params_non_embedding"],
-            "tokens": s["tokens_seen"], "flops": budget or cost["flops"],
-            "flops_realised": cost["flops"], "flops_6nd": cost["flops_6nd"],
-            "val_loss": s["val_loss"], "val_bpb": s.get("val_bpb"),
-            "wall_seconds": s.get("stage_seconds"), "mfu": s.get("mfu"),
-            "tokenizer": config.tokenizer, "data": config.data.shards or config.data.path}  # fmt: skip
+    s = PretrainSummary.read(run)
+    recipe = read_yaml(run / "config.yaml")  # the config in force: the model as it trained
+    model = validate(ModelConfig, recipe.get("model", {}), f"{run}/config.yaml model")
+    data = validate(LMData, recipe.get("data", {}), f"{run}/config.yaml data")
+    cost = accounting(model, data.seq_len, s.tokens_seen)
+    return {
+        "run": str(run),
+        "params": s.params,
+        "non_embedding": s.params_non_embedding,
+        "tokens": s.tokens_seen,
+        "flops": budget or cost["flops"],
+        "flops_realised": cost["flops"],
+        "flops_6nd": cost["flops_6nd"],
+        "val_loss": s.val_loss,
+        "val_bpb": s.val_bpb,
+        "wall_seconds": s.stage_seconds,
+        "mfu": s.mfu,
+        "tokenizer": recipe.get("tokenizer"),
+        "data": data.shards or data.path,
+    }
 
 
 def fit(runs_dir: str | Path, out: str | Path, bootstrap: int = 100,

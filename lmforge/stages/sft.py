@@ -12,9 +12,7 @@ reference by exact match and token F1, overall and per task, next to the startin
 from __future__ import annotations
 
 import re
-import shutil
 import string
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -31,15 +29,14 @@ from lmforge.data.chat import (
     load_conversation_records,
 )
 from lmforge.infer.generate import SamplingConfig, stream_chat
-from lmforge.model.lora import inject_lora, unwrap_lora
+from lmforge.model.lora import LoraConfig, apply_lora, unwrap_lora
 from lmforge.model.transformer import count_parameters
-from lmforge.stages.classify import LoraSection, lora_targets
-from lmforge.train import checkpoint as ckpt
+from lmforge.stages import frame
+from lmforge.stages.summaries import SFTSummary
 from lmforge.train import distributed as dp
 from lmforge.train.objectives import clm_loss
-from lmforge.train.plots import plot_training_curves
 from lmforge.train.trainer import Trainer, TrainerConfig, steps_for_epochs
-from lmforge.utils import seed_everything, write_json
+from lmforge.utils import write_json
 
 
 class ChatData(Section):
@@ -63,8 +60,8 @@ class SFTConfig(Section):
     init: str = "runs/demo/pretrain"
     data: ChatData = Field(default_factory=ChatData)
     method: Literal["full", "lora"] = "full"
-    lora: LoraSection = Field(
-        default_factory=lambda: LoraSection(
+    lora: LoraConfig = Field(
+        default_factory=lambda: LoraConfig(
             target_modules=[
                 "q_proj",
                 "k_proj",
@@ -88,14 +85,13 @@ class SFTConfig(Section):
 # --------------------------------------------------------------------------------------------
 
 
-def load_decoder(init: str, method: str, lora: LoraSection):
+def load_decoder(init: str, method: str, lora: LoraConfig):
     """A causal LM to train, with LoRA adapters injected when asked."""
     base = load_causal_lm(init, purpose="post-training")
     check_chat_tokenizer(base.tokenizer)
     model = base.model.float().train()
     if method == "lora":
-        inject_lora(model, lora_targets(lora.target_modules), r=lora.r, alpha=lora.alpha,
-                    dropout=lora.dropout, rslora=lora.rslora)  # fmt: skip
+        apply_lora(model, lora)
     return model, base.tokenizer
 
 
@@ -162,9 +158,8 @@ def answer_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -
 
 
 def run(cfg: SFTConfig, overwrite: bool = False) -> dict:
-    out = Path(cfg.out_dir)
-    t_start = time.perf_counter()
-    seed_everything(cfg.trainer.seed)
+    run_ = frame.begin(cfg)
+    out = run_.out
     model, tokenizer = load_decoder(cfg.init, cfg.method, cfg.lora)
     train = load_conversation_records(cfg.data.train)
     val = load_conversation_records(cfg.data.val)[: cfg.data.max_val]
@@ -203,8 +198,7 @@ def run(cfg: SFTConfig, overwrite: bool = False) -> dict:
         return {"val_loss": nats / max(1, n)}
 
     # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
-    is_main = dp.world_from_env()[0] == 0
-    with ckpt.preparing_run(out, cfg, overwrite, is_main=is_main):
+    with run_.open(overwrite):
         baseline = None
         if cfg.answers.n and cfg.answers.baseline and par.is_main:
             start = load(cfg.init).model
@@ -231,8 +225,4 @@ def run(cfg: SFTConfig, overwrite: bool = False) -> dict:
         summary["samples"] = answers["transcripts"][:8]
         if baseline:
             summary["answers_before"] = {k: v for k, v in baseline.items() if k != "transcripts"}
-    plot_training_curves(out / "metrics.jsonl", out / "loss.png", title=f"SFT ({cfg.method})")
-    summary["stage_seconds"] = time.perf_counter() - t_start
-    write_json(out / "summary.json", summary)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return summary
+    return run_.finish(SFTSummary(**summary), plot=f"SFT ({cfg.method})")

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 
 from lmforge.errors import ConfigError
+from lmforge.eval.classifier import compare
+from lmforge.stages.summaries import ClassifierSummary
 from lmforge.utils import atomic_write_text, read_json, write_json
 
 COLUMNS = [
@@ -26,18 +28,13 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-# Speed, size and parameters are the run's; quality comes from the split's metrics.
-RUN_KEYS = ("latency_ms_p50", "latency_ms_p95", "throughput_per_s", "peak_memory_mb",
-            "checkpoint_mb", "params_trainable")  # fmt: skip
-
-
 def collect(root: Path, split: str) -> list[dict]:
     runs, labels = [], {}
     for summary_file in sorted(root.glob("*/summary.json")):
         run = summary_file.parent
-        s = read_json(summary_file)
-        metrics = s.get(split)
-        if not isinstance(metrics, dict) or "macro_f1" not in metrics:
+        s = ClassifierSummary.model_validate(read_json(summary_file))
+        metrics = s.split(split)
+        if metrics is None or metrics.macro_f1 is None:
             continue  # not a classifier evaluated on this split (a pretrain run, a cache, ...)
         if (run / "labels.json").is_file():
             n = None
@@ -46,12 +43,12 @@ def collect(root: Path, split: str) -> list[dict]:
             # the same task and the same evaluation examples, or the numbers do not compare
             labels[run.name] = (*read_json(run / "labels.json")["names"], f"{n} examples")
         runs.append({
-            "run": run.name, "path": str(run),
-            "method": s.get("method", s.get("stage", "")), "source": s.get("source"),
-            **{k: metrics[k] for k in ("macro_f1", "accuracy", "ece", "ece_after_temperature")},
-            "tail_f1": metrics["tier_macro_f1"].get("tail"),
-            **{k: s.get(k) for k in RUN_KEYS},
-            "speed_note": s.get("speed_note"),
+            "run": run.name, "path": str(run), "method": s.method or s.stage or "",
+            "source": s.source, "macro_f1": metrics.macro_f1, "accuracy": metrics.accuracy,
+            "ece": metrics.ece, "ece_after_temperature": metrics.ece_after_temperature,
+            "tail_f1": (metrics.tier_macro_f1 or {}).get("tail"),
+            **{k: getattr(s, k) for k in ClassifierSummary.RUN_KEYS},
+            "speed_note": s.speed_note,
         })  # fmt: skip
     if not runs:
         raise ConfigError(
@@ -85,8 +82,6 @@ def pareto(runs: list[dict]) -> None:
 
 def damage(runs: list[dict], split: str) -> list[dict]:
     """What each compressed run lost against its source, per tier, with 95% intervals."""
-    from lmforge.stages.classify import compare
-
     out = []
     for r in runs:
         if not r.get("source") or not Path(r["source"]).is_dir():

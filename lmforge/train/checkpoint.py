@@ -135,6 +135,18 @@ def remove_stale_partials(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    """Where the Trainer keeps a run's resumable state (only this module and the Trainer know)."""
+    return Path(run_dir) / "checkpoints"
+
+
+def discard_training_state(run_dir: str | os.PathLike) -> None:
+    """A finished run's resumable state and best-so-far weights: no longer needed once its
+    artifact and summary are written."""
+    shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
+    (Path(run_dir) / "best.safetensors").unlink(missing_ok=True)
+
+
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
@@ -236,7 +248,7 @@ class RunDir:
         not continue, and write config.yaml with the config in force."""
         self.path.mkdir(parents=True, exist_ok=True)
         if self.action != "resume":
-            shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+            shutil.rmtree(checkpoint_dir(self.path), ignore_errors=True)
             for name in ("summary.json", "metrics.jsonl", "best.safetensors"):
                 (self.path / name).unlink(missing_ok=True)
         save_config(self.config, self.path / "config.yaml")
@@ -299,11 +311,11 @@ def open_run_dir(out: str | os.PathLike, config, overwrite: bool = False,
         # What a killed save left behind, removed now: before this run's ranks write anything
         # here (later, another rank may be staging its own files in the same directory).
         remove_stale_partials(out)
-        remove_stale_partials(out / "checkpoints")
+        remove_stale_partials(checkpoint_dir(out))
     new = config_dict(config)
     saved_path = out / "config.yaml"
     finished = (out / "summary.json").is_file()
-    latest = latest_checkpoint(out / "checkpoints")
+    latest = latest_checkpoint(checkpoint_dir(out))
     resume = new.get("trainer", {}).get("resume", "auto") == "auto" and latest is not None
     if not saved_path.is_file() and not finished and not resume:
         return RunDir(out, "new", config, created=not out.exists())

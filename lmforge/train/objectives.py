@@ -7,10 +7,13 @@ reward (Bradley-Terry), DPO and distillation here.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmforge.model.lora import adapters_disabled
 
 
 def clm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -274,3 +277,41 @@ def dpo_loss(
     rejected = beta * (policy_rejected - ref_rejected)
     loss = -F.logsigmoid(chosen - rejected).mean()
     return loss, {"chosen": chosen.detach(), "rejected": rejected.detach()}
+
+
+def dpo_loss_fn(reference, beta: float):
+    """DPO's loss and validation metrics for the trainer. `reference` is a frozen model, or None:
+    the policy itself with its LoRA adapters switched off (no second copy of the weights)."""
+
+    def logps(model, batch):
+        return completion_logps(model, batch["input_ids"], batch["answer"])
+
+    def loss_fn(model, batch):
+        policy = logps(model, batch)
+        with torch.no_grad(), adapters_disabled(model) if reference is None else nullcontext():
+            ref = logps(model if reference is None else reference, batch)
+        n = policy.shape[0] // 2
+        loss, _ = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
+        return loss, int(batch["answer"].sum())
+
+    def metrics(model, batches) -> dict:
+        model.eval()
+        pc, pr, rc, rr = [], [], [], []
+        with torch.no_grad():
+            for batch in batches:
+                policy = logps(model, batch)
+                with adapters_disabled(model) if reference is None else nullcontext():
+                    ref = logps(model if reference is None else reference, batch)
+                n = policy.shape[0] // 2
+                pc.append(policy[:n]), pr.append(policy[n:]), rc.append(ref[:n]), rr.append(ref[n:])
+        pc, pr, rc, rr = map(torch.cat, (pc, pr, rc, rr))
+        loss, rewards = dpo_loss(pc, pr, rc, rr, beta)
+        c, r = rewards["chosen"], rewards["rejected"]
+        return {"val_loss": loss.item(), "val_reward_accuracy": (c > r).float().mean().item(),
+                "val_chosen_reward": c.mean().item(), "val_rejected_reward": r.mean().item(),
+                "val_margin": (c - r).mean().item(),
+                # the policy's own preference, with no reference: logp(chosen) > logp(rejected)
+                "val_policy_prefers_chosen": (pc > pr).float().mean().item(),
+                "val_reference_prefers_chosen": (rc > rr).float().mean().item()}  # fmt: skip
+
+    return loss_fn, metrics

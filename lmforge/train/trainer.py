@@ -268,7 +268,7 @@ class Trainer:
         self.tokens_seen = 0
         self.rollbacks = 0
         self.spikes = SpikeDetector(cfg.spike)
-        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.ckpt_dir = ckpt.checkpoint_dir(self.out_dir)
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.train_seconds = 0.0
         self._tb = None
