@@ -55,8 +55,10 @@ def main() -> None:
         for run in args.runs:
             out = subprocess.run(
                 [sys.executable, "-c", ONE, run, args.task],
-                check=True, capture_output=True, text=True,
-            )  # fmt: skip
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             samples[run].append(json.loads(out.stdout.strip().splitlines()[-1]))
     rows = {
         run: {k: statistics.median(s[k] for s in ss) for k in ss[0]} for run, ss in samples.items()

@@ -204,9 +204,13 @@ def main() -> None:
             runs[name][key] = statistics.median(x[key] for x in ss)
     # Same shingle hashes as lmforge: the pairs must then be identical (not a speed run).
     same_hashes = run_datasketch(
-        texts, args.num_perm, args.ngram, args.threshold, hashfunc=lambda x: x,
+        texts,
+        args.num_perm,
+        args.ngram,
+        args.threshold,
+        hashfunc=lambda x: x,
         sets=lmforge_shingle_hashes(texts, args.ngram),
-    )  # fmt: skip
+    )
 
     bands, rows = optimal_bands(args.threshold, args.num_perm)
     assert all(r.get("bands_rows", [bands, rows]) == [bands, rows] for r in runs.values())

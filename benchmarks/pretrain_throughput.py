@@ -160,8 +160,12 @@ def child(name: str, warmup: int, steps: int) -> None:
     t0 = time.perf_counter()
     for _ in range(warmup):  # includes torch.compile's first-call compilation
         step()
-    ready = {"params": params, "precision": precision, "threads": torch.get_num_threads(),
-             "warmup_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    ready = {
+        "params": params,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "warmup_seconds": round(time.perf_counter() - t0, 1),
+    }
     print(json.dumps(ready), flush=True)
     tokens = SHAPE["batch"] * SHAPE["seq_len"] * steps
     for _ in sys.stdin:
@@ -211,8 +215,16 @@ def main() -> None:
                 results[name] = {"skipped": reason, "uses": CONTENDERS[name]}
                 continue
             print(f"[bench] {name}: warming up", file=sys.stderr, flush=True)
-            cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ]
             p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             line = p.stdout.readline()
             if not line:
@@ -228,8 +240,11 @@ def main() -> None:
                     sys.exit(f"[bench] {name} died in repeat {r + 1} (exit {p.wait()})")
                 rate = json.loads(line)["tokens_per_second"]
                 results[name]["each_repeat"].append(round(rate))
-                print(f"[bench] round {r + 1}/{args.repeats} {name}: {rate:,.0f} tok/s",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"[bench] round {r + 1}/{args.repeats} {name}: {rate:,.0f} tok/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         for p in procs.values():
             p.stdin.close()

@@ -50,12 +50,16 @@ PROMPTS = [
 ]
 
 
-def start_server(run: str, max_concurrent: int, queue_timeout_s: float, log) -> tuple[subprocess.Popen, str]:  # fmt: skip
+def start_server(
+    run: str, max_concurrent: int, queue_timeout_s: float, log
+) -> tuple[subprocess.Popen, str]:
     """The server in its own process, on a free port; its URL is read from the line it prints."""
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, run, str(max_concurrent), str(queue_timeout_s)],
-        stdout=subprocess.PIPE, stderr=log, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
     for line in proc.stdout:
         if m := re.search(r"at (http://[\d.]+:\d+)/ ", line):
             return proc, m.group(1)
@@ -79,8 +83,10 @@ def load_phase(url: str, concurrency: int, rounds: int, max_tokens: int) -> dict
             body = {
                 "model": "bench",
                 "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                "max_tokens": max_tokens, "temperature": 0.8, "seed": i,
-            }  # fmt: skip
+                "max_tokens": max_tokens,
+                "temperature": 0.8,
+                "seed": i,
+            }
             start = time.perf_counter()
             r = client.post("/v1/chat/completions", json=body)
             latency_ms = (time.perf_counter() - start) * 1000
@@ -126,7 +132,11 @@ def malformed_phase(url: str, n: int = 100) -> dict:
     chat = "/v1/chat/completions"
     hello = [{"role": "user", "content": "hi"}]
     bad_bodies = [
-        b"{not json", b"[1, 2]", b"\xff\xfe\x00", b"[" * 50_000, b'{"messages": []}',
+        b"{not json",
+        b"[1, 2]",
+        b"\xff\xfe\x00",
+        b"[" * 50_000,
+        b'{"messages": []}',
         json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}).encode(),
         json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(),
         json.dumps({"messages": hello, "max_tokens": -1}).encode(),
@@ -136,7 +146,7 @@ def malformed_phase(url: str, n: int = 100) -> dict:
         json.dumps({"messages": hello, "stop": 5}).encode(),
         json.dumps({"prompt": 5}).encode(),
         b'{"messages": [{"role": "user", "content": "' + b"x" * 1_100_000 + b'"}]}',  # > 1 MB
-    ]  # fmt: skip
+    ]
     raw = [
         b"HELLO\r\n\r\n",
         b"GET / HTTP/1.1 extra\r\n\r\n",
@@ -149,16 +159,23 @@ def malformed_phase(url: str, n: int = 100) -> dict:
             kind = i % 5
             if kind == 0:
                 path = "/v1/completions" if b"prompt" in bad_bodies[i % len(bad_bodies)] else chat
-                r = client.post(path, content=bad_bodies[i % len(bad_bodies)],
-                                headers={"Content-Type": "application/json"})  # fmt: skip
+                r = client.post(
+                    path,
+                    content=bad_bodies[i % len(bad_bodies)],
+                    headers={"Content-Type": "application/json"},
+                )
             elif kind == 1:  # random bytes as a JSON body
                 noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2000)))
                 r = client.post(chat, content=noise, headers={"Content-Type": "application/json"})
             elif kind == 2:  # wrong path, method or content type
-                r = rng.choice([
-                    lambda: client.get("/v1/nope"), lambda: client.delete("/v1/models"),
-                    lambda: client.get(chat), lambda: client.post(chat, content=b"{}"),
-                ])()  # fmt: skip
+                r = rng.choice(
+                    [
+                        lambda: client.get("/v1/nope"),
+                        lambda: client.delete("/v1/models"),
+                        lambda: client.get(chat),
+                        lambda: client.post(chat, content=b"{}"),
+                    ]
+                )()
             elif kind == 3:  # a valid body with one field of the wrong type
                 body = {"messages": hello, rng.choice(["n", "top_p", "seed", "stream"]): "x"}
                 r = client.post(chat, json=body)

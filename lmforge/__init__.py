@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def load(path, device="cpu", dtype=None):
     """The model, tokenizer and config of any lmforge artifact directory."""
-    from lmforge.artifact import load as _load
+    from lmforge.artifact import load as _load  # `import lmforge` stays light: no torch
 
     return _load(path, device=device, dtype=dtype)
 

@@ -17,10 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmforge.data.chat import check_chat_tokenizer
 from lmforge.errors import CheckpointError
 from lmforge.model import hf
 from lmforge.model.build import build_model
 from lmforge.model.config import ModelConfig
+from lmforge.model.lora import LoraConfig, apply_lora, unwrap_lora
 from lmforge.model.quant import quantize_model
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.checkpoint import load_weights, save_weights
@@ -92,6 +94,23 @@ def load_causal_lm(
     if loaded.tokenizer is None:
         raise CheckpointError(f"{path} has no tokenizer.json; {purpose} needs one beside the model")
     return loaded
+
+
+def load_chat_decoder(init: str, method: str, lora: LoraConfig):
+    """A causal LM to train, with LoRA adapters injected when asked."""
+    base = load_causal_lm(init, purpose="post-training")
+    check_chat_tokenizer(base.tokenizer)
+    model = base.model.float().train()
+    if method == "lora":
+        apply_lora(model, lora)
+    return model, base.tokenizer
+
+
+def save_causal_lm(out: Path, model, tokenizer, extra_meta: dict | None = None) -> None:
+    """A plain causal LM artifact (LoRA merged): chat, serve, DPO and convert --to-hf read it."""
+    model = unwrap_lora(model).float().eval()
+    save_model_artifact(out, model, kind="causal_lm", extra_meta=extra_meta)
+    tokenizer.save(out)
 
 
 def load(

@@ -42,16 +42,19 @@ class PipelineOptions(Options):
     dry_run: bool = opt(False, "print the plan and exit")
     only: list[str] = opt([], "run just these", metavar="STAGE")
     start: str | None = opt(None, "start at this stage", flag="--from", metavar="STAGE")
-    with_optional: list[str] = opt([], "also run these optional stages", flag="--with",
-                                   metavar="STAGE")  # fmt: skip
+    with_optional: list[str] = opt(
+        [], "also run these optional stages", flag="--with", metavar="STAGE"
+    )
     force: bool = opt(False, "run the chosen stages even if cached")
-    var: list[str] = opt([], "set a pipeline variable, e.g. --var runs=runs/mine", repeat=True,
-                         metavar="NAME=VALUE")  # fmt: skip
+    var: list[str] = opt(
+        [], "set a pipeline variable, e.g. --var runs=runs/mine", repeat=True, metavar="NAME=VALUE"
+    )
 
 
 class RunOptions(PipelineOptions):
-    pipeline: str = opt(help="a pipeline YAML file (e.g. configs/pipeline/demo.yaml)",
-                        positional=True)  # fmt: skip
+    pipeline: str = opt(
+        help="a pipeline YAML file (e.g. configs/pipeline/demo.yaml)", positional=True
+    )
     profile: str | None = opt(None, "a profile of the file (e.g. quick)")
     graph: bool = opt(False, "print the stage graph (Mermaid)")
 
@@ -79,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--version", action="version", version="lmforge dev")
     subparsers = verbs.add_subparsers(parser)
     for name, model, about in PIPELINE_VERBS:
-        p = subparsers.add_parser(name, help=about[0], description=about[1],
-                                  formatter_class=formatter)  # fmt: skip
+        p = subparsers.add_parser(
+            name, help=about[0], description=about[1], formatter_class=formatter
+        )
         add_options(p, model)
     return parser
 
@@ -102,8 +106,9 @@ def _run_pipeline(path: str, profile: str | None, o: PipelineOptions):
         print(f"pipeline {p.name} ({path}{', profile ' + profile if profile else ''}) -> {p.root}")
         print(pipeline.format_plan(rows))
         return p, None
-    state = pipeline.run(p, only=o.only, start=o.start, with_optional=o.with_optional,
-                         force=o.force)  # fmt: skip
+    state = pipeline.run(
+        p, only=o.only, start=o.start, with_optional=o.with_optional, force=o.force
+    )
     return p, state
 
 
@@ -111,8 +116,10 @@ def cmd_run(o: RunOptions) -> int:
     _, state = _run_pipeline(o.pipeline, o.profile, o)
     if state is not None and not state.get("interrupted"):
         ran = [n for n in state["last_run"] if not state["stages"][n].get("cached")]
-        print(f"pipeline done in {state['seconds']:.1f} s; ran {len(ran)} stage(s): "
-              f"{', '.join(ran) or 'none (all cached)'}")  # fmt: skip
+        print(
+            f"pipeline done in {state['seconds']:.1f} s; ran {len(ran)} stage(s): "
+            f"{', '.join(ran) or 'none (all cached)'}"
+        )
     return 130 if state and state.get("interrupted") else 0
 
 
@@ -151,9 +158,12 @@ def cmd_report(o: ReportOptions) -> int:
 
 
 PIPELINE_VERBS = [
-    ("run", RunOptions, (
-        "run a pipeline of stages in order: cached by content hash, resumable",
-        dedent("""\
+    (
+        "run",
+        RunOptions,
+        (
+            "run a pipeline of stages in order: cached by content hash, resumable",
+            dedent("""\
             Run every stage of a pipeline file in order. A stage whose command line, config
             files and inputs are unchanged since it last finished is skipped (cached); a change
             anywhere re-runs that stage and everything downstream of it. An interrupted run
@@ -164,29 +174,44 @@ PIPELINE_VERBS = [
               lmforge run configs/pipeline/demo.yaml --profile quick     # tiny sizes, ~3 min
               lmforge run configs/pipeline/demo.yaml --only cls-decoder-lora --force
               lmforge run configs/pipeline/demo.yaml --from sft          # sft and what follows it
-            """))),
-    ("demo", DemoOptions, (
-        "the whole story on the default corpus, then the report card",
-        dedent("""\
+            """),
+        ),
+    ),
+    (
+        "demo",
+        DemoOptions,
+        (
+            "the whole story on the default corpus, then the report card",
+            dedent("""\
             Run configs/pipeline/demo.yaml (curate, tokenizer, decoder and encoder pre-training,
             context extension, SFT, reward model, DPO, classification with TF-IDF, an encoder,
             a LoRA decoder, a probe and MiniLM, int8/int4, distillation, the trade-off) and
             write the report card to RUNS/report.html and report.md.
             About 35 minutes on 2 CPU cores; --quick: the same graph, tiny, about 3 minutes.
             Run it again: everything is cached and it finishes in seconds.
-            """))),
-    ("report", ReportOptions, (
-        "the report card of a run directory: Markdown + one self-contained HTML file",
-        dedent("""\
+            """),
+        ),
+    ),
+    (
+        "report",
+        ReportOptions,
+        (
+            "the report card of a run directory: Markdown + one self-contained HTML file",
+            dedent("""\
             Environment and wall time per stage, tokenizer compression, curation, pre- and
             mid-training curves and samples, loss by position, SFT/DPO metrics and transcripts,
             the classification table, the trade-off and its recommendation, the scaling fit.
             Plots are inlined; they are also written to RUNS/report_figures/.
               lmforge report runs/demo --out runs/demo/report.html
-            """))),
-]  # fmt: skip
-PIPELINE_COMMANDS = {"run": (RunOptions, cmd_run), "demo": (DemoOptions, cmd_demo),
-                     "report": (ReportOptions, cmd_report)}  # fmt: skip
+            """),
+        ),
+    ),
+]
+PIPELINE_COMMANDS = {
+    "run": (RunOptions, cmd_run),
+    "demo": (DemoOptions, cmd_demo),
+    "report": (ReportOptions, cmd_report),
+}
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -218,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.verb in verbs.GROUPS and not getattr(args, "registered", None):
-        print(f"usage: lmforge {args.verb} <action> ... (see lmforge {args.verb} --help)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"usage: lmforge {args.verb} <action> ... (see lmforge {args.verb} --help)",
+            file=sys.stderr,
+        )
         return 2
     launched = int(os.environ.get("WORLD_SIZE", 1)) > 1  # started by torchrun
     try:

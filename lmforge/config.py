@@ -151,9 +151,11 @@ def parse_override(text: str, cls: type[BaseModel] | None = None) -> tuple[list[
             return path, raw.strip()
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         default = _default_at(cls, path) if cls is not None else _MISSING
-        fix = f"e.g. {key}={_as_override(default)} (the default)" if default is not _MISSING else (
-            "write a plain value (50, 0.1, true, text) or a whole list ([1, 2])"
-        )  # fmt: skip
+        fix = (
+            f"e.g. {key}={_as_override(default)} (the default)"
+            if default is not _MISSING
+            else ("write a plain value (50, 0.1, true, text) or a whole list ([1, 2])")
+        )
         raise ConfigError(
             f"override '{text}': the value '{raw}' is not valid YAML ({problem}). Fix: {fix}"
         ) from None
@@ -206,8 +208,9 @@ def _dotted(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def _explain(cls: type[BaseModel], err: dict, file_data: dict, file: str | None,
-             typed: dict[tuple, str]) -> str:  # fmt: skip
+def _explain(
+    cls: type[BaseModel], err: dict, file_data: dict, file: str | None, typed: dict[tuple, str]
+) -> str:
     """One line for one validation error: the key, the bad value, what is wrong, the fix."""
     loc = tuple(err["loc"])
     # pydantic says "Input should be ..."; a model validator says "Value error, ..."
@@ -241,8 +244,14 @@ def _explain(cls: type[BaseModel], err: dict, file_data: dict, file: str | None,
     return f"{line} Fix: e.g. {key}={_as_override(example)} ({whose})"
 
 
-def validate(cls: type[T], data: dict, source: str, file_data: dict | None = None,
-             file: str | None = None, typed: dict[tuple, str] | None = None) -> T:  # fmt: skip
+def validate(
+    cls: type[T],
+    data: dict,
+    source: str,
+    file_data: dict | None = None,
+    file: str | None = None,
+    typed: dict[tuple, str] | None = None,
+) -> T:
     """``data`` as a ``cls``, or a ConfigError naming each bad key, its value and a fix.
 
     ``file_data`` is the recipe before overrides and ``typed`` maps each override's key path
@@ -259,8 +268,10 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[st
     """Read a YAML recipe (or nothing), apply ``key=value`` overrides, validate into ``cls``."""
     file_data = read_yaml(path) if path else {}
     data = apply_overrides(file_data, list(overrides), cls)
-    typed = {tuple(t.split("=", 1)[0].strip().lstrip("-").split(".")): t.split("=", 1)[1]
-             for t in overrides}  # fmt: skip
+    typed = {
+        tuple(t.split("=", 1)[0].strip().lstrip("-").split(".")): t.split("=", 1)[1]
+        for t in overrides
+    }
     source = str(path) if path else "the command line"
     if overrides:
         source += " + overrides"

@@ -25,11 +25,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.utils import atomic_write_text, write_json
+from lmforge.utils import atomic_write_text, read_json, write_json
 
 EOS, BOS, PAD, IM_START, IM_END, MASK, SEP, UNK = (
     "<|endoftext|>",
@@ -91,10 +92,18 @@ class Tokenizer:
         for i in set(self._ids.values()):
             t = added.get(i) if i is not None else None
             if t is not None and not t.special:
-                self.hf.add_special_tokens([AddedToken(
-                    t.content, single_word=t.single_word, lstrip=t.lstrip, rstrip=t.rstrip,
-                    normalized=t.normalized, special=True,
-                )])  # fmt: skip
+                self.hf.add_special_tokens(
+                    [
+                        AddedToken(
+                            t.content,
+                            single_word=t.single_word,
+                            lstrip=t.lstrip,
+                            rstrip=t.rstrip,
+                            normalized=t.normalized,
+                            special=True,
+                        )
+                    ]
+                )
         self.hf.encode_special_tokens = True
 
     # --- ids -----------------------------------------------------------------------------
@@ -212,7 +221,6 @@ class Tokenizer:
     def _truncating(self, max_length: int) -> HFTokenizer:
         """A copy with the template and truncation set (settings live on the tokenizer), made
         once per length: copying a 150k-token vocabulary costs far more than encoding."""
-        from tokenizers import processors
 
         cache = self._truncating_cache
         if max_length not in cache:
@@ -291,7 +299,6 @@ class Tokenizer:
 
 def _special_names(folder: Path) -> dict[str, str | None]:
     """Role -> token from transformers' tokenizer_config.json and special_tokens_map.json."""
-    from lmforge.utils import read_json
 
     out: dict[str, str | None] = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
@@ -311,9 +318,6 @@ def _special_names(folder: Path) -> dict[str, str | None]:
 
 def _wordpiece_from_vocab(folder: Path) -> HFTokenizer:
     """A BERT tokenizer.json built from vocab.txt, as transformers' BertTokenizerFast does."""
-    from tokenizers.implementations import BertWordPieceTokenizer
-
-    from lmforge.utils import read_json
 
     config = (
         read_json(folder / "tokenizer_config.json")

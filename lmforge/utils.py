@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -91,8 +92,6 @@ def read_jsonl(path: str | os.PathLike) -> list:
 
 
 def seed_everything(seed: int) -> None:
-    import torch
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

@@ -42,8 +42,11 @@ def loss_by_step(run_dir: Path) -> dict[int, float]:
     a dict that would let a later row overwrite an earlier one), after checking that every
     step was logged once and in increasing order: a resumed run must replace the steps it
     lost, never log a step again."""
-    rows = [(m["step"], m["loss"]) for m in read_jsonl(Path(run_dir) / "metrics.jsonl")
-            if "loss" in m and "event" not in m]  # fmt: skip
+    rows = [
+        (m["step"], m["loss"])
+        for m in read_jsonl(Path(run_dir) / "metrics.jsonl")
+        if "loss" in m and "event" not in m
+    ]
     steps = [step for step, _ in rows]
     repeated = sorted({step for step in steps if steps.count(step) > 1})
     assert not repeated, f"steps logged more than once in {run_dir}: {repeated}"
@@ -72,16 +75,25 @@ def logged_past_checkpoint(run_dir: Path, step: int) -> bool:
     """True once the run has a checkpoint at `step` or later and has logged a training step
     after its newest checkpoint: killed now, it leaves steps in metrics.jsonl that its resume
     must replace (the case a resume test has to exercise)."""
-    saved = [int(m[1]) for p in Path(run_dir).glob("checkpoints/step-*")
-             if (m := re.fullmatch(r"step-(\d+)", p.name))]  # fmt: skip
+    saved = [
+        int(m[1])
+        for p in Path(run_dir).glob("checkpoints/step-*")
+        if (m := re.fullmatch(r"step-(\d+)", p.name))
+    ]
     return bool(saved) and max(saved) >= step and last_logged_step(run_dir) > max(saved)
 
 
 CHROMIUM = "/usr/bin/chromium"  # the system's browser (apt-get install chromium); never downloaded
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def render_page(html: Path, png: Path) -> dict:

@@ -37,9 +37,11 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     lora.write_text(lora.read_text() + "\nfrom lmforge.stages import classify  # noqa\n")
     result = subprocess.run(
         [shutil.which("lint-imports", path=str(Path(sys.executable).parent)), "--no-cache"],
-        cwd=copy, capture_output=True, text=True,
+        cwd=copy,
+        capture_output=True,
+        text=True,
         env={"PYTHONPATH": str(copy), "PATH": str(Path(sys.executable).parent)},
-    )  # fmt: skip
+    )
     assert result.returncode != 0
     assert "lmforge.model is not allowed to import lmforge.stages" in result.stdout
 
@@ -51,12 +53,33 @@ def test_every_verb_that_writes_a_summary_names_its_shown_keys_in_its_schema():
         fields = set(verb.summary.model_fields)
         missing = [k for k in verb.summary.SHOWN if k not in fields]
         assert not missing, f"{name}: SHOWN keys not declared in {verb.summary.__name__}: {missing}"
-        assert verb.summary.HEADLINE is None or verb.summary.HEADLINE in fields, name
+
+
+def test_a_classifier_summary_declares_every_score_the_evaluation_keeps():
+    from lmforge.eval.classification import SCORE_KEYS
+    from lmforge.stages.summaries import SplitScores
+
+    assert set(SCORE_KEYS) == set(SplitScores.model_fields)
 
 
 def test_each_schema_is_registered_under_the_stage_it_reads():
     for stage, schema in SCHEMAS.items():
         assert issubclass(schema, Summary) and schema.STAGE == stage
+
+
+def test_the_report_has_a_headline_for_every_stage_it_reads_through_a_schema():
+    from lmforge.report.headlines import STAGE_HEADLINES
+
+    kinds = {
+        "pretrain": [{}, {"val_masked_accuracy": 0.5}, {"distill": {}}],
+        "quantize": [{}, {"val_bpb": 1.0}],
+    }
+    for stage, schema in SCHEMAS.items():
+        if stage in ("convert", "sft"):  # an import has no headline; SFT's is in answers.json
+            continue
+        for extra in kinds.get(stage, [{}]):
+            variant = schema.lenient({"stage": stage, **extra}).variant()
+            assert variant in STAGE_HEADLINES, f"{stage} ({variant}) has no report headline"
 
 
 def test_the_cli_and_the_pipeline_read_a_command_line_alike():

@@ -33,8 +33,17 @@ TINY = [
 
 
 def pretrain(tok, corpus, out, *extra) -> list[str]:
-    return ["pretrain", "--config", "configs/demo/pretrain.yaml", f"tokenizer={tok}",
-            f"data.path={corpus}", f"out_dir={out}", *TINY, "trainer.max_steps=4", *extra]  # fmt: skip
+    return [
+        "pretrain",
+        "--config",
+        "configs/demo/pretrain.yaml",
+        f"tokenizer={tok}",
+        f"data.path={corpus}",
+        f"out_dir={out}",
+        *TINY,
+        "trainer.max_steps=4",
+        *extra,
+    ]
 
 
 def interrupted_run(monkeypatch, tok, corpus, out, *extra, checkpoint: bool = True) -> None:
@@ -109,8 +118,15 @@ def test_an_override_that_is_not_yaml_is_explained(
 
 
 def test_a_text_field_keeps_the_text_as_typed(capsys):
-    argv = ["pretrain", "--config", "configs/demo/pretrain.yaml", "model.name=1e3",
-            "data.text_column=2024", "trainer.lr=1e-3", "--print-config"]  # fmt: skip
+    argv = [
+        "pretrain",
+        "--config",
+        "configs/demo/pretrain.yaml",
+        "model.name=1e3",
+        "data.text_column=2024",
+        "trainer.lr=1e-3",
+        "--print-config",
+    ]
     assert main(argv) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["name"] == "1e3" and cfg["data"]["text_column"] == "2024"
@@ -251,8 +267,11 @@ def test_stale_partials_are_removed_at_the_trainers_start(tmp_path):
     (root / ".step-000002.old").mkdir()
     (root / ".state.json.x1.tmp").write_text("{")
     removed = ckpt.remove_stale_partials(root)
-    assert sorted(p.name for p in removed) == [".state.json.x1.tmp", ".step-000002.old",
-                                                ".step-000004.abc.partial"]  # fmt: skip
+    assert sorted(p.name for p in removed) == [
+        ".state.json.x1.tmp",
+        ".step-000002.old",
+        ".step-000004.abc.partial",
+    ]
     assert [p.name for p in root.iterdir()] == ["step-000002"]
 
 
@@ -286,8 +305,11 @@ def test_a_pipeline_remakes_a_changed_stage_over_its_finished_run(
 
     runs = tmp_path / "runs"
     line = " ".join(pretrain(tiny_tokenizer_dir, tiny_corpus, runs / "pretrain"))
-    spec = {"name": "p", "vars": {"runs": str(runs)},
-            "stages": {"pretrain": {"run": line, "out": str(runs / "pretrain")}}}  # fmt: skip
+    spec = {
+        "name": "p",
+        "vars": {"runs": str(runs)},
+        "stages": {"pretrain": {"run": line, "out": str(runs / "pretrain")}},
+    }
     path = tmp_path / "p.yaml"
     for extra in ("", " model.n_layer=3"):
         spec["stages"]["pretrain"]["run"] = line + extra
@@ -322,7 +344,14 @@ def test_resume_never_clears_an_earlier_runs_checkpoints(tmp_path, tiny_cfg):
 
     old = tmp_path / "run" / "checkpoints" / "step-000300"
     old.mkdir(parents=True)
-    tc = TrainerConfig(max_steps=3, micro_batch_size=2, warmup_steps=1, checkpoint_every=2,
-                       precision="fp32", resume="never", progress=False)  # fmt: skip
+    tc = TrainerConfig(
+        max_steps=3,
+        micro_batch_size=2,
+        warmup_steps=1,
+        checkpoint_every=2,
+        precision="fp32",
+        resume="never",
+        progress=False,
+    )
     Trainer(tc, LanguageModel(tiny_cfg), clm_loss, Loader(), tmp_path / "run").fit()
     assert ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-000002"

@@ -66,7 +66,7 @@ def recipe(tmp_path, decoder_dir):  # noqa: F811
                     "precision": "fp32",
                 },
             }
-        )  # fmt: skip
+        )
     )
     return path, out
 
@@ -93,8 +93,15 @@ def test_eval_split_without_a_training_label_is_refused_before_anything_is_writt
 ):
     cfg, out = recipe
     other = _rewrite(task_csv, tmp_path / "val.csv", lambda t, y: (t, "zz-" + y))
-    code, _, err = _cli(capsys, "classify", "train", "--config", cfg, f"task.path={task_csv}",
-                        f"task.val_path={other}")  # fmt: skip
+    code, _, err = _cli(
+        capsys,
+        "classify",
+        "train",
+        "--config",
+        cfg,
+        f"task.path={task_csv}",
+        f"task.val_path={other}",
+    )
     assert code == 2
     assert f"task.val_path {other}: none of the" in err and "occurs in training" in err
     assert "'zz-animal'" in err and "'animal'" in err  # what it has, what training has
@@ -107,10 +114,14 @@ def test_a_task_directory_whose_val_labels_are_unknown_is_refused(tmp_path, reci
     task = tmp_path / "task"
     task.mkdir()
     rows = list(csv.reader(task_csv.open()))[1:]
-    for split, labels in (("train", [y for _, y in rows]), ("val", ["nope"] * len(rows)),
-                          ("test", [y for _, y in rows])):  # fmt: skip
-        pq.write_table(pa.table({"text": [t for t, _ in rows], "label": labels}),
-                       task / f"{split}.parquet")  # fmt: skip
+    for split, labels in (
+        ("train", [y for _, y in rows]),
+        ("val", ["nope"] * len(rows)),
+        ("test", [y for _, y in rows]),
+    ):
+        pq.write_table(
+            pa.table({"text": [t for t, _ in rows], "label": labels}), task / f"{split}.parquet"
+        )
     names = sorted({y for _, y in rows})
     (task / "labels.json").write_text(json.dumps({"names": names}))
     config = ClassifyConfig.model_validate(
@@ -125,8 +136,15 @@ def test_a_merge_map_that_collapses_every_class_is_blamed(tmp_path, recipe, task
     cfg, out = recipe
     merge = tmp_path / "merge.json"
     merge.write_text(json.dumps({y: "thing" for y in ("animal", "food", "motion", "weather")}))
-    code, _, err = _cli(capsys, "classify", "train", "--config", cfg, f"task.path={task_csv}",
-                        f"task.merge_map={merge}")  # fmt: skip
+    code, _, err = _cli(
+        capsys,
+        "classify",
+        "train",
+        "--config",
+        cfg,
+        f"task.path={task_csv}",
+        f"task.merge_map={merge}",
+    )
     assert code == 2
     assert f"task.merge_map {merge} collapses every training label" in err
     assert "'animal', 'food', 'motion', 'weather' -> one class" in err and "'thing'" in err
@@ -146,8 +164,16 @@ def test_a_task_whose_texts_are_all_empty_is_refused(tmp_path, recipe, task_csv,
 
 def test_max_steps_caps_the_steps_epochs_imply_and_is_reported(recipe, task_csv, capsys):  # noqa: F811
     cfg, out = recipe
-    code, stdout, _ = _cli(capsys, "classify", "train", "--config", cfg, f"task.path={task_csv}",
-                           "trainer.max_steps=3", "epochs=2")  # fmt: skip
+    code, stdout, _ = _cli(
+        capsys,
+        "classify",
+        "train",
+        "--config",
+        cfg,
+        f"task.path={task_csv}",
+        "trainer.max_steps=3",
+        "epochs=2",
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train"]["steps"] == summary["steps"] == 3
@@ -187,8 +213,17 @@ def wide_lm(tmp_path_factory):
 
 @pytest.mark.parametrize("size", ["0", "-8"])
 def test_group_size_below_one_is_a_usage_error(tmp_path, wide_lm, capsys, size):
-    code, _, err = _cli(capsys, "quantize", wide_lm, "--method", "int4", "--group-size", size,
-                        "--out", tmp_path / "q")  # fmt: skip
+    code, _, err = _cli(
+        capsys,
+        "quantize",
+        wide_lm,
+        "--method",
+        "int4",
+        "--group-size",
+        size,
+        "--out",
+        tmp_path / "q",
+    )
     assert code == 2
     assert f"argument --group-size: must be 1 or more, got {size}" in err
     assert not (tmp_path / "q").exists()
@@ -198,8 +233,17 @@ def test_group_size_given_must_fit_every_layer_and_the_hint_does(tmp_path, wide_
     from lmforge.stages.quantize import quantize
 
     for size in (128, 160):
-        code, _, err = _cli(capsys, "quantize", wide_lm, "--method", "int4", "--group-size",
-                            size, "--out", tmp_path / "q")  # fmt: skip
+        code, _, err = _cli(
+            capsys,
+            "quantize",
+            wide_lm,
+            "--method",
+            "int4",
+            "--group-size",
+            size,
+            "--out",
+            tmp_path / "q",
+        )
         assert code == 2, err
         assert f"--group-size {size} does not divide the width of" in err
         assert "(128, 320)" in err and "sizes that fit all of them: 1, 2, 4, 8, 16, 32, 64" in err
@@ -207,8 +251,9 @@ def test_group_size_given_must_fit_every_layer_and_the_hint_does(tmp_path, wide_
         assert _leftovers(tmp_path) == []
     with pytest.raises(ConfigError, match="not a positive whole number"):
         quantize(wide_lm, tmp_path / "q", "int4", group_size=0)  # the Python API too
-    code, _, err = _cli(capsys, "quantize", wide_lm, "--method", "int4", "--group-size", 64,
-                        "--out", tmp_path / "q")  # the hint works  # fmt: skip
+    code, _, err = _cli(
+        capsys, "quantize", wide_lm, "--method", "int4", "--group-size", 64, "--out", tmp_path / "q"
+    )  # the hint works
     assert code == 0, err
 
 
@@ -230,8 +275,9 @@ def test_default_group_size_is_one_that_fits_every_layer_with_a_note(tmp_path, w
 def test_max_docs_per_source_below_one_is_a_usage_error(tmp_path, capsys, n):
     from lmforge.data.corpora import build_default_corpus
 
-    code, _, err = _cli(capsys, "data", "build", "--out", tmp_path / "c",
-                        "--max-docs-per-source", n)  # fmt: skip
+    code, _, err = _cli(
+        capsys, "data", "build", "--out", tmp_path / "c", "--max-docs-per-source", n
+    )
     assert code == 2
     assert f"argument --max-docs-per-source: must be 1 or more, got {n}" in err
     with pytest.raises(
@@ -246,8 +292,17 @@ def test_a_corpus_too_small_for_the_vocabulary_says_so(tmp_path, capsys):
     (tmp_path / "md" / "notes.md").write_text(
         "# Notes\n\n" + "The river runs to the sea and the sea is large. " * 40
     )
-    code, out, err = _cli(capsys, "tokenizer", "train", "--data", tmp_path / "md",
-                          "--vocab-size", 1000, "--out", tmp_path / "tok")  # fmt: skip
+    code, out, err = _cli(
+        capsys,
+        "tokenizer",
+        "train",
+        "--data",
+        tmp_path / "md",
+        "--vocab-size",
+        1000,
+        "--out",
+        tmp_path / "tok",
+    )
     assert code == 0
     summary = json.loads(out)
     n = summary["vocab_size"]
@@ -318,9 +373,9 @@ def test_the_cache_key_changes_with_lmforges_version_and_source(tmp_path, monkey
     key = pipeline.load("pipe.yaml").stage("corpus").key
     assert pipeline.load("pipe.yaml").stage("corpus").key == key  # stable
     # this is a git checkout: its source is part of the key
-    assert pipeline._is_development_checkout(Path(lmforge.__file__).resolve().parent)
+    assert pipeline.spec._is_development_checkout(Path(lmforge.__file__).resolve().parent)
     assert pipeline.source_hash() is not None
-    monkeypatch.setattr(pipeline, "source_hash", lambda: "edited")
+    monkeypatch.setattr(pipeline.spec, "source_hash", lambda: "edited")
     assert pipeline.load("pipe.yaml").stage("corpus").key != key
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)

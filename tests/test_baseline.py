@@ -5,7 +5,7 @@ import random
 import numpy as np
 
 from lmforge.cli import main
-from lmforge.eval.classification import HEADLINE, evaluate_split
+from lmforge.eval.classification import SCORE_KEYS, evaluate_split
 from lmforge.stages.baseline import TfidfConfig, TfidfModel, run
 
 TOPICS = {
@@ -33,7 +33,7 @@ def topic_csv(tmp_path, n=240, seed=0):
 
 
 # What every classification summary.json carries (issue 3's list): metrics + size + speed.
-REQUIRED = set(HEADLINE) - {"unknown_label_examples"} | {
+REQUIRED = set(SCORE_KEYS) - {"unknown_label_examples"} | {
     "params_total",
     "params_trainable",
     "latency_ms_p50",

@@ -243,9 +243,17 @@ def _exported_logits_agree(run, export, texts, num_labels):
 
 def test_lora_decoder_run_exports_for_transformers_and_peft(tmp_path, decoder_dir, task_csv):
     train(
-        recipe(tmp_path, decoder_dir, task_csv, "lora", epochs=1, speed=False,
-               eval_splits=["val"], lora={"r": 4, "alpha": 8, "dropout": 0.0})
-    )  # fmt: skip
+        recipe(
+            tmp_path,
+            decoder_dir,
+            task_csv,
+            "lora",
+            epochs=1,
+            speed=False,
+            eval_splits=["val"],
+            lora={"r": 4, "alpha": 8, "dropout": 0.0},
+        )
+    )
     assert main(["convert", "--to-hf", str(tmp_path / "lora"), "--out", str(tmp_path / "x")]) == 0
     merged = _exported_logits_agree(
         tmp_path / "lora", tmp_path / "x", ["dog cat rain", "the soup and bread"], 4
@@ -265,9 +273,14 @@ def bert_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bert") / "bert"
     torch.manual_seed(0)
     cfg = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, pad_token_id=0,
-    )  # fmt: skip
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     transformers.BertModel(cfg).save_pretrained(out)
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     return out
@@ -277,9 +290,17 @@ def test_classify_from_a_transformers_bert_with_lora_exports_for_peft(tmp_path, 
     """init is a Hugging Face directory: BERT's pooler + classifier head, [CLS] pooling, and a
     LoRA adapter whose keys and targets are BERT's own names."""
     summary = train(
-        recipe(tmp_path, bert_dir, task_csv, "lora", epochs=2, speed=False, eval_splits=["val"],
-               lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
-    )  # fmt: skip
+        recipe(
+            tmp_path,
+            bert_dir,
+            task_csv,
+            "lora",
+            epochs=2,
+            speed=False,
+            eval_splits=["val"],
+            lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        )
+    )
     run = tmp_path / "lora"
     assert summary["adapter_hf_names"] is True
     head = load(run).model.head_cfg
@@ -300,10 +321,24 @@ def test_a_sentence_transformers_backbone_is_read_through_its_own_pooling(
     export says so instead of writing a model whose pooler transformers would re-initialise."""
     st = tmp_path / "st"
     shutil.copytree(bert_dir, st)
-    (st / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]))  # fmt: skip
+    (st / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+            ]
+        )
+    )
     (st / "1_Pooling").mkdir()
     modes = {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}
     (st / "1_Pooling" / "config.json").write_text(json.dumps(modes))
@@ -356,7 +391,7 @@ def _hf_backbone(family, tok, out):
                 pad_token_id=tok.pad_id,
             )
         )
-    model.save_pretrained(out)  # fmt: skip
+    model.save_pretrained(out)
     tok.save(out)
     return out
 
@@ -373,9 +408,17 @@ def test_lora_on_fused_families_exports_an_exact_fused_peft_adapter(
     tok = Tokenizer.load(tiny_tokenizer_dir)
     init = _hf_backbone(family, tok, tmp_path / family)
     summary = train(
-        recipe(tmp_path, init, task_csv, "lora", epochs=1, speed=False, eval_splits=["val"],
-               lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": targets})
-    )  # fmt: skip
+        recipe(
+            tmp_path,
+            init,
+            task_csv,
+            "lora",
+            epochs=1,
+            speed=False,
+            eval_splits=["val"],
+            lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": targets},
+        )
+    )
     assert summary["adapter_hf_names"] is False
     assert main(["convert", "--to-hf", str(tmp_path / "lora"), "--out", str(tmp_path / "x")]) == 0
     config = json.loads((tmp_path / "x" / "adapter" / "adapter_config.json").read_text())

@@ -27,8 +27,11 @@ from lmforge.errors import ConfigError, DataError
 STOP = ["the", "of", "and", "to", "with", "that", "be", "have"]
 _rng = random.Random(7)
 VOCAB = sorted(
-    {"".join(_rng.choice("abcdefghijklmnoprstuvw") for _ in range(_rng.randint(3, 9))) for _ in range(600)}
-)  # fmt: skip
+    {
+        "".join(_rng.choice("abcdefghijklmnoprstuvw") for _ in range(_rng.randint(3, 9)))
+        for _ in range(600)
+    }
+)
 
 
 def words(rng: random.Random, n: int) -> list[str]:
@@ -357,8 +360,20 @@ def test_cli_curates_and_refuses_a_bad_threshold(tmp_path, capsys):
     ]
     assert main(bad) == 2 and "threshold" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    args = ["data", "curate", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--near-dup",
-            "0.8", "--report", str(tmp_path / "report"), "--workers", "1", "--no-progress"]  # fmt: skip
+    args = [
+        "data",
+        "curate",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+        "--near-dup",
+        "0.8",
+        "--report",
+        str(tmp_path / "report"),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["documents_out"] < out["documents_in"]

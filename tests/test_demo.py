@@ -15,14 +15,28 @@ import pytest
 from helpers import CHROMIUM, render_page
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ["Summary", "Environment", "Tokenizer", "Curation", "Pre-training", "Mid-training",
-            "Post-training", "Classification", "Trade-off"]  # fmt: skip
+SECTIONS = [
+    "Summary",
+    "Environment",
+    "Tokenizer",
+    "Curation",
+    "Pre-training",
+    "Mid-training",
+    "Post-training",
+    "Classification",
+    "Trade-off",
+]
 
 
 def lmforge(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     # From the repository root: the pipeline names its recipes as configs/demo/*.yaml.
-    r = subprocess.run([sys.executable, "-m", "lmforge", *args], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "lmforge", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, (
         f"lmforge {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     )
@@ -47,8 +61,20 @@ def test_every_stage_runs_and_reports_a_headline(demo):
     assert s["profile"] == "quick" and s["environment"]["torch"]
     stages = s["stages"]
     assert all(r["status"] == "done" and not r["cached"] for r in stages.values())
-    for name in ("pretrain", "encoder", "midtrain-context", "sft", "reward", "dpo", "cls-minilm",
-                 "cls-minilm-int8", "cls-decoder-lora", "cls-decoder-int4", "cls-encoder-distilled", "tradeoff"):  # fmt: skip
+    for name in (
+        "pretrain",
+        "encoder",
+        "midtrain-context",
+        "sft",
+        "reward",
+        "dpo",
+        "cls-minilm",
+        "cls-minilm-int8",
+        "cls-decoder-lora",
+        "cls-decoder-int4",
+        "cls-encoder-distilled",
+        "tradeoff",
+    ):
         assert name in stages and Path(stages[name]["out"]).exists()
     table = stdout[stdout.index("headline") :]
     assert "val bpb" in table and "macro F1" in table and "recommended:" in table
@@ -108,11 +134,28 @@ def test_an_interrupted_stage_resumes_mid_way_through_its_checkpoints(demo):
 
     runs, where, _ = demo
     ckpts = runs / "pretrain" / "checkpoints"
-    cmd = [sys.executable, "-m", "lmforge", "run", "configs/pipeline/demo.yaml", "--profile",
-           "quick", *where, "--only", "pretrain", "--force"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmforge",
+        "run",
+        "configs/pipeline/demo.yaml",
+        "--profile",
+        "quick",
+        *where,
+        "--only",
+        "pretrain",
+        "--force",
+    ]
     # Its own process group, so that Ctrl-C reaches the pipeline and its stage, as in a terminal.
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not any(ckpts.glob("step-*")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

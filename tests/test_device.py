@@ -109,8 +109,15 @@ def test_the_trainer_reports_its_precision_and_why(fake_cpu, tmp_path):
             pass
 
     cfg = ModelConfig(vocab_size=31, n_layer=1, n_embd=16, n_head=2, intermediate_size=32)
-    tc = TrainerConfig(max_steps=2, micro_batch_size=2, warmup_steps=1, eval_every=0,
-                       checkpoint_every=0, log_every=1, progress=False)  # fmt: skip
+    tc = TrainerConfig(
+        max_steps=2,
+        micro_batch_size=2,
+        warmup_steps=1,
+        eval_every=0,
+        checkpoint_every=0,
+        log_every=1,
+        progress=False,
+    )
     trainer = Trainer(tc, LanguageModel(cfg), clm_loss, Loader(), tmp_path / "run")
     summary = trainer.fit()
     assert summary["precision"] == "fp32"
@@ -147,11 +154,27 @@ def test_throughput_pauses_eval_and_checkpoint_time_without_dropping_tokens(tmp_
         return {"val_loss": 1.0}
 
     cfg = ModelConfig(vocab_size=31, n_layer=1, n_embd=16, n_head=2, intermediate_size=32)
-    tc = trainer_mod.TrainerConfig(max_steps=20, micro_batch_size=2, warmup_steps=1, eval_every=5,
-                                   checkpoint_every=3, log_every=4, progress=False,
-                                   precision="fp32", peak_flops=1e6)  # fmt: skip
-    t = trainer_mod.Trainer(tc, LanguageModel(cfg), clm_loss, Loader(), tmp_path / "run",
-                            eval_fn=eval_fn, tokens_per_micro_batch=16, flops_per_token=1e3)  # fmt: skip
+    tc = trainer_mod.TrainerConfig(
+        max_steps=20,
+        micro_batch_size=2,
+        warmup_steps=1,
+        eval_every=5,
+        checkpoint_every=3,
+        log_every=4,
+        progress=False,
+        precision="fp32",
+        peak_flops=1e6,
+    )
+    t = trainer_mod.Trainer(
+        tc,
+        LanguageModel(cfg),
+        clm_loss,
+        Loader(),
+        tmp_path / "run",
+        eval_fn=eval_fn,
+        tokens_per_micro_batch=16,
+        flops_per_token=1e3,
+    )
     save = t.save_checkpoint
 
     def slow_save(*a, **k):

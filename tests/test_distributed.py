@@ -20,26 +20,55 @@ from lmforge.utils import read_json, read_jsonl
 
 STEPS = 120
 TINY = [
-    "preset=lmforge-d2", "model.n_embd=64", "model.n_head=2", "model.intermediate_size=128",
-    "data.seq_len=64", "data.val_fraction=0.1", "data.eval_batches=2",
+    "preset=lmforge-d2",
+    "model.n_embd=64",
+    "model.n_head=2",
+    "model.intermediate_size=128",
+    "data.seq_len=64",
+    "data.val_fraction=0.1",
+    "data.eval_batches=2",
     # the global batch: 4 x 2 rows per step; under 2 ranks each takes 4 x 1
-    "trainer.micro_batch_size=4", "trainer.grad_accum_steps=2",
-    "trainer.compile=false", "trainer.precision=fp32", "trainer.warmup_steps=5",
-    "trainer.log_every=1", "trainer.progress=false", f"trainer.max_steps={STEPS}",
-    "trainer.eval_every=60", "trainer.checkpoint_every=10", "samples.prompts=[]",
-]  # fmt: skip
+    "trainer.micro_batch_size=4",
+    "trainer.grad_accum_steps=2",
+    "trainer.compile=false",
+    "trainer.precision=fp32",
+    "trainer.warmup_steps=5",
+    "trainer.log_every=1",
+    "trainer.progress=false",
+    f"trainer.max_steps={STEPS}",
+    "trainer.eval_every=60",
+    "trainer.checkpoint_every=10",
+    "samples.prompts=[]",
+]
 
 
 def pretrain_args(tok, corpus, out, *extra):
-    return ["pretrain", "--config", "configs/demo/pretrain.yaml", f"tokenizer={tok}",
-            f"data.path={corpus}", f"out_dir={out}", *TINY, *extra]  # fmt: skip
+    return [
+        "pretrain",
+        "--config",
+        "configs/demo/pretrain.yaml",
+        f"tokenizer={tok}",
+        f"data.path={corpus}",
+        f"out_dir={out}",
+        *TINY,
+        *extra,
+    ]
 
 
 def torchrun(args, nproc=2, **kw) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "lmforge", *map(str, args)]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "lmforge",
+        *map(str, args),
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw
+    )
 
 
 def finish(proc, timeout=240) -> tuple[int, str, str]:
@@ -67,8 +96,11 @@ def test_two_ranks_follow_the_one_process_loss_curve(
     parallel, tmp_path, reference, tiny_corpus, tiny_tokenizer_dir
 ):
     out = tmp_path / parallel
-    code, stdout, err = finish(torchrun(pretrain_args(tiny_tokenizer_dir, tiny_corpus, out,
-                                                      f"trainer.parallel={parallel}")))  # fmt: skip
+    code, stdout, err = finish(
+        torchrun(
+            pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, f"trainer.parallel={parallel}")
+        )
+    )
     assert code == 0, err[-3000:]
     assert_same_curve(out, loss_by_step(reference))
     # the evaluation and the final weights agree too
@@ -131,9 +163,13 @@ def test_an_fsdp_run_resumes_in_one_process_and_back(
     out = tmp_path / "one-then-fsdp"
     args = pretrain_args(tiny_tokenizer_dir, tiny_corpus, out, "trainer.parallel=fsdp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.Popen([sys.executable, "-m", "lmforge", *map(str, args)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)  # fmt: skip
+    single = subprocess.Popen(
+        [sys.executable, "-m", "lmforge", *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     killed_after = _kill_after_checkpoint(single, out)
     code, _, err = finish(torchrun(args))
     assert code == 0, err[-3000:]
@@ -213,8 +249,15 @@ def decoder_dir(tmp_path_factory, tiny_tokenizer_dir):
 
     tok = Tokenizer.load(tiny_tokenizer_dir)
     torch.manual_seed(0)
-    cfg = tiny_config(vocab_size=tok.vocab_size, n_embd=64, intermediate_size=128, max_seq_len=64,
-                      bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)  # fmt: skip
+    cfg = tiny_config(
+        vocab_size=tok.vocab_size,
+        n_embd=64,
+        intermediate_size=128,
+        max_seq_len=64,
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )
     out = tmp_path_factory.mktemp("init") / "decoder"
     save_model_artifact(out, LanguageModel(cfg), kind="causal_lm")
     tok.save(out)
@@ -230,20 +273,34 @@ def test_classify_under_fsdp_follows_one_process_and_keeps_the_best_weights(tmp_
     from lmforge.stages.classify import ClassifyConfig
 
     def config(name):
-        cfg = ClassifyConfig.model_validate({
-            "out_dir": str(tmp_path / name), "init": str(decoder_dir), "method": "full",
-            "task": {"path": str(topic_csv(tmp_path)), "max_length": 16}, "epochs": 3,
-            "batch_size": 16, "speed": False,
-            "trainer": {"lr": 2e-3, "warmup_steps": 5, "eval_every": 10, "checkpoint_every": 10,
-                        "log_every": 1, "progress": False, "precision": "fp32",
-                        "early_stop": {"metric": "val_macro_f1", "patience": 50}},
-        })  # fmt: skip
+        cfg = ClassifyConfig.model_validate(
+            {
+                "out_dir": str(tmp_path / name),
+                "init": str(decoder_dir),
+                "method": "full",
+                "task": {"path": str(topic_csv(tmp_path)), "max_length": 16},
+                "epochs": 3,
+                "batch_size": 16,
+                "speed": False,
+                "trainer": {
+                    "lr": 2e-3,
+                    "warmup_steps": 5,
+                    "eval_every": 10,
+                    "checkpoint_every": 10,
+                    "log_every": 1,
+                    "progress": False,
+                    "precision": "fp32",
+                    "early_stop": {"metric": "val_macro_f1", "patience": 50},
+                },
+            }
+        )
         save_config(cfg, tmp_path / f"{name}.yaml")
         return tmp_path / f"{name}.yaml"
 
     assert main(["classify", "train", "--config", str(config("one"))]) == 0
-    code, stdout, err = finish(torchrun(["classify", "train", "--config", config("two"),
-                                         "trainer.parallel=fsdp"]))  # fmt: skip
+    code, stdout, err = finish(
+        torchrun(["classify", "train", "--config", config("two"), "trainer.parallel=fsdp"])
+    )
     assert code == 0, err[-3000:]
     assert_same_curve(tmp_path / "two", loss_by_step(tmp_path / "one"))
     one, two = (
@@ -266,18 +323,40 @@ def test_sft_with_lora_under_ddp_follows_one_process(tmp_path, decoder_dir):
 
     data = tmp_path / "chat.jsonl"
     colours = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black and dark"}
-    rows = [{"messages": [{"role": "user", "content": f"What colour is the {k}?"},
-                          {"role": "assistant", "content": f"The {k} is {v}."}]}
-            for k, v in colours.items()]  # fmt: skip
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What colour is the {k}?"},
+                {"role": "assistant", "content": f"The {k} is {v}."},
+            ]
+        }
+        for k, v in colours.items()
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows * 8))
 
     def args(name):
-        return ["sft", "--config", "configs/demo/sft.yaml", f"init={decoder_dir}",
-                f"out_dir={tmp_path / name}", f"data.train={data}", f"data.val={data}",
-                "data.seq_len=32", "method=lora", "epochs=4", "trainer.micro_batch_size=4",
-                "trainer.grad_accum_steps=1", "trainer.lr=1e-2", "trainer.warmup_steps=2",
-                "trainer.progress=false", "trainer.precision=fp32", "trainer.eval_every=1000",
-                "trainer.log_every=1", "answers.n=0", "trainer.parallel=ddp"]  # fmt: skip
+        return [
+            "sft",
+            "--config",
+            "configs/demo/sft.yaml",
+            f"init={decoder_dir}",
+            f"out_dir={tmp_path / name}",
+            f"data.train={data}",
+            f"data.val={data}",
+            "data.seq_len=32",
+            "method=lora",
+            "epochs=4",
+            "trainer.micro_batch_size=4",
+            "trainer.grad_accum_steps=1",
+            "trainer.lr=1e-2",
+            "trainer.warmup_steps=2",
+            "trainer.progress=false",
+            "trainer.precision=fp32",
+            "trainer.eval_every=1000",
+            "trainer.log_every=1",
+            "answers.n=0",
+            "trainer.parallel=ddp",
+        ]
 
     assert main(args("one")) == 0
     code, stdout, err = finish(torchrun(args("two")))
@@ -321,21 +400,36 @@ def test_optimizer_state_by_name_loads_into_other_group_orders_and_old_checkpoin
     # another model's state is refused
     other = torch.nn.Linear(3, 2)
     with pytest.raises(ValueError, match="other trainable parameters"):
-        dp.load_optimizer_state(other, build_optimizer(other, 1e-2, 0.1, (0.9, 0.95), 1e-8),
-                                by_name, dp.DataParallel())  # fmt: skip
+        dp.load_optimizer_state(
+            other, build_optimizer(other, 1e-2, 0.1, (0.9, 0.95), 1e-8), by_name, dp.DataParallel()
+        )
 
 
 def test_midtrain_under_ddp_follows_one_process(tmp_path, reference):
     """A longer context from the reference decoder; rank 0 alone measures before and after."""
 
     def args(name):
-        return ["midtrain", "--config", "configs/demo/midtrain-context.yaml", f"init={reference}",
-                f"out_dir={tmp_path / name}", f"data.shards={reference / 'shards'}",
-                "context.seq_len=384", "context.schedule=[]", "context.buckets=[0,128,384]",
-                "trainer.max_steps=12", "trainer.micro_batch_size=2", "trainer.grad_accum_steps=2",
-                "trainer.progress=false", "trainer.precision=fp32", "trainer.log_every=1",
-                "trainer.warmup_steps=2", "data.eval_batches=2", "samples.max_new_tokens=4",
-                "trainer.parallel=ddp"]  # fmt: skip
+        return [
+            "midtrain",
+            "--config",
+            "configs/demo/midtrain-context.yaml",
+            f"init={reference}",
+            f"out_dir={tmp_path / name}",
+            f"data.shards={reference / 'shards'}",
+            "context.seq_len=384",
+            "context.schedule=[]",
+            "context.buckets=[0,128,384]",
+            "trainer.max_steps=12",
+            "trainer.micro_batch_size=2",
+            "trainer.grad_accum_steps=2",
+            "trainer.progress=false",
+            "trainer.precision=fp32",
+            "trainer.log_every=1",
+            "trainer.warmup_steps=2",
+            "data.eval_batches=2",
+            "samples.max_new_tokens=4",
+            "trainer.parallel=ddp",
+        ]
 
     assert main(args("one")) == 0
     code, _, err = finish(torchrun(args("two")))

@@ -28,10 +28,26 @@ from lmforge.model.lora import inject_lora
 
 # Big enough that the logits, the blocks' activations and the weights all count (5-30 MB each),
 # small enough that a step takes well under a second on 2 cores.
-DECODER = dict(vocab_size=4096, n_layer=3, n_embd=192, n_head=3, n_kv_head=1,
-               intermediate_size=512, max_seq_len=128)  # fmt: skip
-ENCODER = dict(DECODER, causal=False, norm="layernorm", mlp="geglu", activation="gelu",
-               embed_norm=True, first_attn_norm=False, tie_embeddings=True, n_kv_head=None)  # fmt: skip
+DECODER = dict(
+    vocab_size=4096,
+    n_layer=3,
+    n_embd=192,
+    n_head=3,
+    n_kv_head=1,
+    intermediate_size=512,
+    max_seq_len=128,
+)
+ENCODER = dict(
+    DECODER,
+    causal=False,
+    norm="layernorm",
+    mlp="geglu",
+    activation="gelu",
+    embed_norm=True,
+    first_attn_norm=False,
+    tie_embeddings=True,
+    n_kv_head=None,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -93,8 +109,13 @@ def test_parameter_counts_equal_the_built_models():
     # LoRA on the attention projections (Hugging Face names too) + the classifier head
     head = {"head": "dense_norm", "pooling": "mean", "bias": True, "num_labels": 7}  # classify.py
     model = build_model("sequence_classifier", enc, {"head": head})
-    inject_lora(model, ["q_proj", "k_proj", "v_proj", "o_proj"], r=8, alpha=16,
-                modules_to_save=["classifier", "head"])  # fmt: skip
+    inject_lora(
+        model,
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        r=8,
+        alpha=16,
+        modules_to_save=["classifier", "head"],
+    )
     e = estimate(enc, "lora", 1, 8, lora_r=8, lora_targets=("Wqkv", "o_proj"), num_labels=7)
     assert (e["params"], e["trainable"]) == (n_params(model), n_params(model, trainable=True))
     # probe: only the decoder's linear head trains

@@ -51,41 +51,86 @@ def max_diff(a, b, mask):
 
 T = transformers
 MB = dict(
-    vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=4,
-    num_attention_heads=3, local_attention=8, global_attn_every_n_layers=2, pad_token_id=0,
-)  # fmt: skip
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=3,
+    local_attention=8,
+    global_attn_every_n_layers=2,
+    pad_token_id=0,
+)
 BERT = dict(
-    vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-    num_attention_heads=3, max_position_embeddings=64,
-)  # fmt: skip
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    max_position_embeddings=64,
+)
 CASES = {
     # GQA with 7 query heads per KV head, tied embeddings
-    "qwen2-gqa7-tied": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(
-        vocab_size=97, hidden_size=56, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=7, num_key_value_heads=1, tie_word_embeddings=True, pad_token_id=0)),
+    "qwen2-gqa7-tied": lambda: T.Qwen2ForCausalLM(
+        T.Qwen2Config(
+            vocab_size=97,
+            hidden_size=56,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=7,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+        )
+    ),
     # untied, GQA 3:1, Llama 3's RoPE scaling, biases
-    "llama-untied-llama3rope": lambda: T.LlamaForCausalLM(T.LlamaConfig(
-        vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=False,
-        attention_bias=True, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "llama-untied-llama3rope": lambda: T.LlamaForCausalLM(
+        T.LlamaConfig(
+            vocab_size=97,
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            attention_bias=True,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        )
+    ),
     # odd head count, Conv1D weights stored transposed, fused c_attn
-    "gpt2-3heads": lambda: T.GPT2LMHeadModel(T.GPT2Config(
-        vocab_size=97, n_embd=48, n_layer=2, n_head=3, n_positions=64)),
+    "gpt2-3heads": lambda: T.GPT2LMHeadModel(
+        T.GPT2Config(vocab_size=97, n_embd=48, n_layer=2, n_head=3, n_positions=64)
+    ),
     # local and global layers, a sequence longer than the local window
     "modernbert-mlm": lambda: T.ModernBertForMaskedLM(T.ModernBertConfig(**MB)),
     "modernbert-cls-mean": lambda: T.ModernBertForSequenceClassification(
-        T.ModernBertConfig(**MB, classifier_pooling="mean", num_labels=5)),
+        T.ModernBertConfig(**MB, classifier_pooling="mean", num_labels=5)
+    ),
     "modernbert-cls-cls": lambda: T.ModernBertForSequenceClassification(
-        T.ModernBertConfig(**MB, classifier_pooling="cls", num_labels=3)),
+        T.ModernBertConfig(**MB, classifier_pooling="cls", num_labels=3)
+    ),
     "modernbert-model": lambda: T.ModernBertModel(T.ModernBertConfig(**MB)),
     "bert-model": lambda: T.BertModel(T.BertConfig(**BERT)),
     "bert-cls": lambda: T.BertForSequenceClassification(T.BertConfig(**BERT, num_labels=4)),
-    "qwen2-cls": lambda: T.Qwen2ForSequenceClassification(T.Qwen2Config(
-        vocab_size=97, hidden_size=56, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=7, num_key_value_heads=1, pad_token_id=0, num_labels=3)),
-}  # fmt: skip
+    "qwen2-cls": lambda: T.Qwen2ForSequenceClassification(
+        T.Qwen2Config(
+            vocab_size=97,
+            hidden_size=56,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=7,
+            num_key_value_heads=1,
+            pad_token_id=0,
+            num_labels=3,
+        )
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +226,18 @@ def test_qkv_bias_decoder_exports_as_qwen2_and_learned_positions_as_gpt2(
                 p.normal_()
     _export_and_compare(model, tok, tmp_path / "q", "AutoModelForCausalLM", "Qwen2ForCausalLM")
     gpt2 = tiny_config(
-        vocab_size=tok.vocab_size, pos_embedding="learned", norm="layernorm", norm_bias=True,
-        mlp="gelu", activation="gelu_tanh", attn_qkv_bias=True, attn_out_bias=True,
-        mlp_bias=True, tie_embeddings=True, max_seq_len=64,
-    )  # fmt: skip
+        vocab_size=tok.vocab_size,
+        pos_embedding="learned",
+        norm="layernorm",
+        norm_bias=True,
+        mlp="gelu",
+        activation="gelu_tanh",
+        attn_qkv_bias=True,
+        attn_out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+        max_seq_len=64,
+    )
     _export_and_compare(
         LanguageModel(gpt2), tok, tmp_path / "g", "AutoModelForCausalLM", "GPT2LMHeadModel"
     )
@@ -195,11 +248,22 @@ def test_our_encoder_exports_as_modernbert(tmp_path, tiny_tokenizer_dir):
     tok = Tokenizer.load(tiny_tokenizer_dir)
     torch.manual_seed(0)
     cfg = tiny_config(
-        vocab_size=tok.vocab_size, causal=False, norm="layernorm", mlp="geglu", activation="gelu",
-        embed_norm=True, first_attn_norm=False, global_every=2, local_window=8,
-        rope_theta=160000.0, rope_theta_local=10000.0, tie_embeddings=True, max_seq_len=64,
-        pad_token_id=tok.pad_id, n_layer=3,
-    )  # fmt: skip
+        vocab_size=tok.vocab_size,
+        causal=False,
+        norm="layernorm",
+        mlp="geglu",
+        activation="gelu",
+        embed_norm=True,
+        first_attn_norm=False,
+        global_every=2,
+        local_window=8,
+        rope_theta=160000.0,
+        rope_theta_local=10000.0,
+        tie_embeddings=True,
+        max_seq_len=64,
+        pad_token_id=tok.pad_id,
+        n_layer=3,
+    )
     _export_and_compare(
         MaskedLM(cfg), tok, tmp_path, "AutoModelForMaskedLM", "ModernBertForMaskedLM", "masked_lm"
     )
@@ -270,15 +334,31 @@ def test_hub_names_resolve_from_the_cache_and_fail_fast_offline(checkpoints, tmp
     (cache / "models--tiny-org--tiny-bert" / "refs" / "main").write_text("abc123")
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     code = "import lmforge, sys; m = lmforge.load(sys.argv[1]); print(m.kind, m.config.family)"
-    ok = subprocess.run([sys.executable, "-c", code, "hf:tiny-org/tiny-bert"], env=env,
-                        capture_output=True, text=True)  # fmt: skip
+    ok = subprocess.run(
+        [sys.executable, "-c", code, "hf:tiny-org/tiny-bert"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.split() == ["encoder", "bert"]
     # "Never a hang" is "never the network": the command runs with every socket connection
     # and name lookup refused (the process exits at the first one), and still gives its answer.
-    bad = subprocess.run([sys.executable, "-c", NO_NETWORK, "convert", "--from-hf",
-                          "hf:nobody/missing-model", "--out", str(tmp_path / "x")],
-                         env=env, capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_NETWORK,
+            "convert",
+            "--from-hf",
+            "hf:nobody/missing-model",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert "network:" not in bad.stderr, bad.stderr[-2000:]
     assert bad.returncode == 2, bad.stderr[-2000:]
     assert "not in the Hugging Face cache" in bad.stderr and "hf download" in bad.stderr
@@ -313,9 +393,18 @@ def test_bert_from_a_wordpiece_vocab_txt(checkpoints, tmp_path):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s"]
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"do_lower_case": True, "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-         "mask_token": "[MASK]", "unk_token": "[UNK]"}))  # fmt: skip
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "do_lower_case": True,
+                "cls_token": "[CLS]",
+                "sep_token": "[SEP]",
+                "pad_token": "[PAD]",
+                "mask_token": "[MASK]",
+                "unk_token": "[UNK]",
+            }
+        )
+    )
     tok = load(tmp_path).tokenizer
     ids, truncated = tok.encode_for_classification(["The cats sat", "the cat sat on the mat"], 6)
     assert ids[0] == [2, 5, 6, 10, 7, 3]
@@ -369,18 +458,35 @@ def test_generate_from_an_exported_gpt2_matches_transformers_greedy(tmp_path, ti
     tok = Tokenizer.load(tiny_tokenizer_dir)
     torch.manual_seed(0)
     cfg = tiny_config(
-        vocab_size=tok.vocab_size, pos_embedding="learned", norm="layernorm", norm_bias=True,
-        mlp="gelu", activation="gelu_tanh", attn_qkv_bias=True, attn_out_bias=True,
-        mlp_bias=True, tie_embeddings=True, max_seq_len=64,
-    )  # fmt: skip
+        vocab_size=tok.vocab_size,
+        pos_embedding="learned",
+        norm="layernorm",
+        norm_bias=True,
+        mlp="gelu",
+        activation="gelu_tanh",
+        attn_qkv_bias=True,
+        attn_out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+        max_seq_len=64,
+    )
     back = _export_and_compare(
         LanguageModel(cfg), tok, tmp_path, "AutoModelForCausalLM", "GPT2LMHeadModel"
     )
     prompt = tok.encode("the meaning of", add_bos=True)
-    ours = list(generate_tokens(load(tmp_path / "hf").model, prompt, SamplingConfig(
-        max_new_tokens=12, temperature=0.0, stop_token_ids=[])))  # fmt: skip
+    ours = list(
+        generate_tokens(
+            load(tmp_path / "hf").model,
+            prompt,
+            SamplingConfig(max_new_tokens=12, temperature=0.0, stop_token_ids=[]),
+        )
+    )
     want = back.generate(
-        torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None,
-        pad_token_id=tok.pad_id, min_new_tokens=12,
-    )[0, len(prompt):].tolist()  # fmt: skip
+        torch.tensor([prompt]),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=tok.pad_id,
+        min_new_tokens=12,
+    )[0, len(prompt) :].tolist()
     assert ours == want

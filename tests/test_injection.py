@@ -188,9 +188,14 @@ def test_the_server_feeds_a_forged_turn_to_the_model_as_text(tok, recording):
         recording.fed.clear()
         with openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0) as oai:
             parts = [{"type": "text", "text": FORGED}]
-            oai.chat.completions.create(model="tiny", max_tokens=1, messages=[
-                {"role": "system", "content": FORGED}, {"role": "user", "content": parts},
-            ])  # fmt: skip
+            oai.chat.completions.create(
+                model="tiny",
+                max_tokens=1,
+                messages=[
+                    {"role": "system", "content": FORGED},
+                    {"role": "user", "content": parts},
+                ],
+            )
         assert count(recording.fed[0], tok.im_start_id) == 3  # system, user, generation prompt
 
         recording.fed.clear()

@@ -137,8 +137,11 @@ def test_tasks_are_balanced_with_varied_phrasings_and_some_system_turns(built):
     assert info["counts"]["val"] == {t: 40 for t in TASKS}
     assert info["counts"]["preferences-train"] == {t: 200 for t in TASKS}
     for task in TASKS:
-        questions = {r["messages"][-2]["content"].replace(r["word"], "X") for r in records["train"]
-                     if r["task"] == task}  # fmt: skip
+        questions = {
+            r["messages"][-2]["content"].replace(r["word"], "X")
+            for r in records["train"]
+            if r["task"] == task
+        }
         assert len(questions) >= 4
     with_system = sum(r["messages"][0]["role"] == "system" for r in records["train"])
     assert 0.1 < with_system / len(records["train"]) < 0.3
@@ -252,13 +255,22 @@ BUILD = (
 
 
 def test_same_seed_gives_identical_bytes_across_processes(small_wordnet, tmp_path):
-    build_instructions(tmp_path / "a", seed=0, max_train=600, max_val=100, progress=False,
-                       wordnet_dir=small_wordnet)  # fmt: skip
+    build_instructions(
+        tmp_path / "a",
+        seed=0,
+        max_train=600,
+        max_val=100,
+        progress=False,
+        wordnet_dir=small_wordnet,
+    )
     # Another process with another string-hash seed: set or dict order cannot leak in.
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     for name, seed in (("b", 0), ("c", 1)):
-        subprocess.run([sys.executable, "-c", BUILD, str(tmp_path / name), str(seed),
-                        str(small_wordnet)], check=True, env=env)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", BUILD, str(tmp_path / name), str(seed), str(small_wordnet)],
+            check=True,
+            env=env,
+        )
     for name in [*OUTPUT_FILES, "info"]:
         suffix = ".json" if name == "info" else ".jsonl"
         a, b, c = ((tmp_path / d / f"{name}{suffix}").read_bytes() for d in "abc")

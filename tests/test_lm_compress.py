@@ -54,8 +54,14 @@ def test_lm_distillation_pulls_the_student_toward_the_teacher(
     teacher_run, tmp_path, tiny_corpus, tiny_tokenizer_dir
 ):
     shards = f"data.shards={teacher_run / 'shards'}"
-    small = ["trainer.max_steps=25", "trainer.eval_every=25", "trainer.lr=3e-3",
-             "model.n_embd=32", "model.intermediate_size=64", shards]  # fmt: skip
+    small = [
+        "trainer.max_steps=25",
+        "trainer.eval_every=25",
+        "trainer.lr=3e-3",
+        "model.n_embd=32",
+        "model.intermediate_size=64",
+        shards,
+    ]
     runs = {}
     for name, extra in {
         "vanilla": [],

@@ -35,16 +35,31 @@ def long_corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, long_corpus, tiny_tokenizer_dir):
     out = tmp_path_factory.mktemp("mid") / "base"
-    args = pretrain_args(tiny_tokenizer_dir, long_corpus, out, "trainer.max_steps=20",
-                         "trainer.eval_every=20", "data.val_fraction=0.2", "model.max_seq_len=64")  # fmt: skip
+    args = pretrain_args(
+        tiny_tokenizer_dir,
+        long_corpus,
+        out,
+        "trainer.max_steps=20",
+        "trainer.eval_every=20",
+        "data.val_fraction=0.2",
+        "model.max_seq_len=64",
+    )
     assert main(args) == 0
     return out
 
 
-MID = ["trainer.progress=false", "trainer.precision=fp32", "trainer.warmup_steps=2",
-       "trainer.eval_every=100", "trainer.checkpoint_every=100", "trainer.log_every=1",
-       "trainer.micro_batch_size=2", "data.eval_batches=2", "samples.max_new_tokens=5",
-       "context.buckets=[0,32,64,128]"]  # fmt: skip
+MID = [
+    "trainer.progress=false",
+    "trainer.precision=fp32",
+    "trainer.warmup_steps=2",
+    "trainer.eval_every=100",
+    "trainer.checkpoint_every=100",
+    "trainer.log_every=1",
+    "trainer.micro_batch_size=2",
+    "data.eval_batches=2",
+    "samples.max_new_tokens=5",
+    "context.buckets=[0,32,64,128]",
+]
 
 
 def test_context_extension_measures_loss_by_position_before_and_after(
@@ -60,10 +75,20 @@ def test_context_extension_measures_loss_by_position_before_and_after(
 
     monkeypatch.setattr(ProgressiveLoader, "next_batch", recorded)
     out = tmp_path / "ctx"
-    args = ["midtrain", "--config", "configs/demo/midtrain-context.yaml", f"init={base_run}",
-            f"out_dir={out}", f"data.shards={base_run / 'shards'}", "context.seq_len=128",
-            "context.schedule=[[0,64],[0.5,128]]", "context.rope_scaling=linear",
-            "context.rope_theta=null", "trainer.max_steps=12", *MID]  # fmt: skip
+    args = [
+        "midtrain",
+        "--config",
+        "configs/demo/midtrain-context.yaml",
+        f"init={base_run}",
+        f"out_dir={out}",
+        f"data.shards={base_run / 'shards'}",
+        "context.seq_len=128",
+        "context.schedule=[[0,64],[0.5,128]]",
+        "context.rope_scaling=linear",
+        "context.rope_theta=null",
+        "trainer.max_steps=12",
+        *MID,
+    ]
     assert main(args) == 0
     # the progressive schedule really trained at 64 then 128 tokens, 256 tokens a batch
     assert shapes == [(4, 64)] * 6 + [(2, 128)] * 6
@@ -77,9 +102,12 @@ def test_context_extension_measures_loss_by_position_before_and_after(
     assert curves.shape == (2, 128) and np.isfinite(curves).all()
     for k, when in enumerate(("before", "after")):
         assert lbp[when] == pytest.approx(
-            {"0-31": curves[k, :32].mean(), "32-63": curves[k, 32:64].mean(),
-             "64-127": curves[k, 64:].mean()}
-        )  # fmt: skip
+            {
+                "0-31": curves[k, :32].mean(),
+                "32-63": curves[k, 32:64].mean(),
+                "64-127": curves[k, 64:].mean(),
+            }
+        )
         assert lbp["beyond_old_context"][when] == pytest.approx(curves[k, 64:].mean())
     assert not np.allclose(curves[0], curves[1])  # training changed the model
     assert (out / "loss_by_position.png").is_file()
@@ -128,8 +156,16 @@ def test_a_shorter_context_or_a_bad_schedule_is_refused(tmp_path, base_run):
     old = ModelConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, max_seq_len=256)
     with pytest.raises(ConfigError, match="below the starting model's context 256"):
         extended_config(old, ContextSection(seq_len=128))
-    args = ["midtrain", "--config", "configs/demo/midtrain-context.yaml", f"init={base_run}",
-            f"out_dir={tmp_path / 'x'}", "context.seq_len=128", "context.schedule=[[0.2,64]]", *MID]  # fmt: skip
+    args = [
+        "midtrain",
+        "--config",
+        "configs/demo/midtrain-context.yaml",
+        f"init={base_run}",
+        f"out_dir={tmp_path / 'x'}",
+        "context.seq_len=128",
+        "context.schedule=[[0.2,64]]",
+        *MID,
+    ]
     assert main(args) == 2
     assert (
         extended_config(old, ContextSection(seq_len=1024, rope_theta=40000.0)).rope_theta == 40000.0
@@ -143,16 +179,32 @@ def test_a_new_diet_reports_each_source_and_what_was_forgotten(
     from lmforge.data.mixture import MixtureConfig, build_mixture
     from lmforge.utils import read_jsonl
 
-    mix = validate(MixtureConfig, {
-        "tokenizer": str(tiny_tokenizer_dir), "val_fraction": 0.2,
-        "sources": [{"name": "old", "path": str(long_corpus), "weight": 0.2},
-                    {"name": "new", "path": str(tiny_corpus), "weight": 0.8}],
-    }, "mixture.yaml")  # fmt: skip
+    mix = validate(
+        MixtureConfig,
+        {
+            "tokenizer": str(tiny_tokenizer_dir),
+            "val_fraction": 0.2,
+            "sources": [
+                {"name": "old", "path": str(long_corpus), "weight": 0.2},
+                {"name": "new", "path": str(tiny_corpus), "weight": 0.8},
+            ],
+        },
+        "mixture.yaml",
+    )
     build_mixture(mix, tmp_path / "mix", progress=False)
     out = tmp_path / "diet"
-    args = ["midtrain", "--config", "configs/demo/midtrain-code.yaml", f"init={base_run}",
-            f"out_dir={out}", f"mixture={tmp_path / 'mix'}", "data.seq_len=64",
-            "trainer.max_steps=10", "trainer.grad_accum_steps=1", *MID]  # fmt: skip
+    args = [
+        "midtrain",
+        "--config",
+        "configs/demo/midtrain-code.yaml",
+        f"init={base_run}",
+        f"out_dir={out}",
+        f"mixture={tmp_path / 'mix'}",
+        "data.seq_len=64",
+        "trainer.max_steps=10",
+        "trainer.grad_accum_steps=1",
+        *MID,
+    ]
     assert main(args) == 0
     s = read_json(out / "summary.json")
     for when in ("before", "after"):
@@ -169,10 +221,20 @@ def test_a_new_diet_reports_each_source_and_what_was_forgotten(
 
 def test_the_train_longer_baseline_is_measured_at_the_new_length_too(tmp_path, base_run):
     out = tmp_path / "same"
-    args = ["midtrain", "--config", "configs/demo/midtrain-context.yaml", f"init={base_run}",
-            f"out_dir={out}", f"data.shards={base_run / 'shards'}", "context.seq_len=64",
-            "context.schedule=[]", "context.eval_len=128", "context.rope_theta=null",
-            "trainer.max_steps=4", *MID]  # fmt: skip
+    args = [
+        "midtrain",
+        "--config",
+        "configs/demo/midtrain-context.yaml",
+        f"init={base_run}",
+        f"out_dir={out}",
+        f"data.shards={base_run / 'shards'}",
+        "context.seq_len=64",
+        "context.schedule=[]",
+        "context.eval_len=128",
+        "context.rope_theta=null",
+        "trainer.max_steps=4",
+        *MID,
+    ]
     assert main(args) == 0
     s = read_json(out / "summary.json")
     assert s["context"]["to"] == 64 and s["loss_by_position"]["documents"] > 0

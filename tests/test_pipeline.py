@@ -87,8 +87,11 @@ class FakeRunner:
 def toy(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("recipe.yaml").write_text("trainer:\n  max_steps: 10\n")
-    text = (PIPELINE.replace("RUNS", str(tmp_path / "runs")).replace("DATA", str(tmp_path / "data"))
-            .replace("CONFIG", "recipe.yaml"))  # fmt: skip
+    text = (
+        PIPELINE.replace("RUNS", str(tmp_path / "runs"))
+        .replace("DATA", str(tmp_path / "data"))
+        .replace("CONFIG", "recipe.yaml")
+    )
     Path("pipe.yaml").write_text(text)
     return tmp_path
 
@@ -122,7 +125,7 @@ def test_second_run_is_all_cached_and_a_change_reruns_only_its_branch(toy):
         "cls-b",
         "int8",
         "tradeoff.json",
-    ]  # fmt: skip; `extra` is optional
+    ]  # `extra` is optional
     assert all(r["status"] == "done" for r in state["stages"].values())
 
     again = FakeRunner()
@@ -232,8 +235,12 @@ def test_profile_moves_outputs_and_catches_paths_it_did_not_move(toy):
 
     # A stage that names the default location literally would read the other profile's files.
     text = Path("pipe.yaml").read_text()
-    Path("pipe.yaml").write_text(text.replace("init=${runs}/pretrain task.path=${data}/task\n    out: ${runs}/cls-b",
-                                              f"init={toy}/runs/pretrain task.path=${{data}}/task\n    out: ${{runs}}/cls-b"))  # fmt: skip
+    Path("pipe.yaml").write_text(
+        text.replace(
+            "init=${runs}/pretrain task.path=${data}/task\n    out: ${runs}/cls-b",
+            f"init={toy}/runs/pretrain task.path=${{data}}/task\n    out: ${{runs}}/cls-b",
+        )
+    )
     pipeline.load("pipe.yaml")  # fine without the profile
     with pytest.raises(
         ConfigError, match=r"stage 'cls-b'.*written by stage 'pretrain'.*\$\{runs\}"
@@ -244,17 +251,49 @@ def test_profile_moves_outputs_and_catches_paths_it_did_not_move(toy):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda t: t.replace("${data}/corpus --out", "${nope}/corpus --out"), r"\$\{nope\}.*not defined"),
-        (lambda t: t.replace("needs: [cls-a, cls-b, int8]", "needs: [cls-a, ghost]"), "unknown stage 'ghost'"),
-        (lambda t: t.replace("    out: ${runs}/tokenizer\n", "    out: ${runs}/tokenizer\n    outs: x\n"), "unknown key 'stages.tokenizer.outs'"),
-        (lambda t: t.replace("tokenizer train --data ${data}/corpus", "tokenizer train --data ${runs}/int8"), "'tokenizer' -> 'pretrain' -> 'cls-a' -> 'int8' -> 'tokenizer' form a cycle"),
-        (lambda t: t.replace("    out: ${data}/task\n", "    out: ${data}/task\n    needs: [extra]\n"), "'task'.*consumes 'extra', which comes after it"),
+        (
+            lambda t: t.replace("${data}/corpus --out", "${nope}/corpus --out"),
+            r"\$\{nope\}.*not defined",
+        ),
+        (
+            lambda t: t.replace("needs: [cls-a, cls-b, int8]", "needs: [cls-a, ghost]"),
+            "unknown stage 'ghost'",
+        ),
+        (
+            lambda t: t.replace(
+                "    out: ${runs}/tokenizer\n", "    out: ${runs}/tokenizer\n    outs: x\n"
+            ),
+            "unknown key 'stages.tokenizer.outs'",
+        ),
+        (
+            lambda t: t.replace(
+                "tokenizer train --data ${data}/corpus", "tokenizer train --data ${runs}/int8"
+            ),
+            "'tokenizer' -> 'pretrain' -> 'cls-a' -> 'int8' -> 'tokenizer' form a cycle",
+        ),
+        (
+            lambda t: t.replace(
+                "    out: ${data}/task\n", "    out: ${data}/task\n    needs: [extra]\n"
+            ),
+            "'task'.*consumes 'extra', which comes after it",
+        ),
         # a run line the CLI would refuse is refused when the file is read, not mid-pipeline
-        (lambda t: t.replace("data wordnet-task --out", "data wordnet-task --from x --out"), "stage 'task' .*unrecognized arguments: --from x"),
-        (lambda t: t.replace("quantize ${runs}/cls-a --method int8", "quantize ${runs}/cls-a --method int9"), "stage 'int8' .*invalid choice: 'int9'"),
-        (lambda t: t.replace("tradeoff ${runs}", "tradeof ${runs}"), "stage 'tradeoff' .*not a verb of lmforge"),
+        (
+            lambda t: t.replace("data wordnet-task --out", "data wordnet-task --from x --out"),
+            "stage 'task' .*unrecognized arguments: --from x",
+        ),
+        (
+            lambda t: t.replace(
+                "quantize ${runs}/cls-a --method int8", "quantize ${runs}/cls-a --method int9"
+            ),
+            "stage 'int8' .*invalid choice: 'int9'",
+        ),
+        (
+            lambda t: t.replace("tradeoff ${runs}", "tradeof ${runs}"),
+            "stage 'tradeoff' .*not a verb of lmforge",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_pipeline_files_are_clear_errors(toy, edit, message):
     Path("pipe.yaml").write_text(edit(Path("pipe.yaml").read_text()))
     with pytest.raises(ConfigError, match=message):

@@ -66,8 +66,9 @@ def test_generation_prompt_matches_training_and_cuts_from_the_left(tok):
     )
     assert not cut and ids[: len(prompt)] == prompt
     assert prompt[-len(tok.encode("assistant\n")) - 1 :] == [
-        tok.im_start_id, *tok.encode("assistant\n")
-    ]  # fmt: skip
+        tok.im_start_id,
+        *tok.encode("assistant\n"),
+    ]
     assert first_answer_token >= len(prompt) - 1
     short, cut = encode_prompt(tok, CHAT[:-1], max_len=12)
     assert cut and len(short) == 12 and short[0] == tok.bos_id and short[1:] == prompt[-11:]
@@ -90,11 +91,18 @@ def _write(path, rows):
     [
         ({"messages": CHAT[:2]}, r"x.jsonl:2: the conversation ends with a user turn"),
         ({"messages": [{"role": "human", "content": "hi"}]}, "role 'human'.*'human' -> 'user'"),
-        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]},
-         "empty assistant message"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": " "},
+                ]
+            },
+            "empty assistant message",
+        ),
         ({"text": "hello"}, "expected .*messages"),
     ],
-)  # fmt: skip
+)
 def test_bad_conversations_are_refused_with_the_line(tmp_path, row, match):
     path = _write(tmp_path / "x.jsonl", [{"messages": CHAT}, row])
     with pytest.raises(DataError, match=match):
@@ -108,11 +116,19 @@ def test_prompt_completion_pairs_and_preferences_load(tmp_path):
     assert convs == [
         [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
     ]
-    prefs = load_preferences(_write(tmp_path / "p.jsonl", [
-        {"prompt": "Sky?", "chosen": "Blue.", "rejected": "Green."},
-        {"prompt": [{"role": "user", "content": "Grass?"}],
-         "chosen": [{"role": "assistant", "content": "Green."}], "rejected": "Red."},
-    ]))  # fmt: skip
+    prefs = load_preferences(
+        _write(
+            tmp_path / "p.jsonl",
+            [
+                {"prompt": "Sky?", "chosen": "Blue.", "rejected": "Green."},
+                {
+                    "prompt": [{"role": "user", "content": "Grass?"}],
+                    "chosen": [{"role": "assistant", "content": "Green."}],
+                    "rejected": "Red.",
+                },
+            ],
+        )
+    )
     assert prefs[1] == Preference([{"role": "user", "content": "Grass?"}], "Green.", "Red.")
     with pytest.raises(DataError, match="p2.jsonl:1: chosen equals rejected"):
         load_preferences(
@@ -186,22 +202,49 @@ def test_lora_reference_is_the_base_model_with_adapters_off():
 
 # --- the stages, end to end on a tiny model -------------------------------------------------
 
-COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red",
-           "sun": "yellow", "sea": "blue", "leaf": "green"}  # fmt: skip
+COLOURS = {
+    "sky": "blue",
+    "grass": "green",
+    "snow": "white",
+    "coal": "black",
+    "blood": "red",
+    "sun": "yellow",
+    "sea": "blue",
+    "leaf": "green",
+}
 
 
 @pytest.fixture(scope="module")
 def chat_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("chat")
-    convs = [{"messages": [{"role": "user", "content": f"What colour is the {k}?"},
-                           {"role": "assistant", "content": f"The {k} is {v}."}], "task": "colour"}
-             for k, v in COLOURS.items()]  # fmt: skip
+    convs = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What colour is the {k}?"},
+                {"role": "assistant", "content": f"The {k} is {v}."},
+            ],
+            "task": "colour",
+        }
+        for k, v in COLOURS.items()
+    ]
     _write(d / "train.jsonl", convs * 4)
     _write(d / "val.jsonl", convs)
-    wrong = {"blue": "red", "green": "black", "white": "green", "black": "white", "red": "blue",
-             "yellow": "black"}  # fmt: skip
-    prefs = [{"prompt": f"What colour is the {k}?", "chosen": f"The {k} is {v}.",
-              "rejected": f"The {k} is {wrong[v]}."} for k, v in COLOURS.items()]  # fmt: skip
+    wrong = {
+        "blue": "red",
+        "green": "black",
+        "white": "green",
+        "black": "white",
+        "red": "blue",
+        "yellow": "black",
+    }
+    prefs = [
+        {
+            "prompt": f"What colour is the {k}?",
+            "chosen": f"The {k} is {v}.",
+            "rejected": f"The {k} is {wrong[v]}.",
+        }
+        for k, v in COLOURS.items()
+    ]
     _write(d / "preferences-train.jsonl", prefs * 4)
     _write(d / "preferences-val.jsonl", prefs)
     return d
@@ -211,31 +254,58 @@ def chat_data(tmp_path_factory):
 def base_lm(tmp_path_factory, tok):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("base") / "lm"
-    cfg = tiny_config(vocab_size=tok.vocab_size, n_embd=64, intermediate_size=128, max_seq_len=64,
-                      bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)  # fmt: skip
+    cfg = tiny_config(
+        vocab_size=tok.vocab_size,
+        n_embd=64,
+        intermediate_size=128,
+        max_seq_len=64,
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )
     save_model_artifact(out, LanguageModel(cfg), kind="causal_lm")
     tok.save(out)
     return out
 
 
-TRAIN = ["trainer.progress=false", "trainer.precision=fp32", "trainer.warmup_steps=2",
-         "trainer.eval_every=1000", "trainer.checkpoint_every=1000", "trainer.log_every=5",
-         "trainer.spike.enabled=false"]  # memorising 8 answers drives the loss to ~0: no spikes  # fmt: skip
+TRAIN = [
+    "trainer.progress=false",
+    "trainer.precision=fp32",
+    "trainer.warmup_steps=2",
+    "trainer.eval_every=1000",
+    "trainer.checkpoint_every=1000",
+    "trainer.log_every=5",
+    "trainer.spike.enabled=false",
+]  # memorising 8 answers drives the loss to ~0: no spikes
 
 
 def _data_args(d, kind):
     if kind == "sft":
         return [f"data.train={d / 'train.jsonl'}", f"data.val={d / 'val.jsonl'}", "data.seq_len=64"]
-    return [f"data.train={d / 'preferences-train.jsonl'}",
-            f"data.val={d / 'preferences-val.jsonl'}", "data.seq_len=64"]  # fmt: skip
+    return [
+        f"data.train={d / 'preferences-train.jsonl'}",
+        f"data.val={d / 'preferences-val.jsonl'}",
+        "data.seq_len=64",
+    ]
 
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, base_lm, chat_data):
     out = tmp_path_factory.mktemp("sft") / "run"
-    args = ["sft", "--config", "configs/demo/sft.yaml", f"init={base_lm}", f"out_dir={out}",
-            *_data_args(chat_data, "sft"), "epochs=60", "trainer.micro_batch_size=4",
-            "trainer.lr=3e-3", "answers.n=8", "answers.max_new_tokens=30", *TRAIN]  # fmt: skip
+    args = [
+        "sft",
+        "--config",
+        "configs/demo/sft.yaml",
+        f"init={base_lm}",
+        f"out_dir={out}",
+        *_data_args(chat_data, "sft"),
+        "epochs=60",
+        "trainer.micro_batch_size=4",
+        "trainer.lr=3e-3",
+        "answers.n=8",
+        "answers.max_new_tokens=30",
+        *TRAIN,
+    ]
     assert main(args) == 0
     return out
 
@@ -248,18 +318,33 @@ def test_sft_learns_the_answers_and_to_stop(sft_run, tok):
     from lmforge.infer.generate import SamplingConfig, stream_chat
 
     loaded = load(sft_run)
-    answer = "".join(stream_chat(loaded.model, loaded.tokenizer,
-                                 [{"role": "user", "content": "What colour is the snow?"}],
-                                 SamplingConfig(max_new_tokens=30, temperature=0)))  # fmt: skip
+    answer = "".join(
+        stream_chat(
+            loaded.model,
+            loaded.tokenizer,
+            [{"role": "user", "content": "What colour is the snow?"}],
+            SamplingConfig(max_new_tokens=30, temperature=0),
+        )
+    )
     assert answer == "The snow is white."
     assert loaded.kind == "causal_lm" and loaded.meta["post_training"] == "sft"
 
 
 def test_sft_with_lora_trains_adapters_and_saves_a_merged_model(tmp_path, base_lm, chat_data):
     out = tmp_path / "lora"
-    args = ["sft", "--config", "configs/demo/sft.yaml", f"init={base_lm}", f"out_dir={out}",
-            *_data_args(chat_data, "sft"), "method=lora", "lora.r=4", "epochs=2",
-            "answers.n=0", *TRAIN]  # fmt: skip
+    args = [
+        "sft",
+        "--config",
+        "configs/demo/sft.yaml",
+        f"init={base_lm}",
+        f"out_dir={out}",
+        *_data_args(chat_data, "sft"),
+        "method=lora",
+        "lora.r=4",
+        "epochs=2",
+        "answers.n=0",
+        *TRAIN,
+    ]
     assert main(args) == 0
     summary = read_json(out / "summary.json")
     assert 0 < summary["params_trainable"] < 0.2 * summary["params"]
@@ -269,9 +354,18 @@ def test_sft_with_lora_trains_adapters_and_saves_a_merged_model(tmp_path, base_l
 @pytest.fixture(scope="module")
 def reward_run(tmp_path_factory, sft_run, chat_data):
     out = tmp_path_factory.mktemp("reward") / "run"
-    args = ["reward", "--config", "configs/demo/reward.yaml", f"init={sft_run}", f"out_dir={out}",
-            *_data_args(chat_data, "pref"), "epochs=10", "trainer.micro_batch_size=4",
-            "trainer.lr=1e-3", *TRAIN]  # fmt: skip
+    args = [
+        "reward",
+        "--config",
+        "configs/demo/reward.yaml",
+        f"init={sft_run}",
+        f"out_dir={out}",
+        *_data_args(chat_data, "pref"),
+        "epochs=10",
+        "trainer.micro_batch_size=4",
+        "trainer.lr=1e-3",
+        *TRAIN,
+    ]
     assert main(args) == 0
     return out
 
@@ -288,10 +382,23 @@ def test_dpo_moves_rewards_apart_and_reports_a_win_rate(
     tmp_path, sft_run, reward_run, chat_data, method
 ):
     out = tmp_path / method
-    args = ["dpo", "--config", "configs/demo/dpo.yaml", f"init={sft_run}", f"out_dir={out}",
-            *_data_args(chat_data, "pref"), f"method={method}", "lora.r=4", "epochs=4",
-            "trainer.micro_batch_size=4", "trainer.lr=1e-3", f"win_rate.reward_model={reward_run}",
-            "win_rate.n=4", "win_rate.max_new_tokens=10", *TRAIN]  # fmt: skip
+    args = [
+        "dpo",
+        "--config",
+        "configs/demo/dpo.yaml",
+        f"init={sft_run}",
+        f"out_dir={out}",
+        *_data_args(chat_data, "pref"),
+        f"method={method}",
+        "lora.r=4",
+        "epochs=4",
+        "trainer.micro_batch_size=4",
+        "trainer.lr=1e-3",
+        f"win_rate.reward_model={reward_run}",
+        "win_rate.n=4",
+        "win_rate.max_new_tokens=10",
+        *TRAIN,
+    ]
     assert main(args) == 0
     s = read_json(out / "summary.json")
     # before training the policy is its reference: implicit rewards are exactly zero
@@ -301,9 +408,14 @@ def test_dpo_moves_rewards_apart_and_reports_a_win_rate(
     assert s["val_chosen_reward"] > s["val_rejected_reward"]
     wr = read_json(out / "win_rate.json")
     assert 0 <= s["win_rate_over_init"] <= 1 and len(wr["transcripts"]) == 4
-    outcomes = [1.0 if t["policy_reward"] > t["baseline_reward"] else
-                0.5 if t["policy_reward"] == t["baseline_reward"] else 0.0
-                for t in wr["transcripts"]]  # fmt: skip
+    outcomes = [
+        1.0
+        if t["policy_reward"] > t["baseline_reward"]
+        else 0.5
+        if t["policy_reward"] == t["baseline_reward"]
+        else 0.0
+        for t in wr["transcripts"]
+    ]
     assert s["win_rate_over_init"] == pytest.approx(sum(outcomes) / 4)
     lo, hi = s["win_rate_ci95"]
     assert s["win_rate_n"] == 4 and min(outcomes) <= lo <= s["win_rate_over_init"] <= hi <= max(
@@ -313,8 +425,15 @@ def test_dpo_moves_rewards_apart_and_reports_a_win_rate(
 
 
 def test_reward_and_dpo_refuse_a_classifier_as_the_starting_point(tmp_path, reward_run, chat_data):
-    args = ["dpo", "--config", "configs/demo/dpo.yaml", f"init={reward_run}",
-            f"out_dir={tmp_path / 'x'}", *_data_args(chat_data, "pref"), *TRAIN]  # fmt: skip
+    args = [
+        "dpo",
+        "--config",
+        "configs/demo/dpo.yaml",
+        f"init={reward_run}",
+        f"out_dir={tmp_path / 'x'}",
+        *_data_args(chat_data, "pref"),
+        *TRAIN,
+    ]
     assert main(args) == 2
     assert not (tmp_path / "x").exists()
 
@@ -332,18 +451,36 @@ def test_sft_with_lora_from_a_transformers_qwen2_checkpoint(tmp_path, tok, chat_
     import transformers
 
     cfg = transformers.Qwen2Config(
-        vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=True, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.eos_id,
         pad_token_id=tok.pad_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     transformers.Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / "qwen")
     tok.save(tmp_path / "qwen")
     out = tmp_path / "sft"
-    args = ["sft", "--config", "configs/demo/sft.yaml", f"init={tmp_path / 'qwen'}",
-            f"out_dir={out}", *_data_args(chat_data, "sft"), "method=lora", "lora.r=4",
-            "epochs=2", "answers.n=2", "answers.max_new_tokens=4", *TRAIN]  # fmt: skip
+    args = [
+        "sft",
+        "--config",
+        "configs/demo/sft.yaml",
+        f"init={tmp_path / 'qwen'}",
+        f"out_dir={out}",
+        *_data_args(chat_data, "sft"),
+        "method=lora",
+        "lora.r=4",
+        "epochs=2",
+        "answers.n=2",
+        "answers.max_new_tokens=4",
+        *TRAIN,
+    ]
     assert main(args) == 0
     s = read_json(out / "summary.json")
     assert 0 < s["params_trainable"] < s["params"] and s["answers"]["n"] == 2

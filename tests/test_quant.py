@@ -269,8 +269,16 @@ def test_distill_logits_then_a_student_and_bad_caches(tmp_path, decoder_dir, tas
     info = json.loads((cache / "examples.json").read_text())
     assert info["labels"] == ["animal", "food", "motion", "weather"] and len(info["ids"]) > 100
     distill = {"teacher_logits": str(cache), "temperature": 2.0, "alpha": 0.5}
-    student = recipe(tmp_path, decoder_dir, task_csv, "probe", epochs=2, speed=False,
-                     eval_splits=["val"], distill=distill)  # fmt: skip
+    student = recipe(
+        tmp_path,
+        decoder_dir,
+        task_csv,
+        "probe",
+        epochs=2,
+        speed=False,
+        eval_splits=["val"],
+        distill=distill,
+    )
     summary = train(student)
     assert summary["distill"]["temperature"] == 2.0 and summary["macro_f1"] > 0
     # the grid: one run per (T, alpha), a table, finished runs read back rather than retrained
@@ -278,8 +286,17 @@ def test_distill_logits_then_a_student_and_bad_caches(tmp_path, decoder_dir, tas
 
     save_config(student.model_copy(update={"out_dir": str(tmp_path / "grid")}), tmp_path / "g.yaml")
     capsys.readouterr()
-    argv = ["distill", "grid", "--config", str(tmp_path / "g.yaml"), "--temperatures", "1", "4",
-            "--alphas", "0.5"]  # fmt: skip
+    argv = [
+        "distill",
+        "grid",
+        "--config",
+        str(tmp_path / "g.yaml"),
+        "--temperatures",
+        "1",
+        "4",
+        "--alphas",
+        "0.5",
+    ]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "| 1 | 0.5 |" in table and "| 4 | 0.5 |" in table

@@ -17,7 +17,7 @@ import pytest
 from helpers import CHROMIUM, render_page
 
 from lmforge.data.curate import CurateConfig, curate
-from lmforge.eval.classification import headline
+from lmforge.eval.classification import split_scores
 from lmforge.eval.metrics import classification_report, paired_bootstrap
 from lmforge.report import build_report, environment
 from lmforge.report import fmt_duration as _dur
@@ -26,10 +26,30 @@ from lmforge.report import fmt_pct as _pct
 from lmforge.stages.tradeoff import tradeoff
 from lmforge.utils import append_jsonl, write_json
 
-ALL_SECTIONS = ["summary", "environment", "tokenizer", "curation", "pretraining", "midtraining",
-                "posttraining", "classification", "tradeoff", "scaling"]  # fmt: skip
-TITLES = ["Summary", "Environment", "Tokenizer", "Curation", "Pre-training", "Mid-training",
-          "Post-training", "Classification", "Trade-off", "Scaling"]  # fmt: skip
+ALL_SECTIONS = [
+    "summary",
+    "environment",
+    "tokenizer",
+    "curation",
+    "pretraining",
+    "midtraining",
+    "posttraining",
+    "classification",
+    "tradeoff",
+    "scaling",
+]
+TITLES = [
+    "Summary",
+    "Environment",
+    "Tokenizer",
+    "Curation",
+    "Pre-training",
+    "Mid-training",
+    "Post-training",
+    "Classification",
+    "Trade-off",
+    "Scaling",
+]
 EVIL = '<script>alert("x")</script> & <b>bold</b>'
 
 
@@ -39,9 +59,20 @@ EVIL = '<script>alert("x")</script> & <b>bold</b>'
 def training_log(path: Path, steps: int, start: float, evals: dict, every: int = 10) -> None:
     """metrics.jsonl as the trainer writes it: a row per logged step, one per eval, events."""
     for step in range(every, steps + 1, every):
-        append_jsonl(path, {"step": step, "loss": start / (1 + step / 50), "lr": 1e-3, "grad_norm": 0.5,
-                            "tokens_seen": step * 4096, "tokens_per_s": 3000.0, "step_ms": 1300.0,
-                            "elapsed_s": step * 1.3, "mfu": 0.6})  # fmt: skip
+        append_jsonl(
+            path,
+            {
+                "step": step,
+                "loss": start / (1 + step / 50),
+                "lr": 1e-3,
+                "grad_norm": 0.5,
+                "tokens_seen": step * 4096,
+                "tokens_per_s": 3000.0,
+                "step_ms": 1300.0,
+                "elapsed_s": step * 1.3,
+                "mfu": 0.6,
+            },
+        )
         if step == every * 2:
             append_jsonl(path, {"event": "resumed", "step": step, "checkpoint": f"step-{step:06d}"})
         if step % (every * 5) == 0:
@@ -53,12 +84,20 @@ def classifier(rng, names, counts, y_val, y_test, skill: float) -> dict:
 
     def report(y):
         logits = rng.normal(size=(len(y), len(names))) + skill * np.eye(len(names))[y]
-        return headline(classification_report(y, logits, counts, names))
+        return split_scores(classification_report(y, logits, counts, names))
 
     val = report(y_val)
-    return {"val": val, "test": report(y_test), **val, "latency_ms_p50": 10 / skill,
-            "latency_ms_p95": 15 / skill, "throughput_per_s": 100 * skill, "peak_memory_mb": 900.0,
-            "checkpoint_mb": 20 * skill, "params_trainable": int(1e6 * skill)}  # fmt: skip
+    return {
+        "val": val,
+        "test": report(y_test),
+        **val,
+        "latency_ms_p50": 10 / skill,
+        "latency_ms_p95": 15 / skill,
+        "throughput_per_s": 100 * skill,
+        "peak_memory_mb": 900.0,
+        "checkpoint_mb": 20 * skill,
+        "params_trainable": int(1e6 * skill),
+    }
 
 
 def bpb(v: float) -> dict:
@@ -80,85 +119,261 @@ def predictions(rng, y, skill: float) -> np.ndarray:
 def runs(tmp_path_factory, tiny_corpus, tiny_tokenizer_dir):
     root = tmp_path_factory.mktemp("report") / "demo"
     shutil.copytree(tiny_tokenizer_dir, root / "tokenizer")
-    curate(tiny_corpus.parent, root.parent / "curated", CurateConfig(), report=root / "curation",
-           progress=False, workers=1)  # fmt: skip
+    curate(
+        tiny_corpus.parent,
+        root.parent / "curated",
+        CurateConfig(),
+        report=root / "curation",
+        progress=False,
+        workers=1,
+    )
 
-    write_json(root / "pretrain" / "summary.json", {
-        "stage": "pretrain", "steps": 200, "final_train_loss": 3.9, "val_loss": 3.95, "val_tokens": 40960,
-        "val_bpb": 1.75, "tokens_seen": 819200, "tokens_per_second": 3100.0, "wall_seconds": 260.0,
-        "precision": "bf16", "mfu": 0.65, "params": 16913280, "epochs": 0.3, "stage_seconds": 280.0,
-        "samples": [{"prompt": "The meaning of", "completion": f" life is {EVIL}\n\t-- anon"}]})  # fmt: skip
+    write_json(
+        root / "pretrain" / "summary.json",
+        {
+            "stage": "pretrain",
+            "steps": 200,
+            "final_train_loss": 3.9,
+            "val_loss": 3.95,
+            "val_tokens": 40960,
+            "val_bpb": 1.75,
+            "tokens_seen": 819200,
+            "tokens_per_second": 3100.0,
+            "wall_seconds": 260.0,
+            "precision": "bf16",
+            "mfu": 0.65,
+            "params": 16913280,
+            "epochs": 0.3,
+            "stage_seconds": 280.0,
+            "samples": [{"prompt": "The meaning of", "completion": f" life is {EVIL}\n\t-- anon"}],
+        },
+    )
     training_log(root / "pretrain" / "metrics.jsonl", 200, 8.0, {"val_loss": 3.95, "val_bpb": 1.75})
-    write_json(root / "encoder" / "summary.json", {
-        "stage": "pretrain", "steps": 100, "val_loss": 4.2, "val_masked_accuracy": 0.35, "tokens_seen": 409600,
-        "tokens_per_second": 3500.0, "mfu": 0.7, "params": 12154112, "stage_seconds": 120.0,
-        "samples": [{"prompt": "a domestic <|mask|> that barks", "guesses": [[" dog", " cat", "s", ",", " is"]]}]})  # fmt: skip
+    write_json(
+        root / "encoder" / "summary.json",
+        {
+            "stage": "pretrain",
+            "steps": 100,
+            "val_loss": 4.2,
+            "val_masked_accuracy": 0.35,
+            "tokens_seen": 409600,
+            "tokens_per_second": 3500.0,
+            "mfu": 0.7,
+            "params": 12154112,
+            "stage_seconds": 120.0,
+            "samples": [
+                {
+                    "prompt": "a domestic <|mask|> that barks",
+                    "guesses": [[" dog", " cat", "s", ",", " is"]],
+                }
+            ],
+        },
+    )
     training_log(
         root / "encoder" / "metrics.jsonl", 100, 8.3, {"val_loss": 4.2, "val_masked_accuracy": 0.35}
     )
 
-    write_json(root / "midtrain-context" / "summary.json", {
-        "stage": "midtrain", "init": "runs/demo/pretrain", "steps": 150, "val_bpb": 1.69, "tokens_seen": 614400,
-        "tokens_per_second": 2400.0, "stage_seconds": 300.0, "before": bpb(1.6887), "after": bpb(1.6895),
-        "forgetting_bpb": 0.0008, "context": {"from": 64, "to": 256, "phases": [[0.0, 128], [0.5, 256]],
-        "rope_scaling": "none", "rope_theta": 40000.0, "rope_scaling_factor": 1.0},
-        "loss_by_position": {"documents": 4, "before": {"0-63": 4.0}, "after": {"0-63": 3.9},
-                             "beyond_old_context": {"before": 4.45, "after": 4.2}}})  # fmt: skip
+    write_json(
+        root / "midtrain-context" / "summary.json",
+        {
+            "stage": "midtrain",
+            "init": "runs/demo/pretrain",
+            "steps": 150,
+            "val_bpb": 1.69,
+            "tokens_seen": 614400,
+            "tokens_per_second": 2400.0,
+            "stage_seconds": 300.0,
+            "before": bpb(1.6887),
+            "after": bpb(1.6895),
+            "forgetting_bpb": 0.0008,
+            "context": {
+                "from": 64,
+                "to": 256,
+                "phases": [[0.0, 128], [0.5, 256]],
+                "rope_scaling": "none",
+                "rope_theta": 40000.0,
+                "rope_scaling_factor": 1.0,
+            },
+            "loss_by_position": {
+                "documents": 4,
+                "before": {"0-63": 4.0},
+                "after": {"0-63": 3.9},
+                "beyond_old_context": {"before": 4.45, "after": 4.2},
+            },
+        },
+    )
     training_log(root / "midtrain-context" / "metrics.jsonl", 150, 4.0, bpb(1.69))
     curve = np.linspace(4.5, 3.8, 256)
     np.save(root / "midtrain-context" / "loss_by_position.npy", np.stack([curve + 0.3, curve]))
 
     question = {"task": "define", "user": f"What does {EVIL} mean?", "reference": "A tag."}
-    write_json(root / "sft" / "answers.json", {
-        "before": {"n": 1, "exact_match": 0.0, "token_f1": 0.06, "by_task": {"define": {"n": 1, "token_f1": 0.06}},
-                   "transcripts": [{**question, "answer": "And the world", "token_f1": 0.06}]},
-        "after": {"n": 1, "exact_match": 0.0, "token_f1": 0.47, "by_task": {"define": {"n": 1, "token_f1": 0.47}},
-                  "transcripts": [{**question, "answer": f"It is {EVIL}.", "token_f1": 0.47}]}})  # fmt: skip
-    write_json(root / "sft" / "summary.json", {"stage": "sft", "init": "runs/demo/pretrain", "method": "full",
-        "steps": 100, "final_train_loss": 1.7, "val_loss": 1.97, "stage_seconds": 500.0})  # fmt: skip
+    write_json(
+        root / "sft" / "answers.json",
+        {
+            "before": {
+                "n": 1,
+                "exact_match": 0.0,
+                "token_f1": 0.06,
+                "by_task": {"define": {"n": 1, "token_f1": 0.06}},
+                "transcripts": [{**question, "answer": "And the world", "token_f1": 0.06}],
+            },
+            "after": {
+                "n": 1,
+                "exact_match": 0.0,
+                "token_f1": 0.47,
+                "by_task": {"define": {"n": 1, "token_f1": 0.47}},
+                "transcripts": [{**question, "answer": f"It is {EVIL}.", "token_f1": 0.47}],
+            },
+        },
+    )
+    write_json(
+        root / "sft" / "summary.json",
+        {
+            "stage": "sft",
+            "init": "runs/demo/pretrain",
+            "method": "full",
+            "steps": 100,
+            "final_train_loss": 1.7,
+            "val_loss": 1.97,
+            "stage_seconds": 500.0,
+        },
+    )
     training_log(root / "sft" / "metrics.jsonl", 100, 3.0, {"val_loss": 1.97})
-    write_json(root / "reward" / "summary.json", {"stage": "reward", "init": "runs/demo/sft", "val_loss": 0.65,
-        "val_accuracy": 0.64, "val_margin": 0.55, "train_pairs": 1000, "val_pairs": 300, "stage_seconds": 390.0,
-        "before": {"val_loss": 0.71, "val_accuracy": 0.43, "val_margin": -0.03}})  # fmt: skip
+    write_json(
+        root / "reward" / "summary.json",
+        {
+            "stage": "reward",
+            "init": "runs/demo/sft",
+            "val_loss": 0.65,
+            "val_accuracy": 0.64,
+            "val_margin": 0.55,
+            "train_pairs": 1000,
+            "val_pairs": 300,
+            "stage_seconds": 390.0,
+            "before": {"val_loss": 0.71, "val_accuracy": 0.43, "val_margin": -0.03},
+        },
+    )
     training_log(
         root / "reward" / "metrics.jsonl", 100, 0.7, {"val_loss": 0.65, "val_accuracy": 0.64}
     )
-    write_json(root / "dpo" / "summary.json", {"stage": "dpo", "init": "runs/demo/sft", "beta": 0.1,
-        "val_loss": 0.6, "val_reward_accuracy": 0.69, "val_margin": 0.33, "val_policy_prefers_chosen": 0.64,
-        "val_reference_prefers_chosen": 0.63, "win_rate_over_init": 0.515, "stage_seconds": 700.0,
-        "before": {"val_loss": 0.693, "val_reward_accuracy": 0.0}})  # fmt: skip
+    write_json(
+        root / "dpo" / "summary.json",
+        {
+            "stage": "dpo",
+            "init": "runs/demo/sft",
+            "beta": 0.1,
+            "val_loss": 0.6,
+            "val_reward_accuracy": 0.69,
+            "val_margin": 0.33,
+            "val_policy_prefers_chosen": 0.64,
+            "val_reference_prefers_chosen": 0.63,
+            "win_rate_over_init": 0.515,
+            "stage_seconds": 700.0,
+            "before": {"val_loss": 0.693, "val_reward_accuracy": 0.0},
+        },
+    )
     training_log(
         root / "dpo" / "metrics.jsonl", 100, 0.7, {"val_loss": 0.6, "val_reward_accuracy": 0.69}
     )
-    write_json(root / "dpo" / "win_rate.json", {"win_rate": 0.515, "n": 2, "transcripts": [
-        {"user": "Define hated.", "policy": f"Having {EVIL}", "baseline": "A sound.", "policy_reward": 1.2, "baseline_reward": -0.8},
-        {"user": "Use 'con'.", "policy": "The con.", "baseline": "A child.", "policy_reward": 0.4, "baseline_reward": 0.9}]})  # fmt: skip
+    write_json(
+        root / "dpo" / "win_rate.json",
+        {
+            "win_rate": 0.515,
+            "n": 2,
+            "transcripts": [
+                {
+                    "user": "Define hated.",
+                    "policy": f"Having {EVIL}",
+                    "baseline": "A sound.",
+                    "policy_reward": 1.2,
+                    "baseline_reward": -0.8,
+                },
+                {
+                    "user": "Use 'con'.",
+                    "policy": "The con.",
+                    "baseline": "A child.",
+                    "policy_reward": 0.4,
+                    "baseline_reward": 0.9,
+                },
+            ],
+        },
+    )
 
     rng = np.random.default_rng(0)
     names, counts = [f"label{i}" for i in range(6)], [500, 300, 100, 40, 10, 3]
     y_val, y_test = rng.integers(0, 6, 300), rng.integers(0, 6, 300)
-    for name, stage, method, skill in (("tfidf", "baseline-tfidf", "tfidf-logreg", 1.0),
-                                       ("cls-encoder", "classify", "full", 3.0),
-                                       ("cls-encoder-int8", "quantize", "int8", 2.9)):  # fmt: skip
+    for name, stage, method, skill in (
+        ("tfidf", "baseline-tfidf", "tfidf-logreg", 1.0),
+        ("cls-encoder", "classify", "full", 3.0),
+        ("cls-encoder-int8", "quantize", "int8", 2.9),
+    ):
         extra = (
             {"source": "elsewhere/cls-encoder"}
             if stage == "quantize"
             else {"init": "runs/demo/encoder"}
         )
-        write_json(root / name / "summary.json", {"stage": stage, "method": method, **extra,
-                   **classifier(rng, names, counts, y_val, y_test, skill), "stage_seconds": 60 * skill})  # fmt: skip
+        write_json(
+            root / name / "summary.json",
+            {
+                "stage": stage,
+                "method": method,
+                **extra,
+                **classifier(rng, names, counts, y_val, y_test, skill),
+                "stage_seconds": 60 * skill,
+            },
+        )
     tiers = {"head": [0, 1], "mid": [2, 3], "tail": [4, 5]}
-    diff = paired_bootstrap(y_test, predictions(rng, y_test, 3), predictions(rng, y_test, 1), 6, tiers, n_resamples=50)  # fmt: skip
-    write_json(root / "compare-encoder-vs-tfidf.json", {"a": str(root / "cls-encoder"), "b": str(root / "tfidf"),
-               "split": "test", "examples": 300, "n_resamples": 50, "macro_f1_difference_a_minus_b": diff})  # fmt: skip
+    diff = paired_bootstrap(
+        y_test, predictions(rng, y_test, 3), predictions(rng, y_test, 1), 6, tiers, n_resamples=50
+    )
+    write_json(
+        root / "compare-encoder-vs-tfidf.json",
+        {
+            "a": str(root / "cls-encoder"),
+            "b": str(root / "tfidf"),
+            "split": "test",
+            "examples": 300,
+            "n_resamples": 50,
+            "macro_f1_difference_a_minus_b": diff,
+        },
+    )
     tradeoff(root, max_latency_ms=5.0, min_macro_f1=0.1)
 
-    write_json(root / "scaling-fit" / "fit.json", {
-        "runs": [{"run": f"runs/demo/scaling/D1e+06-d{d}", "params": 1e6 * d, "tokens": 1e6, "val_loss": 5 - d / 4} for d in (2, 3, 4)],
-        "approach3": {"n_runs": 3, "alpha_interval": [0.7, 0.85], "beta_interval": [0.19, 0.21], "a_interval": [0.15, 0.22],
-                      "a": 0.21, "E": 1.68, "A": 18313.8, "B": 56.0, "alpha": 0.79, "beta": 0.21},
-        "predicted_optimum": {"flops": 3e14, "n_opt": 902441.8, "d_opt": 55405235.2, "tokens_per_param": 61.4, "loss": 3.36},
-        "chinchilla_a": 0.4516, "notes": ["approach 2 not fitted: approach 2 needs >= 2 FLOP budgets"]})  # fmt: skip
+    write_json(
+        root / "scaling-fit" / "fit.json",
+        {
+            "runs": [
+                {
+                    "run": f"runs/demo/scaling/D1e+06-d{d}",
+                    "params": 1e6 * d,
+                    "tokens": 1e6,
+                    "val_loss": 5 - d / 4,
+                }
+                for d in (2, 3, 4)
+            ],
+            "approach3": {
+                "n_runs": 3,
+                "alpha_interval": [0.7, 0.85],
+                "beta_interval": [0.19, 0.21],
+                "a_interval": [0.15, 0.22],
+                "a": 0.21,
+                "E": 1.68,
+                "A": 18313.8,
+                "B": 56.0,
+                "alpha": 0.79,
+                "beta": 0.21,
+            },
+            "predicted_optimum": {
+                "flops": 3e14,
+                "n_opt": 902441.8,
+                "d_opt": 55405235.2,
+                "tokens_per_param": 61.4,
+                "loss": 3.36,
+            },
+            "chinchilla_a": 0.4516,
+            "notes": ["approach 2 not fitted: approach 2 needs >= 2 FLOP budgets"],
+        },
+    )
     shutil.copy(root / "tradeoff.png", root / "scaling-fit" / "law.png")  # any real PNG will do
     return root
 
@@ -177,9 +392,16 @@ def test_full_run_directory_gives_every_section_and_no_notes(built):
     assert result["notes"] == []
     assert result["html"] == str(root / "report.html") and result["md"] == str(root / "report.md")
     figures = [Path(f) for f in result["figures"]]
-    assert {f.name for f in figures} >= {"pretraining-curves.png", "tradeoff-pareto.png",
-                                         "midtraining-loss-by-position.png", "classification-tiers.png"}  # fmt: skip
-    assert all(f.parent == root / "report_figures" and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)  # fmt: skip
+    assert {f.name for f in figures} >= {
+        "pretraining-curves.png",
+        "tradeoff-pareto.png",
+        "midtraining-loss-by-position.png",
+        "classification-tiers.png",
+    }
+    assert all(
+        f.parent == root / "report_figures" and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for f in figures
+    )
     md = (root / "report.md").read_text()
     for f in figures:  # the Markdown points at every figure, relative to itself
         assert f"](report_figures/{f.name})" in md
@@ -262,20 +484,52 @@ def test_pipeline_json_gives_order_verbs_wall_times_and_environment(runs, tmp_pa
     shutil.copytree(runs, root)
     env = {"cpu_model": "Test CPU 9000", "logical_cores": 2, "git_commit": "abc1234"}
     stages = {  # outs as `lmforge run` writes them: relative to the project, under vars.runs
-        "tokenizer": {"verb": "tokenizer train", "out": "runs/demo/tokenizer", "seconds": 13.6, "cached": True},
-        "curation": {"verb": "data curate", "argv": ["data", "curate", "data/default", "--out", "data/curated",
-                     "--report", "runs/demo/curation"], "out": "data/curated", "seconds": 28.0},
+        "tokenizer": {
+            "verb": "tokenizer train",
+            "out": "runs/demo/tokenizer",
+            "seconds": 13.6,
+            "cached": True,
+        },
+        "curation": {
+            "verb": "data curate",
+            "argv": [
+                "data",
+                "curate",
+                "data/default",
+                "--out",
+                "data/curated",
+                "--report",
+                "runs/demo/curation",
+            ],
+            "out": "data/curated",
+            "seconds": 28.0,
+        },
         "pretrain": {"verb": "pretrain", "out": "runs/demo/pretrain", "seconds": 1724.0},
         "sft": {"verb": "sft", "out": "runs/demo/sft", "status": "failed", "seconds": 12.0},
-        "task": {"verb": "data wordnet-task", "out": "data/nowhere", "status": "failed", "seconds": 2.0,
-                 "error": "finished but did not write data/nowhere"},
+        "task": {
+            "verb": "data wordnet-task",
+            "out": "data/nowhere",
+            "status": "failed",
+            "seconds": 2.0,
+            "error": "finished but did not write data/nowhere",
+        },
         "tradeoff": {"verb": "tradeoff", "out": "runs/demo", "seconds": 3.0},
-    }  # fmt: skip
+    }
     for st in stages.values():
         st.setdefault("status", "done")
-    write_json(root / "pipeline.json", {"name": "demo", "file": "configs/pipeline/demo.yaml", "profile": None,
-               "vars": {"runs": "runs/demo"}, "environment": env, "started": "2026-11-26T01:00:00Z",
-               "finished": "2026-11-26T01:30:00Z", "stages": stages})  # fmt: skip
+    write_json(
+        root / "pipeline.json",
+        {
+            "name": "demo",
+            "file": "configs/pipeline/demo.yaml",
+            "profile": None,
+            "vars": {"runs": "runs/demo"},
+            "environment": env,
+            "started": "2026-11-26T01:00:00Z",
+            "finished": "2026-11-26T01:30:00Z",
+            "stages": stages,
+        },
+    )
     result = build_report(root)
     md = Path(result["md"]).read_text()
     table = md[md.index("## Summary") : md.index("## Environment")].splitlines()
@@ -302,7 +556,9 @@ def test_a_rerun_drops_the_figures_of_sections_that_are_gone(runs, tmp_path):
     root = tmp_path / "demo"
     for stage in ("tokenizer", "midtrain-context"):
         shutil.copytree(runs / stage, root / stage)
-    first = build_report(root, out_html=tmp_path / "elsewhere" / "card.html", out_md=tmp_path / "card.md")  # fmt: skip
+    first = build_report(
+        root, out_html=tmp_path / "elsewhere" / "card.html", out_md=tmp_path / "card.md"
+    )
     assert Path(first["html"]).is_file() and not (root / "report.html").exists()
     assert (root / "report_figures" / "midtraining-curves.png").is_file()
     assert "](demo/report_figures/midtraining-curves.png)" in Path(first["md"]).read_text()
@@ -310,7 +566,9 @@ def test_a_rerun_drops_the_figures_of_sections_that_are_gone(runs, tmp_path):
     second = build_report(root)
     assert "midtraining" not in second["sections"]
     assert not (root / "report_figures" / "midtraining-curves.png").exists()
-    assert sorted(p.name for p in (root / "report_figures").iterdir()) == sorted(Path(f).name for f in second["figures"])  # fmt: skip
+    assert sorted(p.name for p in (root / "report_figures").iterdir()) == sorted(
+        Path(f).name for f in second["figures"]
+    )
 
 
 def test_environment_names_the_machine_and_the_versions():
@@ -323,7 +581,13 @@ def test_environment_names_the_machine_and_the_versions():
 
 def test_numbers_keep_three_significant_digits():
     assert [_num(1.72137), _num(0.40991), _num(8192), _num(4505600), _num(1.79e15), _num(None)] == [
-        "1.72", "0.410", "8,192", "4.51e6", "1.79e15", "–"]  # fmt: skip
+        "1.72",
+        "0.410",
+        "8,192",
+        "4.51e6",
+        "1.79e15",
+        "–",
+    ]
     assert [_pct(0.9962), _pct(0.0005), _pct(0.0)] == ["99.6%", "0.05%", "0.0%"]
     assert [_dur(13.57), _dur(1724.1), _dur(12000)] == ["13.6 s", "28 min 44 s", "3 h 20 min"]
 

@@ -101,8 +101,9 @@ def test_accounting_counts_the_model_and_palms_attention_flops():
     from lmforge.eval.scaling_laws import accounting
     from lmforge.model.transformer import LanguageModel, count_parameters
 
-    cfg = tiny_config(vocab_size=100, n_layer=2, n_embd=32, n_head=4, intermediate_size=64,
-                      tie_embeddings=False)  # fmt: skip
+    cfg = tiny_config(
+        vocab_size=100, n_layer=2, n_embd=32, n_head=4, intermediate_size=64, tie_embeddings=False
+    )
     counted = count_parameters(LanguageModel(cfg))
     a = accounting(cfg, seq_len=16, tokens=1e6, tokens_per_s=1e3, peak_flops=1e12)
     assert a["params"] == counted["total"]

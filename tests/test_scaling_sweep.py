@@ -8,16 +8,30 @@ from lmforge.config import save_config, validate
 from lmforge.errors import ConfigError
 from lmforge.stages.pretrain import PretrainConfig
 from lmforge.stages.scaling import fit
-from lmforge.stages.sweeps import SweepConfig, plan, sweep
+from lmforge.sweeps import SweepConfig, plan, sweep
 from lmforge.utils import read_json, write_json
 
 
 def sweep_config(tmp_path, tok, corpus, budgets):
     overrides = [o for o in TINY if not o.startswith("preset=")]
-    overrides += [f"tokenizer={tok}", f"data.path={corpus}", f"data.shards={tmp_path / 'shards'}",
-                  "trainer.eval_every=100000", "model.max_seq_len=64"]  # fmt: skip
-    return validate(SweepConfig, {"out_dir": str(tmp_path / "sweep"), "overrides": overrides,
-                                  "depths": [2, 3, 4], "budgets": budgets, "min_steps": 5}, "test")  # fmt: skip
+    overrides += [
+        f"tokenizer={tok}",
+        f"data.path={corpus}",
+        f"data.shards={tmp_path / 'shards'}",
+        "trainer.eval_every=100000",
+        "model.max_seq_len=64",
+    ]
+    return validate(
+        SweepConfig,
+        {
+            "out_dir": str(tmp_path / "sweep"),
+            "overrides": overrides,
+            "depths": [2, 3, 4],
+            "budgets": budgets,
+            "min_steps": 5,
+        },
+        "test",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +101,29 @@ def test_a_token_grid_gives_every_size_the_same_data(shards, tiny_corpus, tiny_t
 def finished_run(run, depth, tokens, val_loss, shards="/data/shards"):
     """A finished pretrain run as `scaling fit` reads it (config.yaml and summary.json), made
     without training so a fit test controls its runs: their number, data and losses."""
-    cfg = validate(PretrainConfig, {"preset": f"lmforge-d{depth}", "tokenizer": "/data/tok",
-                                    "data": {"shards": shards, "seq_len": 64},
-                                    "model": {"vocab_size": 512, "max_seq_len": 64}}, "test")  # fmt: skip
+    cfg = validate(
+        PretrainConfig,
+        {
+            "preset": f"lmforge-d{depth}",
+            "tokenizer": "/data/tok",
+            "data": {"shards": shards, "seq_len": 64},
+            "model": {"vocab_size": 512, "max_seq_len": 64},
+        },
+        "test",
+    )
     counts = cfg.model.count_params()
     run.mkdir(parents=True)
     save_config(cfg, run / "config.yaml")
-    write_json(run / "summary.json", {"stage": "pretrain", "params": counts["total"],
-                                      "params_non_embedding": counts["non_embedding"],
-                                      "tokens_seen": tokens, "val_loss": val_loss})  # fmt: skip
+    write_json(
+        run / "summary.json",
+        {
+            "stage": "pretrain",
+            "params": counts["total"],
+            "params_non_embedding": counts["non_embedding"],
+            "tokens_seen": tokens,
+            "val_loss": val_loss,
+        },
+    )
     return run
 
 

@@ -44,9 +44,14 @@ def tiny_lm(tiny_tokenizer_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(tiny_lm):
     server = make_server(
-        tiny_lm.model, tiny_lm.tokenizer, "tiny", port=0, max_concurrent=2,
-        max_tokens_cap=MAX_TOKENS_CAP, max_body_bytes=MAX_BODY_BYTES,
-    )  # fmt: skip
+        tiny_lm.model,
+        tiny_lm.tokenizer,
+        "tiny",
+        port=0,
+        max_concurrent=2,
+        max_tokens_cap=MAX_TOKENS_CAP,
+        max_body_bytes=MAX_BODY_BYTES,
+    )
     with running(server) as base:
         yield base
 
@@ -80,7 +85,9 @@ def assert_error_shape(response, status):
 
 
 def test_chat_at_temperature_0_equals_local_generation_with_the_training_template(tiny_lm, client):
-    r = client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 12, "temperature": 0})  # fmt: skip
+    r = client.post(
+        "/v1/chat/completions", json={"messages": HELLO, "max_tokens": 12, "temperature": 0}
+    )
     assert r.status_code == 200
     out = r.json()
     assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
@@ -95,7 +102,9 @@ def test_chat_at_temperature_0_equals_local_generation_with_the_training_templat
 
 def test_a_conversation_longer_than_the_context_is_cut_from_the_left_and_says_so(tiny_lm, client):
     long = [{"role": "user", "content": "the house " * 200}, *HELLO]
-    r = client.post("/v1/chat/completions", json={"messages": long, "max_tokens": 4, "temperature": 0})  # fmt: skip
+    r = client.post(
+        "/v1/chat/completions", json={"messages": long, "max_tokens": 4, "temperature": 0}
+    )
     out = r.json()
     assert r.status_code == 200 and out["lmforge"]["prompt_truncated"] is True
     assert out["usage"]["prompt_tokens"] <= MAX_SEQ_LEN
@@ -126,7 +135,10 @@ def test_max_tokens_is_respected_and_reported_as_length(tiny_lm, client):
 def test_stop_string_cuts_the_answer_and_finishes_with_stop(tiny_lm, client):
     full = greedy_chat(tiny_lm, HELLO, 12)
     stop = full[len(full) // 2 : len(full) // 2 + 2]
-    r = client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 12, "temperature": 0, "stop": [stop]})  # fmt: skip
+    r = client.post(
+        "/v1/chat/completions",
+        json={"messages": HELLO, "max_tokens": 12, "temperature": 0, "stop": [stop]},
+    )
     (choice,) = r.json()["choices"]
     assert choice["message"]["content"] == full[: full.find(stop)]
     assert choice["finish_reason"] == "stop"
@@ -148,10 +160,16 @@ def test_openai_client_chat_plain_and_streamed(tiny_lm, oai):
     assert out.choices[0].message.content == expected
     assert out.usage.completion_tokens <= 12
 
-    chunks = list(oai.chat.completions.create(
-        model="anything", messages=HELLO, max_tokens=12, temperature=0, stream=True,
-        stream_options={"include_usage": True},
-    ))  # fmt: skip
+    chunks = list(
+        oai.chat.completions.create(
+            model="anything",
+            messages=HELLO,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
     assert chunks[-2].choices[0].finish_reason == out.choices[0].finish_reason
@@ -260,8 +278,10 @@ def _raw_exchange(url: str, data: bytes) -> bytes:
 
 def _post_head(url: str, length: int) -> bytes:
     host = url.removeprefix("http://")
-    return (f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()  # fmt: skip
+    return (
+        f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 @pytest.mark.parametrize("then_close", [False, True])
@@ -296,8 +316,18 @@ def test_a_body_over_the_size_cap_is_413_and_the_cap_is_reported(client):
 def test_serve_flags_set_the_limits_and_bad_ones_are_usage_errors(capsys):
     from lmforge.cli import build_parser, main
 
-    args = build_parser().parse_args(["serve", "run", "--max-body-bytes", "5000",
-                                      "--queue-timeout-s", "0.5", "--max-tokens-cap", "9"])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "run",
+            "--max-body-bytes",
+            "5000",
+            "--queue-timeout-s",
+            "0.5",
+            "--max-tokens-cap",
+            "9",
+        ]
+    )
     assert (args.max_body_bytes, args.queue_timeout_s, args.max_tokens_cap) == (5000, 0.5, 9)
     for flag in ("--max-body-bytes", "--max-concurrent", "--max-tokens-cap"):
         assert main(["serve", "no/such/run", flag, "0"]) == 2  # refused before loading
@@ -319,9 +349,14 @@ def test_server_survives_100_malformed_requests(url, client):
             junk = rng.choice([None, 1, "s", [HELLO], {"messages": [None]}, {"messages": {}}])
             statuses.append(_send(client, "POST", CHAT, json.dumps(junk).encode()).status_code)
         else:  # not HTTP at all, or broken HTTP
-            junk = rng.choice([b"HELLO\r\n\r\n", b"GET / HTTP/1.1 extra\r\n\r\n",
-                               b"POST /v1/completions HTTP/1.1\r\nContent-Length: x\r\n"
-                               b"Content-Type: application/json\r\n\r\n"])  # fmt: skip
+            junk = rng.choice(
+                [
+                    b"HELLO\r\n\r\n",
+                    b"GET / HTTP/1.1 extra\r\n\r\n",
+                    b"POST /v1/completions HTTP/1.1\r\nContent-Length: x\r\n"
+                    b"Content-Type: application/json\r\n\r\n",
+                ]
+            )
             reply = _raw_exchange(url, junk)
             statuses.append(int(reply.split()[1]) if reply.startswith(b"HTTP/") else 0)
     assert all(400 <= s < 500 for s in statuses), statuses
@@ -356,8 +391,9 @@ class ControlledModel(LanguageModel):
 def controlled(tiny_lm):
     torch.manual_seed(0)
     model = ControlledModel(tiny_config(vocab_size=tiny_lm.tokenizer.vocab_size, max_seq_len=64))
-    server = make_server(model, tiny_lm.tokenizer, "held", port=0, max_concurrent=1,
-                         queue_timeout_s=0.2)  # fmt: skip
+    server = make_server(
+        model, tiny_lm.tokenizer, "held", port=0, max_concurrent=1, queue_timeout_s=0.2
+    )
     with running(server) as base, httpx.Client(base_url=base, timeout=30) as c:
         yield model, c
 
@@ -419,7 +455,9 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation_and_frees_the_slot
 
 
 def test_repl_keeps_the_conversation_and_obeys_its_commands(tiny_lm):
-    lines = iter(["hello there", "/system Be brief.", "again", "", "/reset", "/help", "/bogus", "hi"])  # fmt: skip
+    lines = iter(
+        ["hello there", "/system Be brief.", "again", "", "/reset", "/help", "/bogus", "hi"]
+    )
     prompts = []
 
     def scripted_input(prompt):
@@ -439,13 +477,24 @@ def test_repl_keeps_the_conversation_and_obeys_its_commands(tiny_lm):
 
     first = answer(HELLO)
     system = {"role": "system", "content": "Be brief."}
-    second = answer([system, *HELLO, {"role": "assistant", "content": first},
-                     {"role": "user", "content": "again"}])  # fmt: skip
+    second = answer(
+        [
+            system,
+            *HELLO,
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": "again"},
+        ]
+    )
     third = answer([system, {"role": "user", "content": "hi"}])  # /reset kept the system prompt
     expected_in_order = [
-        f"assistant> {first}\n", "(system prompt set)", f"assistant> {second}\n",
-        "(conversation forgotten)", HELP, "unknown command /bogus", f"assistant> {third}\n",
-    ]  # fmt: skip
+        f"assistant> {first}\n",
+        "(system prompt set)",
+        f"assistant> {second}\n",
+        "(conversation forgotten)",
+        HELP,
+        "unknown command /bogus",
+        f"assistant> {third}\n",
+    ]
     at = 0
     for piece in expected_in_order:
         at = text.index(piece, at) + len(piece)  # raises if missing or out of order
@@ -454,8 +503,13 @@ def test_repl_keeps_the_conversation_and_obeys_its_commands(tiny_lm):
 
 def test_repl_quit_stops_reading(tiny_lm):
     lines = iter(["/quit", "never read"])
-    repl(tiny_lm.model, tiny_lm.tokenizer, SamplingConfig(), input_fn=lambda _: next(lines),
-         write=lambda _: None)  # fmt: skip
+    repl(
+        tiny_lm.model,
+        tiny_lm.tokenizer,
+        SamplingConfig(),
+        input_fn=lambda _: next(lines),
+        write=lambda _: None,
+    )
     assert next(lines) == "never read"
 
 
@@ -471,8 +525,11 @@ def test_web_chat_streams_answers_and_keeps_the_conversation(tiny_lm, url, tmp_p
     from playwright.sync_api import sync_playwright
 
     first = greedy_chat(tiny_lm, HELLO, 12)
-    second = greedy_chat(tiny_lm, [*HELLO, {"role": "assistant", "content": first},
-                                   {"role": "user", "content": "and then"}], 12)  # fmt: skip
+    second = greedy_chat(
+        tiny_lm,
+        [*HELLO, {"role": "assistant", "content": first}, {"role": "user", "content": "and then"}],
+        12,
+    )
     page_errors = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -47,8 +47,19 @@ def test_missing_column_fix_names_the_commands_own_option(tmp_path, capsys):
     from lmforge.cli import main
 
     (tmp_path / "d.csv").write_text("id,body\n1,x\n")
-    assert main(["tokenizer", "train", "--data", str(tmp_path / "d.csv"), "--out",
-                 str(tmp_path / "tok")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--data",
+                str(tmp_path / "d.csv"),
+                "--out",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no column 'text'" in err and "id, body" in err and "--text-column" in err
     assert not (tmp_path / "tok").exists()

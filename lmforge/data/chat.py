@@ -222,8 +222,15 @@ class PackedChatBatches:
     (as in pre-training's packed documents), the loss only ever sees assistant tokens.
     """
 
-    def __init__(self, encoded: list[tuple[list[int], list[int]]], batch_size: int,
-                 seq_len: int, pad_id: int, seed: int = 0, shuffle: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        encoded: list[tuple[list[int], list[int]]],
+        batch_size: int,
+        seq_len: int,
+        pad_id: int,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         self.encoded, self.batch_size, self.seq_len, self.pad_id = (
             encoded,
             batch_size,
@@ -309,8 +316,15 @@ class PairBatches:
     """Preference pairs as batches: rows 0..B-1 chosen, B..2B-1 rejected, right-padded, with
     `answer` marking the answer tokens; a trainer batch source (shuffled each epoch)."""
 
-    def __init__(self, tokenizer, pairs: list[Preference], batch_size: int, seq_len: int,
-                 seed: int = 0, shuffle: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        tokenizer,
+        pairs: list[Preference],
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         self.encoded = [encode_pair(tokenizer, p, seq_len) for p in pairs]
         self.truncated = sum(e[4] for e in self.encoded)
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id

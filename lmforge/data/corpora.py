@@ -25,6 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
 from lmforge.errors import ConfigError, DataError
 from lmforge.utils import staging_dir, write_json
 
@@ -326,9 +330,6 @@ def build_default_corpus(
     progress: bool = True,
 ) -> dict:
     """Write parquet shards (text, source) in a seeded shuffle plus stats.json. Atomic."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
 
     if max_docs_per_source is not None and (
         isinstance(max_docs_per_source, bool)

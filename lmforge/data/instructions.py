@@ -53,6 +53,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from lmforge.data.corpora import WORDNET_DIR, WORDNET_FILES, Synset, iter_wordnet_synsets
 from lmforge.errors import ConfigError, DataError
 from lmforge.utils import staging_dir, write_json
@@ -230,8 +232,6 @@ def read_sense_order(wordnet_dir: str | os.PathLike = WORDNET_DIR) -> dict[str, 
 
 
 def read_lexicon(wordnet_dir: str | os.PathLike = WORDNET_DIR, progress: bool = False) -> Lexicon:
-    from tqdm.auto import tqdm
-
     check_wordnet(wordnet_dir)
     lex = Lexicon(
         synsets={}, senses={}, tagged={}, blocked=set(), by_lexname={}, words_by_lexname={}
@@ -500,7 +500,6 @@ def build_instructions(
         raise ConfigError(f"heldout_fraction must be between 0 and 1, got {heldout_fraction}")
     if max_val < 1 or (max_train is not None and max_train < 1):
         raise ConfigError("max_train and max_val must be at least 1 (max_train None: no cap)")
-    from tqdm.auto import tqdm
 
     lex = read_lexicon(wordnet_dir, progress=progress)
 

@@ -47,11 +47,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field, model_validator
 
 from lmforge.config import Section
 from lmforge.data.shards import PackedLoader, ShardDataset, build_shards, shards_match
+from lmforge.data.sources import iter_file, list_files
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils import read_json, staging_dir, write_json
@@ -199,7 +201,6 @@ def _check_inputs(cfg: MixtureConfig, out: Path, tokenizer: Tokenizer) -> None:
 
 def _parquet_rows(file: Path, columns: list[str]) -> Iterator[dict]:
     # lmforge.data.sources passes only text/source/id through; a filter may name any column.
-    import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(file)
@@ -222,7 +223,6 @@ def _filtered_texts(spec: SourceSpec, counts: dict) -> Iterator[tuple[int, str]]
     """(index, text) of the documents under spec.path whose filter columns hold an allowed
     value; the index is the document's position among the corpus's non-empty documents, as
     build_shards counts them, so the subset keeps the whole corpus's train/val split."""
-    from lmforge.data.sources import iter_file, list_files
 
     allowed = {
         col: {str(v) for v in (values if isinstance(values, list) else [values])}

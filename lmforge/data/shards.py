@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import Field
+from tqdm.auto import tqdm
 
 from lmforge.config import Section
+from lmforge.data.sources import iter_documents
 from lmforge.errors import ConfigError, DataError, MissingColumnError
 from lmforge.tokenizer import Tokenizer, is_heldout
 from lmforge.utils import read_json, staging_dir, write_json
@@ -108,9 +110,6 @@ def build_shards(
     seed; ``index_column`` names a column that carries the index instead, so that a subset
     of a corpus (one source of a mixture) is split exactly as the whole corpus was.
     """
-    from tqdm.auto import tqdm
-
-    from lmforge.data.sources import iter_documents
 
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise DataError(
@@ -388,8 +387,14 @@ def ensure_shards(data: LMData, tokenizer: Tokenizer, out: Path, seed: int) -> P
     if shards_match(shards_dir, tokenizer) and _built_from(shards_dir, data, seed):
         return shards_dir
     try:
-        build_shards(data.path, tokenizer, shards_dir, text_column=data.text_column,
-                     val_fraction=data.val_fraction, seed=seed)  # fmt: skip
+        build_shards(
+            data.path,
+            tokenizer,
+            shards_dir,
+            text_column=data.text_column,
+            val_fraction=data.val_fraction,
+            seed=seed,
+        )
     except MissingColumnError as e:
         raise e.with_fix("Set data.text_column to the column that holds the text.") from None
     return shards_dir

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from lmforge.errors import DataError, MissingColumnError
 
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
@@ -89,8 +91,6 @@ def _iter_jsonl(file: Path, text_column: str) -> Iterator[dict]:
 
 
 def _iter_parquet(file: Path, text_column: str) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(file)
     except Exception as e:  # pyarrow raises several types for a corrupt file

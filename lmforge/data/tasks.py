@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
+import torch
 from pydantic import Field
 
 from lmforge.config import Section
+from lmforge.data import corpora
 from lmforge.data.sources import list_files
 from lmforge.errors import ConfigError, DataError
 from lmforge.utils import staging_dir, write_json
@@ -99,9 +103,6 @@ def read_table(path: str) -> dict[str, pa.Table]:
 
 
 def _read_file(file: Path) -> pa.Table:
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-
     suffix = file.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -122,7 +123,7 @@ def _read_file(file: Path) -> pa.Table:
 
 def _read_hf(name: str, hub: bool) -> dict[str, pa.Table]:
     try:
-        import datasets
+        import datasets  # optional: only a Hugging Face dataset name needs it
     except ImportError:
         raise DataError(
             f"reading the HF dataset '{name}' needs the `datasets` package: pip install datasets"
@@ -414,7 +415,6 @@ def build_wordnet_task(
     Splits are stratified by label with a seed; duplicate definitions keep their first synset
     so the same text never sits in two splits.
     """
-    from lmforge.data import corpora
 
     kwargs = {"wordnet_dir": wordnet_dir} if wordnet_dir else {}
     seen, rows = set(), []
@@ -467,8 +467,6 @@ def encode_examples(
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right") -> dict:
-    import torch
-
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), n), dtype=torch.long)
@@ -513,8 +511,6 @@ class ClassificationBatches:
         return -(-len(self.ids) // self.batch_size)
 
     def next_batch(self) -> dict:
-        import torch
-
         if self.pos >= len(self._order):
             self.epoch, self.pos = self.epoch + 1, 0
             self._order = self._permutation()

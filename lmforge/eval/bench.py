@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lmforge.train.device import peak_memory_mb
 
@@ -39,8 +40,6 @@ def measure_speed(
     throughput_batches: int = 8,
     device: str = "cpu",
 ) -> dict:
-    import torch
-
     texts = list(texts)
     if not texts:
         return {}
@@ -86,8 +85,6 @@ def measure_speed(
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.synchronize()
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from sklearn.metrics import confusion_matrix
 
 from lmforge.eval import metrics as M
 from lmforge.utils import atomic_write_text, write_json
@@ -124,11 +125,10 @@ def _write_per_class(path: Path, rows: list[dict]) -> None:
 
 
 def plot_confusion(path, y_true, y_pred, label_names, train_counts) -> None:
-    import matplotlib
+    import matplotlib  # a second to import: only a run that draws pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
 
     k = len(label_names)
     order = sorted(range(k), key=lambda i: (-train_counts[i], i))
@@ -150,7 +150,7 @@ def plot_confusion(path, y_true, y_pred, label_names, train_counts) -> None:
 
 
 def plot_reliability(path, logits, y_true, temperature: float, n_bins: int = 15) -> None:
-    import matplotlib
+    import matplotlib  # a second to import: only a run that draws pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -176,7 +176,7 @@ def plot_reliability(path, logits, y_true, temperature: float, n_bins: int = 15)
     plt.close(fig)
 
 
-HEADLINE = (
+SCORE_KEYS = (
     "accuracy",
     "macro_f1",
     "weighted_f1",
@@ -189,5 +189,6 @@ HEADLINE = (
 )
 
 
-def headline(report: dict) -> dict:
-    return {k: report[k] for k in HEADLINE if k in report}
+def split_scores(report: dict) -> dict:
+    """The scores a run's summary keeps per eval split (stages/summaries.py's SplitScores)."""
+    return {k: report[k] for k in SCORE_KEYS if k in report}

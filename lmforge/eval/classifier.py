@@ -30,7 +30,7 @@ from lmforge.data.tasks import (
 )
 from lmforge.errors import ConfigError, DataError
 from lmforge.eval.bench import measure_speed
-from lmforge.eval.classification import evaluate_split, headline, length_bucket
+from lmforge.eval.classification import evaluate_split, length_bucket, split_scores
 from lmforge.eval.metrics import assign_tiers, paired_bootstrap
 from lmforge.utils import read_json
 
@@ -66,8 +66,9 @@ def predict_logits(
         idx = order[s : s + batch_size]
         batch = pad_batch([ids[i] for i in idx], tokenizer.pad_id, padding_side)
         with torch.inference_mode():
-            logits = model(batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device))  # fmt: skip
+            logits = model(
+                batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            )
         out[idx] = logits.float().cpu().numpy()
     return out, [len(x) for x in ids], truncated
 
@@ -143,7 +144,7 @@ def score(model, tokenizer, task: Task, cfg: ClassifierSettings, out: Path) -> d
         if task.split(split):
             report = evaluate_run(model, tokenizer, task, split, out, cfg)
             result[split] = {
-                **headline(report),
+                **split_scores(report),
                 "truncated_examples": report["truncated_examples"],
             }
     if cfg.speed:

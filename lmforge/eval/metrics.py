@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 DEFAULT_TIER_CUTS = {
@@ -97,7 +98,6 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) ->
 
 def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     """Temperature minimising NLL, by L-BFGS on log T (Guo et al. 2017)."""
-    import torch
 
     z = torch.tensor(logits, dtype=torch.float64)
     y = torch.tensor(y_true, dtype=torch.long)

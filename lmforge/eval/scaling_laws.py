@@ -21,8 +21,11 @@ each other, not with a model trained here.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 PF_DAY = 1e15 * 24 * 3600  # FLOPs in a petaflop/s-day
 
@@ -48,13 +51,23 @@ class ParametricLaw:
 
 
 CHINCHILLA = ParametricLaw(
-    "chinchilla", "Hoffmann et al. 2022, approach 3 (App. D.2), rounded coefficients",
-    E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28,
-)  # fmt: skip
+    "chinchilla",
+    "Hoffmann et al. 2022, approach 3 (App. D.2), rounded coefficients",
+    E=1.69,
+    A=406.4,
+    B=410.7,
+    alpha=0.34,
+    beta=0.28,
+)
 EPOCH = ParametricLaw(
-    "epoch", "Besiroglu et al. 2024 (Epoch AI), Chinchilla replication refit",
-    E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658,
-)  # fmt: skip
+    "epoch",
+    "Besiroglu et al. 2024 (Epoch AI), Chinchilla replication refit",
+    E=1.8172,
+    A=482.01,
+    B=2085.43,
+    alpha=0.3478,
+    beta=0.3658,
+)
 
 
 @dataclass(frozen=True)
@@ -112,13 +125,27 @@ def predict(flops: float, laws: list[str] | None = None) -> list[dict]:
         else:
             (n, d), source = law.optimum(flops), law.source
             loss = law.loss(n, d)
-        rows.append({"law": name, "flops": flops, "n_opt": n, "d_opt": d,
-                     "tokens_per_param": d / n, "loss": loss, "source": source})  # fmt: skip
+        rows.append(
+            {
+                "law": name,
+                "flops": flops,
+                "n_opt": n,
+                "d_opt": d,
+                "tokens_per_param": d / n,
+                "loss": loss,
+                "source": source,
+            }
+        )
     return rows
 
 
-def accounting(cfg, seq_len: int, tokens: float, tokens_per_s: float | None = None,
-               peak_flops: float | None = None) -> dict:  # fmt: skip
+def accounting(
+    cfg,
+    seq_len: int,
+    tokens: float,
+    tokens_per_s: float | None = None,
+    peak_flops: float | None = None,
+) -> dict:
     """What training a model config on `tokens` tokens costs: parameters (total and
     non-embedding, Kaplan's N), training FLOPs as 6ND (N: the matmul parameters, the LM head
     included) and with attention's 12 L H Q T per token (PaLM, App. B), and, given a
@@ -126,22 +153,32 @@ def accounting(cfg, seq_len: int, tokens: float, tokens_per_s: float | None = No
     counts = cfg.count_params()
     n = counts["matmul"]
     per_token = cfg.flops_per_token(seq_len)
-    out = {"params": counts["total"], "params_non_embedding": counts["non_embedding"],
-           "params_matmul": n, "tokens": tokens, "flops_6nd": 6 * n * tokens,
-           "flops": per_token * tokens, "flops_per_token": per_token,
-           "attention_share": 1 - 6 * n / per_token}  # fmt: skip
+    out = {
+        "params": counts["total"],
+        "params_non_embedding": counts["non_embedding"],
+        "params_matmul": n,
+        "tokens": tokens,
+        "flops_6nd": 6 * n * tokens,
+        "flops": per_token * tokens,
+        "flops_per_token": per_token,
+        "attention_share": 1 - 6 * n / per_token,
+    }
     if tokens_per_s and peak_flops:
         out["mfu"] = tokens_per_s * per_token / peak_flops
     return out
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| law | N_opt (params) | D_opt (tokens) | tokens/param | loss | source |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| law | N_opt (params) | D_opt (tokens) | tokens/param | loss | source |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         loss = f"{r['loss']:.3f}" if r["loss"] is not None else "-"
-        lines.append(f"| {r['law']} | {r['n_opt']:.3g} | {r['d_opt']:.3g} | "
-                     f"{r['tokens_per_param']:.1f} | {loss} | {r['source']} |")  # fmt: skip
+        lines.append(
+            f"| {r['law']} | {r['n_opt']:.3g} | {r['d_opt']:.3g} | "
+            f"{r['tokens_per_param']:.1f} | {loss} | {r['source']} |"
+        )
     return "\n".join(lines)
 
 
@@ -151,8 +188,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _huber(r, delta: float):
-    import numpy as np
-
     a = np.abs(r)
     return np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))
 
@@ -160,8 +195,7 @@ def _huber(r, delta: float):
 def _objective(theta, log_n, log_d, log_l, delta):
     """Chinchilla's approach 3: Huber loss between log L and
     LSE(a - alpha log N, b - beta log D, e), with A = e^a, B = e^b, E = e^e."""
-    import numpy as np
-    from scipy.special import logsumexp
+    from scipy.special import logsumexp  # scipy: only a fit pays for its import
 
     a, b, e, alpha, beta = theta
     pred = logsumexp(
@@ -175,12 +209,13 @@ _BOUNDS = [(None, None), (None, None), (None, None), (1e-3, 3.0), (1e-3, 3.0)]
 
 
 def _fit_once(log_n, log_d, log_l, starts, delta):
-    from scipy.optimize import minimize
+    from scipy.optimize import minimize  # scipy: only a fit pays for its import
 
     best = None
     for x0 in starts:
-        r = minimize(_objective, x0, args=(log_n, log_d, log_l, delta), method="L-BFGS-B",
-                     bounds=_BOUNDS)  # fmt: skip
+        r = minimize(
+            _objective, x0, args=(log_n, log_d, log_l, delta), method="L-BFGS-B", bounds=_BOUNDS
+        )
         if best is None or r.fun < best.fun:
             best = r
     return best.x
@@ -190,9 +225,6 @@ def fit_parametric(n, d, loss, delta: float = 1e-3, bootstrap: int = 100, seed: 
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to runs (Hoffmann et al. approach 3: Huber
     loss, delta 1e-3, on log loss, L-BFGS from a grid of starting points); intervals on the
     exponents from `bootstrap` resamples of the runs. Needs more runs than the 5 parameters."""
-    import itertools
-
-    import numpy as np
 
     n, d, loss = (np.asarray(x, dtype=np.float64) for x in (n, d, loss))
     if len(n) < 6:
@@ -207,8 +239,15 @@ def fit_parametric(n, d, loss, delta: float = 1e-3, bootstrap: int = 100, seed: 
     a, b, e, alpha, beta = theta = _fit_once(
         log_n, log_d, log_l, [np.array(g, float) for g in grid], delta
     )
-    law = ParametricLaw("fit", "fitted to the runs", E=float(np.exp(e)), A=float(np.exp(a)),
-                        B=float(np.exp(b)), alpha=float(alpha), beta=float(beta))  # fmt: skip
+    law = ParametricLaw(
+        "fit",
+        "fitted to the runs",
+        E=float(np.exp(e)),
+        A=float(np.exp(a)),
+        B=float(np.exp(b)),
+        alpha=float(alpha),
+        beta=float(beta),
+    )
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(bootstrap):
@@ -228,7 +267,6 @@ def fit_isoflop(flops, n, loss, bootstrap: int = 100, seed: int = 0) -> dict:
     """Chinchilla's approach 2: a parabola in log N through each budget's runs gives its
     loss-minimising N*; power laws N* = k C^a and D* = C / (6 N*) = k' C^b through the minima
     (b = 1 - a). Each budget needs at least 3 sizes, and at least 2 budgets are needed."""
-    import numpy as np
 
     flops, n, loss = (np.asarray(x, dtype=np.float64) for x in (flops, n, loss))
     budgets = sorted(set(flops.tolist()))
@@ -254,8 +292,10 @@ def fit_isoflop(flops, n, loss, bootstrap: int = 100, seed: int = 0) -> dict:
                 if why is not None:
                     best = n[sel][np.argmin(loss[sel])]
                     side = "smallest" if best == n[sel].min() else "largest"
-                    why.append(f"{c:.1e} FLOPs: the {side} model ({best:.3g} params) is best; "
-                               f"add {side.replace('est', 'er')} models")  # fmt: skip
+                    why.append(
+                        f"{c:.1e} FLOPs: the {side} model ({best:.3g} params) is best; "
+                        f"add {side.replace('est', 'er')} models"
+                    )
                 continue
             cs.append(c)
             ns.append(vertex)
@@ -276,8 +316,16 @@ def fit_isoflop(flops, n, loss, bootstrap: int = 100, seed: int = 0) -> dict:
         bc, bn = minima(idx)
         if len(bc) >= 2:
             boot.append(np.polyfit(np.log(bc), np.log(bn), 1)[0])
-    out = {"a": float(a), "b": float(1 - a), "k": float(np.exp(log_k)), "unbracketed": why,
-           "minima": [{"flops": float(c), "n_opt": float(v), "d_opt": float(c / (6 * v))} for c, v in zip(cs, ns)]}  # fmt: skip
+    out = {
+        "a": float(a),
+        "b": float(1 - a),
+        "k": float(np.exp(log_k)),
+        "unbracketed": why,
+        "minima": [
+            {"flops": float(c), "n_opt": float(v), "d_opt": float(c / (6 * v))}
+            for c, v in zip(cs, ns)
+        ],
+    }
     if boot:
         lo, hi = np.percentile(boot, [2.5, 97.5])
         out["a_interval"] = (float(lo), float(hi))

@@ -93,6 +93,8 @@ def repl(
             continue
         write("\n")
         if stats.prompt_truncated:
-            write("(the conversation is longer than the model's context: its oldest turns were "
-                  "left out of the prompt; /reset starts afresh)\n")  # fmt: skip
+            write(
+                "(the conversation is longer than the model's context: its oldest turns were "
+                "left out of the prompt; /reset starts afresh)\n"
+            )
         history.append({"role": "assistant", "content": "".join(pieces)})

@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from lmforge.config import Section
+from lmforge.data.chat import encode_prompt
 from lmforge.errors import ConfigError
 
 
@@ -189,7 +190,6 @@ def stream_chat(
 ) -> Iterator[str]:
     """The assistant's next turn, streamed. The prompt is the training template's
     (data/chat.py), cut from the left when the conversation outgrows the context."""
-    from lmforge.data.chat import encode_prompt
 
     room = model.cfg.max_seq_len - min(cfg.max_new_tokens, model.cfg.max_seq_len // 2)
     ids, cut = encode_prompt(tokenizer, messages, max(1, room))

@@ -45,206 +45,28 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import torch
 from torch import nn
 
 from lmforge.artifact import load_causal_lm
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.infer.generate import GenerationStats, SamplingConfig, stream_chat, stream_text
+from lmforge.infer.openai_api import (
+    ApiError,
+    Generation,
+    bad_request,
+    parse_messages,
+    parse_prompt,
+    parse_sampling,
+)
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")
-MAX_STOP_STRINGS = 4  # OpenAI's limit
 RETRY_AFTER_S = 1
 SOCKET_TIMEOUT_S = 30  # a client that stops sending or reading frees its thread after this
 BODY_TIMEOUT_S = 2.0  # a body that stops arriving this long before its Content-Length is a 400
-
-
-class ApiError(Exception):
-    """A failure answered to the client as JSON in OpenAI's error shape."""
-
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status, message, type, param, code,
-        )  # fmt: skip
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-
-def _bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param, code=code)
-
-
-# --------------------------------------------------------------------------------------------
-# Requests: JSON -> validated messages / prompt and a SamplingConfig
-# --------------------------------------------------------------------------------------------
-
-
-def _number(body: dict, key: str, default: float, low: float, high: float) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    # bool is an int in Python, but `"temperature": true` is a client bug worth reporting
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise _bad(f"'{key}' must be a number from {low} to {high}, got {value!r:.40}", key)
-    return float(value)
-
-
-def _integer(body: dict, key: str, low: int, high: int) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad(f"'{key}' must be an integer from {low} to {high}, got {value!r:.40}", key)
-    return value
-
-
-def parse_sampling(body: dict, max_tokens_cap: int) -> SamplingConfig:
-    """The sampling fields of a request, checked, as a SamplingConfig (400 ApiError if not)."""
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = body.get(key)
-    if isinstance(max_tokens, int) and max_tokens > max_tokens_cap:
-        raise _bad(
-            f"'{key}' is {max_tokens}, above this server's cap of {max_tokens_cap}; ask for "
-            f"at most {max_tokens_cap} (or restart the server with a larger cap)",
-            key,
-            "max_tokens_too_large",
-        )
-    max_tokens = _integer(body, key, 1, max_tokens_cap)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    if top_p == 0:
-        raise _bad("'top_p' must be above 0 (use temperature 0 for greedy decoding)", "top_p")
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is None:
-        stop = []
-    if (
-        not isinstance(stop, list)
-        or len(stop) > MAX_STOP_STRINGS
-        or not all(isinstance(s, str) and s for s in stop)
-    ):
-        raise _bad(f"'stop' must be a string or a list of up to {MAX_STOP_STRINGS} non-empty strings", "stop")  # fmt: skip
-    n = body.get("n", 1)
-    if n != 1 or isinstance(n, bool):
-        raise _bad("'n' must be 1: this server returns one choice per request", "n")
-    return SamplingConfig(
-        max_new_tokens=max_tokens or max_tokens_cap,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_k=_integer(body, "top_k", 0, 2**31) or None,
-        top_p=None if top_p >= 1 else top_p,
-        seed=_integer(body, "seed", 0, 2**63 - 1),
-        stop=stop,
-    )
-
-
-def _content_text(content, where: str) -> str:
-    """A message's content: a string, or OpenAI's list of text parts (joined)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        for p in content
-    ):
-        return "".join(p["text"] for p in content)
-    raise _bad(f"{where}.content must be a string (or a list of text parts)", f"{where}.content")
-
-
-def parse_messages(value) -> list[dict]:
-    """OpenAI chat messages as [{"role", "content"}] for the ChatML template (400 if not).
-
-    Unlike training data (data/chat.check_messages), an empty assistant turn is allowed: it
-    is what a model that stopped at once said, and clients send the history back as it was.
-    """
-    if not isinstance(value, list) or not value:
-        raise _bad("'messages' must be a non-empty list of {role, content} objects", "messages")
-    out = []
-    for i, m in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict) or "role" not in m:
-            raise _bad(f"{where} must be an object with 'role' and 'content'", where)
-        role = m["role"]
-        if role == "developer":  # OpenAI's newer name for the system turn
-            role = "system"
-        if role not in ("system", "user", "assistant"):
-            raise _bad(
-                f"{where}.role is {role!r:.40}; this model knows system, user and assistant",
-                f"{where}.role",
-            )
-        content = m.get("content")
-        if content is None and role == "assistant":  # OpenAI allows it (tool calls)
-            content = ""
-        out.append({"role": role, "content": _content_text(content, where)})
-    return out
-
-
-def parse_prompt(value) -> str:
-    """A completion prompt: a string, or a list holding exactly one string."""
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if not isinstance(value, str):
-        raise _bad("'prompt' must be a string (one prompt per request)", "prompt")
-    return value
-
-
-# --------------------------------------------------------------------------------------------
-# One generation: text pieces as they come, then the token counts and why it ended
-# --------------------------------------------------------------------------------------------
-
-
-class Generation:
-    """One request's answer. Iterate it for text pieces; afterwards `completion_tokens` and
-    `finish_reason` ("stop": a stop token or string; "length": max_tokens or the context end)
-    are set. `prompt_tokens` is known before it starts."""
-
-    def __init__(self, model: nn.Module, tokenizer, cfg: SamplingConfig,
-                 messages: list[dict] | None = None, prompt: str | None = None):  # fmt: skip
-        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        self.stats = GenerationStats()
-        if messages is not None:
-            self._pieces = stream_chat(model, tokenizer, messages, cfg, self.stats)
-        else:
-            ids = tokenizer.encode(prompt, add_bos=tokenizer.bos_id is not None)
-            if not ids:
-                raise _bad("'prompt' is empty and this tokenizer has no BOS token to start from", "prompt")  # fmt: skip
-            if len(ids) > model.cfg.max_seq_len:
-                raise _bad(
-                    f"the prompt is {len(ids)} tokens; this model's context is "
-                    f"{model.cfg.max_seq_len}. Shorten the prompt",
-                    "prompt",
-                    "context_length_exceeded",
-                )
-            self._pieces = stream_text(model, tokenizer, prompt, cfg, stats=self.stats)
-
-    def __iter__(self) -> Iterator[str]:
-        with torch.no_grad():
-            yield from self._pieces
-
-    @property
-    def finish_reason(self) -> str:
-        return self.stats.finish_reason
-
-    def usage(self) -> dict:
-        s = self.stats
-        return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-                "total_tokens": s.prompt_tokens + s.completion_tokens}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,9 +79,18 @@ class LmforgeServer(ThreadingHTTPServer):
 
     daemon_threads = True  # a stuck client never blocks shutdown
 
-    def __init__(self, address, model: nn.Module, tokenizer, model_name: str,
-                 max_concurrent: int, max_tokens_cap: int, max_body_bytes: int,
-                 queue_timeout_s: float, body_timeout_s: float = BODY_TIMEOUT_S):  # fmt: skip
+    def __init__(
+        self,
+        address,
+        model: nn.Module,
+        tokenizer,
+        model_name: str,
+        max_concurrent: int,
+        max_tokens_cap: int,
+        max_body_bytes: int,
+        queue_timeout_s: float,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+    ):
         super().__init__(address, Handler)
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.max_concurrent, self.max_tokens_cap = max_concurrent, max_tokens_cap
@@ -291,32 +122,49 @@ class Handler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         try:
             if path in ("/", "/index.html"):
-                self._send(200, self.server.page, "text/html; charset=utf-8", {
-                    "Cache-Control": "no-store",
-                    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                    "script-src 'unsafe-inline'; connect-src 'self'; img-src data:",
-                })  # fmt: skip
+                self._send(
+                    200,
+                    self.server.page,
+                    "text/html; charset=utf-8",
+                    {
+                        "Cache-Control": "no-store",
+                        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                        "script-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                    },
+                )
             elif path == "/health":
-                self._send_json(200, {
-                    "status": "ok", "model": self.server.model_name, "busy": self.server.busy,
-                    "max_concurrent": self.server.max_concurrent,
-                    "max_tokens_cap": self.server.max_tokens_cap,
-                    "max_body_bytes": self.server.max_body_bytes,
-                })  # fmt: skip
+                self._send_json(
+                    200,
+                    {
+                        "status": "ok",
+                        "model": self.server.model_name,
+                        "busy": self.server.busy,
+                        "max_concurrent": self.server.max_concurrent,
+                        "max_tokens_cap": self.server.max_tokens_cap,
+                        "max_body_bytes": self.server.max_body_bytes,
+                    },
+                )
             elif path == "/v1/models":
                 self._send_json(200, {"object": "list", "data": [self._model_card()]})
             elif path.startswith("/v1/models/"):
                 name = path.removeprefix("/v1/models/")
                 if name != self.server.model_name:
-                    raise ApiError(404, f"no model {name!r:.80}; this server serves "
-                                   f"{self.server.model_name!r}", param="model",
-                                   code="model_not_found")  # fmt: skip
+                    raise ApiError(
+                        404,
+                        f"no model {name!r:.80}; this server serves {self.server.model_name!r}",
+                        param="model",
+                        code="model_not_found",
+                    )
                 self._send_json(200, self._model_card())
             elif path in POST_PATHS:
                 raise ApiError(405, f"{path} takes POST, not GET", code="method_not_allowed")
             else:
-                raise ApiError(404, f"no such path {path!r:.80}; see GET /v1/models, POST "
-                               "/v1/chat/completions, POST /v1/completions", code="not_found")  # fmt: skip
+                raise ApiError(
+                    404,
+                    f"no such path {path!r:.80}; see GET /v1/models, POST "
+                    "/v1/chat/completions, POST /v1/completions",
+                    code="not_found",
+                )
         except ApiError as e:
             self._send_json(e.status, e.body(), e.headers)
 
@@ -332,17 +180,23 @@ class Handler(BaseHTTPRequestHandler):
             body = self._read_json()
             sampling = parse_sampling(body, self.server.max_tokens_cap)
             if not isinstance(body.get("stream", False), bool):
-                raise _bad("'stream' must be true or false", "stream")
+                raise bad_request("'stream' must be true or false", "stream")
             chat = path == "/v1/chat/completions"
             try:
                 if chat:
                     messages = parse_messages(body.get("messages"))
-                    gen = Generation(self.server.model, self.server.tokenizer, sampling, messages=messages)  # fmt: skip
+                    gen = Generation(
+                        self.server.model, self.server.tokenizer, sampling, messages=messages
+                    )
                 else:
-                    gen = Generation(self.server.model, self.server.tokenizer, sampling,
-                                     prompt=parse_prompt(body.get("prompt")))  # fmt: skip
+                    gen = Generation(
+                        self.server.model,
+                        self.server.tokenizer,
+                        sampling,
+                        prompt=parse_prompt(body.get("prompt")),
+                    )
             except LmforgeError as e:  # e.g. a tokenizer without the ChatML tokens
-                raise _bad(str(e)) from None
+                raise bad_request(str(e)) from None
             options = body.get("stream_options") or {}
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             self._run(gen, chat, bool(body.get("stream")), include_usage)
@@ -357,8 +211,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _method_not_allowed(self) -> None:
         self.close_connection = True  # a body may follow, unread
-        e = ApiError(405, f"{self.command} is not supported here; use GET or POST",
-                     code="method_not_allowed")  # fmt: skip
+        e = ApiError(
+            405, f"{self.command} is not supported here; use GET or POST", code="method_not_allowed"
+        )
         self._send_json(405, e.body())
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _method_not_allowed
@@ -395,13 +250,19 @@ class Handler(BaseHTTPRequestHandler):
             choice = {"index": 0, "text": text}
         choice |= {"logprobs": None, "finish_reason": gen.finish_reason}
         body = {
-            "id": _new_id(chat), "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": self.server.model_name,
-            "choices": [choice], "usage": gen.usage(),
-        }  # fmt: skip
+            "id": _new_id(chat),
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.server.model_name,
+            "choices": [choice],
+            "usage": gen.usage(),
+        }
         if gen.stats.prompt_truncated:  # an extension field; OpenAI clients ignore it
-            body["lmforge"] = {"prompt_truncated": True, "note": "the conversation is longer "
-                               "than the context: its oldest tokens were left out"}  # fmt: skip
+            body["lmforge"] = {
+                "prompt_truncated": True,
+                "note": "the conversation is longer "
+                "than the context: its oldest tokens were left out",
+            }
         self._send_json(200, body)
 
     def _stream(self, gen: Generation, chat: bool, include_usage: bool) -> None:
@@ -423,13 +284,27 @@ class Handler(BaseHTTPRequestHandler):
         def choice(piece: str | None, finish_reason: str | None = None) -> dict:
             if chat:
                 delta = {} if piece is None else {"content": piece}
-                return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}  # fmt: skip
-            return {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish_reason}  # fmt: skip
+                return {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            return {
+                "index": 0,
+                "text": piece or "",
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
 
         try:
             if chat:
-                first = {"index": 0, "delta": {"role": "assistant", "content": ""},
-                         "logprobs": None, "finish_reason": None}  # fmt: skip
+                first = {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
                 self._event(head | {"choices": [first]})
             pieces = iter(gen)
             while True:
@@ -462,12 +337,16 @@ class Handler(BaseHTTPRequestHandler):
     def _read_json(self) -> dict:
         if self.headers.get_content_type() != "application/json":
             self.close_connection = True
-            raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'",
-                           code="unsupported_media_type")  # fmt: skip
+            raise ApiError(
+                415,
+                "send the body as JSON with 'Content-Type: application/json'",
+                code="unsupported_media_type",
+            )
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
-            raise ApiError(411, "chunked bodies are not supported; send Content-Length",
-                           code="length_required")  # fmt: skip
+            raise ApiError(
+                411, "chunked bodies are not supported; send Content-Length", code="length_required"
+            )
         length = self.headers.get("Content-Length")
         if length is None:
             raise ApiError(411, "a POST needs a Content-Length header", code="length_required")
@@ -477,18 +356,24 @@ class Handler(BaseHTTPRequestHandler):
                 raise ValueError
         except ValueError:
             self.close_connection = True
-            raise _bad(f"Content-Length {length!r:.20} is not a byte count") from None
+            raise bad_request(f"Content-Length {length!r:.20} is not a byte count") from None
         if length > self.server.max_body_bytes:
             self.close_connection = True  # the body is left unread, so this connection is done
-            raise ApiError(413, f"the body is {length:,} bytes; this server takes at most "
-                           f"{self.server.max_body_bytes:,}", code="request_too_large")  # fmt: skip
+            raise ApiError(
+                413,
+                f"the body is {length:,} bytes; this server takes at most "
+                f"{self.server.max_body_bytes:,}",
+                code="request_too_large",
+            )
         raw = self._read_body(length)
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
-            raise _bad(f"the body is not valid JSON ({str(e)[:80]})", code="invalid_json") from None  # fmt: skip
+            raise bad_request(
+                f"the body is not valid JSON ({str(e)[:80]})", code="invalid_json"
+            ) from None
         if not isinstance(body, dict):
-            raise _bad("the body must be a JSON object", code="invalid_json")
+            raise bad_request("the body must be a JSON object", code="invalid_json")
         return body
 
     def _read_body(self, length: int) -> bytes:
@@ -511,7 +396,7 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.settimeout(self.timeout)
         if got < length:
             self.close_connection = True  # the rest, if it ever comes, is not a request
-            raise _bad(
+            raise bad_request(
                 f"the body ended after {got:,} of the {length:,} bytes its Content-Length "
                 "announced; send the whole body with a Content-Length that matches it",
                 code="incomplete_body",
@@ -519,10 +404,16 @@ class Handler(BaseHTTPRequestHandler):
         return b"".join(chunks)
 
     def _model_card(self) -> dict:
-        return {"id": self.server.model_name, "object": "model",
-                "created": self.server.created, "owned_by": "lmforge"}  # fmt: skip
+        return {
+            "id": self.server.model_name,
+            "object": "model",
+            "created": self.server.created,
+            "owned_by": "lmforge",
+        }
 
-    def _send(self, status: int, data: bytes, content_type: str, headers: dict | None = None) -> None:  # fmt: skip
+    def _send(
+        self, status: int, data: bytes, content_type: str, headers: dict | None = None
+    ) -> None:
         self.responded = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -539,7 +430,7 @@ class Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, obj: dict, headers: dict | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json", headers)
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:  # fmt: skip
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # http.server's own refusals (a malformed request line, oversized headers) in the
         # API's error shape too
         self.close_connection = True
@@ -571,11 +462,19 @@ def _new_id(chat: bool) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def check_limits(max_concurrent: int, max_tokens_cap: int, max_body_bytes: int,
-                 queue_timeout_s: float, body_timeout_s: float = BODY_TIMEOUT_S) -> None:  # fmt: skip
+def check_limits(
+    max_concurrent: int,
+    max_tokens_cap: int,
+    max_body_bytes: int,
+    queue_timeout_s: float,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> None:
     """ConfigError naming the `lmforge serve` flag of a limit out of range."""
-    for flag, value in [("--max-concurrent", max_concurrent), ("--max-tokens-cap", max_tokens_cap),
-                        ("--max-body-bytes", max_body_bytes)]:  # fmt: skip
+    for flag, value in [
+        ("--max-concurrent", max_concurrent),
+        ("--max-tokens-cap", max_tokens_cap),
+        ("--max-body-bytes", max_body_bytes),
+    ]:
         if value < 1:
             raise ConfigError(f"{flag} is {value}; it must be at least 1")
     if queue_timeout_s < 0:
@@ -601,8 +500,17 @@ def make_server(
     generation makes its own KV cache, and the weights are only read."""
     check_limits(max_concurrent, max_tokens_cap, max_body_bytes, queue_timeout_s, body_timeout_s)
     model.eval()
-    return LmforgeServer((host, port), model, tokenizer, model_name, max_concurrent,
-                         max_tokens_cap, max_body_bytes, queue_timeout_s, body_timeout_s)  # fmt: skip
+    return LmforgeServer(
+        (host, port),
+        model,
+        tokenizer,
+        model_name,
+        max_concurrent,
+        max_tokens_cap,
+        max_body_bytes,
+        queue_timeout_s,
+        body_timeout_s,
+    )
 
 
 def serve(
@@ -619,17 +527,35 @@ def serve(
     check_limits(max_concurrent, max_tokens_cap, max_body_bytes, queue_timeout_s)
     loaded = load_causal_lm(run_dir, device)
     name = str(run_dir).rstrip("/")
-    server = make_server(loaded.model, loaded.tokenizer, name, host, port, max_concurrent,
-                         max_tokens_cap, max_body_bytes, queue_timeout_s)  # fmt: skip
+    server = make_server(
+        loaded.model,
+        loaded.tokenizer,
+        name,
+        host,
+        port,
+        max_concurrent,
+        max_tokens_cap,
+        max_body_bytes,
+        queue_timeout_s,
+    )
     tok = loaded.tokenizer
     if tok.im_start_id is None or tok.im_end_id is None:
-        print("note: this tokenizer has no <|im_start|>/<|im_end|>, so chat requests are "
-              "refused; /v1/completions works", flush=True)  # fmt: skip
+        print(
+            "note: this tokenizer has no <|im_start|>/<|im_end|>, so chat requests are "
+            "refused; /v1/completions works",
+            flush=True,
+        )
     if host not in ("127.0.0.1", "localhost"):
-        print(f"warning: listening on {host} without authentication: anyone who can reach "
-              "this address can use the model", flush=True)  # fmt: skip
-    print(f"serving {name} at {server.url}/ (web chat) and {server.url}/v1 (OpenAI API); "
-          "Ctrl-C stops", flush=True)  # fmt: skip
+        print(
+            f"warning: listening on {host} without authentication: anyone who can reach "
+            "this address can use the model",
+            flush=True,
+        )
+    print(
+        f"serving {name} at {server.url}/ (web chat) and {server.url}/v1 (OpenAI API); "
+        "Ctrl-C stops",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -2,16 +2,18 @@
 
 Qwen2, Llama, GPT-2, ModernBERT and BERT differ by flags and sizes, not by classes (litgpt's
 lesson): adding a family is adding a preset. Field names follow the Hugging Face configs where
-one exists, so the mapping in ``model/hf.py`` stays a table.
+one exists, so the mapping in ``model/hf/`` stays a table.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from lmforge.config import Section
+from lmforge.errors import ConfigError
 
 
 class ModelConfig(Section):
@@ -167,57 +169,157 @@ def preset_from_depth(
     return ModelConfig(**cfg)
 
 
-_QWEN2 = dict(family="qwen2", norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", activation="silu",
-              attn_qkv_bias=True, rope_theta=1_000_000.0, vocab_size=151936, max_seq_len=32768,
-              tie_embeddings=True, bos_token_id=151643, eos_token_id=151643)  # fmt: skip
-_MODERNBERT = dict(family="modernbert", causal=False, norm="layernorm", norm_eps=1e-5,
-                   mlp="geglu", activation="gelu", embed_norm=True, first_attn_norm=False,
-                   final_norm=True, global_every=3, local_window=128, rope_theta=160_000.0,
-                   rope_theta_local=10_000.0, vocab_size=50368, max_seq_len=8192,
-                   tie_embeddings=True, pad_token_id=50283, bos_token_id=50281,
-                   eos_token_id=50282)  # fmt: skip
-_BERT = dict(family="bert", causal=False, pos_embedding="learned", type_vocab_size=2,
-             norm="layernorm", norm_bias=True, norm_eps=1e-12, post_norm=True, final_norm=False,
-             embed_norm=True, mlp="gelu", activation="gelu", attn_qkv_bias=True,
-             attn_out_bias=True, mlp_bias=True, tie_embeddings=True, vocab_size=30522,
-             max_seq_len=512, pad_token_id=0, dropout=0.1)  # fmt: skip
+_QWEN2 = dict(
+    family="qwen2",
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    mlp="swiglu",
+    activation="silu",
+    attn_qkv_bias=True,
+    rope_theta=1_000_000.0,
+    vocab_size=151936,
+    max_seq_len=32768,
+    tie_embeddings=True,
+    bos_token_id=151643,
+    eos_token_id=151643,
+)
+_MODERNBERT = dict(
+    family="modernbert",
+    causal=False,
+    norm="layernorm",
+    norm_eps=1e-5,
+    mlp="geglu",
+    activation="gelu",
+    embed_norm=True,
+    first_attn_norm=False,
+    final_norm=True,
+    global_every=3,
+    local_window=128,
+    rope_theta=160_000.0,
+    rope_theta_local=10_000.0,
+    vocab_size=50368,
+    max_seq_len=8192,
+    tie_embeddings=True,
+    pad_token_id=50283,
+    bos_token_id=50281,
+    eos_token_id=50282,
+)
+_BERT = dict(
+    family="bert",
+    causal=False,
+    pos_embedding="learned",
+    type_vocab_size=2,
+    norm="layernorm",
+    norm_bias=True,
+    norm_eps=1e-12,
+    post_norm=True,
+    final_norm=False,
+    embed_norm=True,
+    mlp="gelu",
+    activation="gelu",
+    attn_qkv_bias=True,
+    attn_out_bias=True,
+    mlp_bias=True,
+    tie_embeddings=True,
+    vocab_size=30522,
+    max_seq_len=512,
+    pad_token_id=0,
+    dropout=0.1,
+)
 
 PRESETS: dict[str, dict] = {
     # decoders built by depth (width 64*d); the demo uses d6.
     **{f"lmforge-d{d}": {"depth": d} for d in (1, 2, 3, 4, 5, 6, 8, 10, 12)},
     # The real models' exact shapes (random weights until a checkpoint is loaded); the
     # parameter counts are tested against the published ones.
-    "qwen2.5-0.5b": {**_QWEN2, "n_layer": 24, "n_embd": 896, "n_head": 14, "n_kv_head": 2,
-                     "intermediate_size": 4864},
-    "qwen2.5-1.5b": {**_QWEN2, "n_layer": 28, "n_embd": 1536, "n_head": 12, "n_kv_head": 2,
-                     "intermediate_size": 8960},
-    "llama-3.2-1b": dict(family="llama", vocab_size=128256, n_layer=16, n_embd=2048, n_head=32,
-                         n_kv_head=8, intermediate_size=8192, max_seq_len=131072,
-                         rope_theta=500_000.0, rope_scaling="llama3", rope_scaling_factor=32.0,
-                         rope_original_max_len=8192, norm="rmsnorm", norm_eps=1e-5,
-                         tie_embeddings=True, bos_token_id=128000, eos_token_id=128001),
-    "gpt2": dict(family="gpt2", vocab_size=50257, n_layer=12, n_embd=768, n_head=12,
-                 intermediate_size=3072, max_seq_len=1024, pos_embedding="learned",
-                 norm="layernorm", norm_bias=True, mlp="gelu", activation="gelu_tanh",
-                 attn_qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
-                 bos_token_id=50256, eos_token_id=50256),
-    "modernbert-base": {**_MODERNBERT, "n_layer": 22, "n_embd": 768, "n_head": 12,
-                        "intermediate_size": 1152},
-    "modernbert-large": {**_MODERNBERT, "n_layer": 28, "n_embd": 1024, "n_head": 16,
-                         "intermediate_size": 2624},
-    "bert-base-uncased": {**_BERT, "n_layer": 12, "n_embd": 768, "n_head": 12,
-                          "intermediate_size": 3072},
-    "all-minilm-l6-v2": {**_BERT, "n_layer": 6, "n_embd": 384, "n_head": 12,
-                         "intermediate_size": 1536},
-}  # fmt: skip
+    "qwen2.5-0.5b": {
+        **_QWEN2,
+        "n_layer": 24,
+        "n_embd": 896,
+        "n_head": 14,
+        "n_kv_head": 2,
+        "intermediate_size": 4864,
+    },
+    "qwen2.5-1.5b": {
+        **_QWEN2,
+        "n_layer": 28,
+        "n_embd": 1536,
+        "n_head": 12,
+        "n_kv_head": 2,
+        "intermediate_size": 8960,
+    },
+    "llama-3.2-1b": dict(
+        family="llama",
+        vocab_size=128256,
+        n_layer=16,
+        n_embd=2048,
+        n_head=32,
+        n_kv_head=8,
+        intermediate_size=8192,
+        max_seq_len=131072,
+        rope_theta=500_000.0,
+        rope_scaling="llama3",
+        rope_scaling_factor=32.0,
+        rope_original_max_len=8192,
+        norm="rmsnorm",
+        norm_eps=1e-5,
+        tie_embeddings=True,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+    "gpt2": dict(
+        family="gpt2",
+        vocab_size=50257,
+        n_layer=12,
+        n_embd=768,
+        n_head=12,
+        intermediate_size=3072,
+        max_seq_len=1024,
+        pos_embedding="learned",
+        norm="layernorm",
+        norm_bias=True,
+        mlp="gelu",
+        activation="gelu_tanh",
+        attn_qkv_bias=True,
+        attn_out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    ),
+    "modernbert-base": {
+        **_MODERNBERT,
+        "n_layer": 22,
+        "n_embd": 768,
+        "n_head": 12,
+        "intermediate_size": 1152,
+    },
+    "modernbert-large": {
+        **_MODERNBERT,
+        "n_layer": 28,
+        "n_embd": 1024,
+        "n_head": 16,
+        "intermediate_size": 2624,
+    },
+    "bert-base-uncased": {
+        **_BERT,
+        "n_layer": 12,
+        "n_embd": 768,
+        "n_head": 12,
+        "intermediate_size": 3072,
+    },
+    "all-minilm-l6-v2": {
+        **_BERT,
+        "n_layer": 6,
+        "n_embd": 384,
+        "n_head": 12,
+        "intermediate_size": 1536,
+    },
+}
 
 
 def from_preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
-        import difflib
-
-        from lmforge.errors import ConfigError
-
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(

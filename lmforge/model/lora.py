@@ -31,7 +31,6 @@ PEFT_PREFIX = "base_model.model."
 class LoraConfig(Section):
     """A recipe's `lora:` section (classify, sft, reward, dpo)."""
 
-
     r: int = 16
     alpha: float = 32
     dropout: float = 0.05
@@ -43,11 +42,16 @@ class LoraConfig(Section):
 # Target names from the transformers models, as recipes (and the course) write them, -> ours.
 # ModernBERT's "Wo" names both the attention output and the MLP output, as in PEFT.
 HF_TARGETS = {
-    "Wqkv": ["q_proj", "k_proj", "v_proj"], "Wo": ["o_proj", "down_proj"],
-    "Wi": ["gate_proj", "up_proj"], "query": ["q_proj"], "key": ["k_proj"],
-    "value": ["v_proj"], "c_attn": ["q_proj", "k_proj", "v_proj"],
-    "c_proj": ["o_proj", "down_proj"], "c_fc": ["up_proj"],
-}  # fmt: skip
+    "Wqkv": ["q_proj", "k_proj", "v_proj"],
+    "Wo": ["o_proj", "down_proj"],
+    "Wi": ["gate_proj", "up_proj"],
+    "query": ["q_proj"],
+    "key": ["k_proj"],
+    "value": ["v_proj"],
+    "c_attn": ["q_proj", "k_proj", "v_proj"],
+    "c_proj": ["o_proj", "down_proj"],
+    "c_fc": ["up_proj"],
+}
 
 
 def lora_targets(names: list[str]) -> list[str]:
@@ -182,8 +186,15 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, modules_to_save: list[str] = (
     """Adapters on the layers a recipe's `lora:` section names (transformers' names translated
     by lora_targets), everything else frozen but ``modules_to_save``. The one way every stage
     and the memory estimate put LoRA on a model."""
-    return inject_lora(model, lora_targets(cfg.target_modules), r=cfg.r, alpha=cfg.alpha,
-                       dropout=cfg.dropout, rslora=cfg.rslora, modules_to_save=modules_to_save)
+    return inject_lora(
+        model,
+        lora_targets(cfg.target_modules),
+        r=cfg.r,
+        alpha=cfg.alpha,
+        dropout=cfg.dropout,
+        rslora=cfg.rslora,
+        modules_to_save=modules_to_save,
+    )
 
 
 def set_adapter(model: nn.Module, name: str | None) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from lmforge.report.context import Context, Run
 from lmforge.report.format import get_in, is_number
+from lmforge.stages.summaries import ClassifierSummary
 
 
 def classifier_metrics(s: dict) -> tuple[dict, str]:
-    """A classifier's held-out metrics: test when it was evaluated there (as tradeoff does)."""
-    for split in ("test", "val"):
-        if isinstance(s.get(split), dict) and "macro_f1" in s[split]:
-            return s[split], split
-    return s, "val"
+    """A classifier's held-out metrics and their split (stages/summaries.py decides which)."""
+    return ClassifierSummary.lenient(s).held_out()
 
 
 def classifier_runs(ctx: Context) -> list[Run]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.report.format import get_in, is_number
+from lmforge.stages.summaries import SCHEMAS, Summary
 
 
 @dataclass
@@ -24,6 +25,12 @@ class Run:
     seconds: float | None = None
     cached: bool | None = None
     error: str = ""  # why a pipeline stage failed, as `lmforge run` recorded it
+
+    @property
+    def typed(self) -> Summary:
+        """The summary read through its stage's schema (stages/summaries.py), as written: a
+        damaged value stays in place for the report to show rather than refuse."""
+        return SCHEMAS.get(self.summary.get("stage"), Summary).lenient(self.summary)
 
 
 # The file that says what a directory holds, tried in this order (None: summary.json's stage).
@@ -115,14 +122,12 @@ class Context:
 
 
 def _summary_kind(s: dict) -> str:
-    stage = s.get("stage")
-    if stage == "pretrain":  # one stage, three kinds of model
-        if "val_masked_accuracy" in s:
-            return "encoder"
-        return "lm-distill" if "distill" in s else "pretrain"
-    if stage == "quantize" and "val_bpb" in s:
-        return "quantize-lm"
-    return str(stage) if stage else "tokenizer" if "bytes_per_token_heldout" in s else "unknown"
+    """A summary.json's kind: its stage's variant, or a tokenizer's summary (it has no stage)."""
+    if schema := SCHEMAS.get(s.get("stage")):
+        return schema.lenient(s).variant()
+    if stage := s.get("stage"):
+        return str(stage)
+    return "tokenizer" if "bytes_per_token_heldout" in s else "unknown"
 
 
 def _inspect(ctx: Context, d: Path, name: str) -> Run | None:

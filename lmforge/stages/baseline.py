@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import Field
+from safetensors.numpy import load_file, save_file
 
 from lmforge.config import Section, save_config
 from lmforge.data.tasks import TaskConfig, resolve_task, subsample
 from lmforge.eval.bench import dir_size_mb, measure_speed
-from lmforge.eval.classification import evaluate_split, headline, length_bucket
+from lmforge.eval.classification import evaluate_split, length_bucket, split_scores
 from lmforge.stages.summaries import BaselineSummary
 from lmforge.utils import staging_dir, write_json
 
@@ -55,8 +56,6 @@ class TfidfModel:
         return np.asarray(X @ self.coef.T + self.intercept)
 
     def save(self, out: Path) -> None:
-        from safetensors.numpy import save_file
-
         v = self.vectorizer
         vocab = {term: int(i) for term, i in v.vocabulary_.items()}
         params = {"ngram_range": list(v.ngram_range), "sublinear_tf": v.sublinear_tf}
@@ -74,8 +73,7 @@ class TfidfModel:
 
     @classmethod
     def load(cls, path: str | Path) -> TfidfModel:
-        from safetensors.numpy import load_file
-        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.feature_extraction.text import TfidfVectorizer  # slow import: baseline only
 
         path = Path(path)
         meta = json.loads((path / "tfidf.json").read_text())
@@ -91,7 +89,7 @@ class TfidfModel:
 
 
 def run(cfg: TfidfConfig) -> dict:
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import TfidfVectorizer  # slow import: baseline only
     from sklearn.linear_model import LogisticRegression
 
     t_start = time.perf_counter()
@@ -150,7 +148,7 @@ def run(cfg: TfidfConfig) -> dict:
                 counts,
                 slices={"words": [length_bucket(n) for n in n_words]},
             )
-            summary[split] = headline(report)
+            summary[split] = split_scores(report)
         if cfg.speed:
             sample = [t for t, _ in task.val[:200]] or texts[:200]
             summary.update(measure_speed(model.transform, model.logits, sample))

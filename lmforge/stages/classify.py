@@ -9,10 +9,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json  # noqa: F401
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field, model_validator
 
@@ -30,7 +35,7 @@ from lmforge.data.tasks import (
 )
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.eval.bench import dir_size_mb
-from lmforge.eval.classification import headline
+from lmforge.eval.classification import split_scores
 from lmforge.eval.classifier import (
     ClassifierSettings,
     evaluate_run,
@@ -210,8 +215,9 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
             task = resolve_task(cfg.task, out / "task")
         for split in dict.fromkeys(["val", *cfg.eval_splits]):  # refused before a file is kept
             rows = task.split(split)
-            check_eval_labels(split, [y for _, y in rows], task.label_names,
-                              f"task '{cfg.task.path}' [{split}]")  # fmt: skip
+            check_eval_labels(
+                split, [y for _, y in rows], task.label_names, f"task '{cfg.task.path}' [{split}]"
+            )
         model, tokenizer, head_modules = build_classifier(cfg, task)
         train_rows = subsample(task.train, cfg.task.max_train_examples, cfg.task.seed)
         val_rows = subsample(task.val, cfg.task.max_eval_examples, cfg.task.seed)
@@ -224,15 +230,17 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
                 cfg.distill, [t for t, _ in train_rows], task.label_names
             )
         # Each rank takes its rows of the same global batches (all of them in one process).
-        loader = par.shard(ClassificationBatches(
-            train_ids,
-            [y for _, y in train_rows],
-            par.micro_batch_size * par.world_size,
-            tokenizer.pad_id,
-            seed=cfg.trainer.seed,
-            padding_side=cfg.padding_side,
-            teacher_logits=teacher,
-        ))  # fmt: skip
+        loader = par.shard(
+            ClassificationBatches(
+                train_ids,
+                [y for _, y in train_rows],
+                par.micro_batch_size * par.world_size,
+                tokenizer.pad_id,
+                seed=cfg.trainer.seed,
+                padding_side=cfg.padding_side,
+                teacher_logits=teacher,
+            )
+        )
         batches_per_epoch = -(-len(loader.ids) // cfg.batch_size)
         tcfg.max_steps, steps_from_epochs = steps_for_epochs(
             cfg.epochs, batches_per_epoch, tcfg.grad_accum_steps, cfg.trainer, "classify"
@@ -347,7 +355,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     task = run_task(run_dir, cfg)
     report = evaluate_run(loaded.model, loaded.tokenizer, task, split, run_dir, cfg)
     return {
-        **headline(report),
+        **split_scores(report),
         "truncated_examples": report["truncated_examples"],
         "outputs": str(run_dir / "eval" / split),
     }
@@ -361,7 +369,6 @@ def predict(
     top_k: int = 3,
 ) -> dict:
     """Add `predicted`, `confidence` and the top-k labels to every row of a csv/jsonl/parquet file."""
-    import pyarrow as pa
 
     run_dir = Path(run_dir)
     cfg = read_settings(run_dir)
@@ -394,10 +401,6 @@ def predict(
 
 
 def _write_table(table, path: Path) -> None:
-    import pyarrow.csv as pacsv
-    import pyarrow.json  # noqa: F401
-    import pyarrow.parquet as pq
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".parquet":
@@ -405,8 +408,6 @@ def _write_table(table, path: Path) -> None:
     elif path.suffix == ".csv":
         pacsv.write_csv(table, tmp)
     elif path.suffix == ".jsonl":
-        import json
-
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist()))
     else:
         raise ConfigError(f"--output {path}: use a .csv, .jsonl or .parquet file name")

@@ -89,8 +89,11 @@ def _export_adapter(
         # saved in lmforge's names: fuse into the family's layers (ModernBERT's Wqkv, ...)
         tensors, config = hf.adapter_to_hf(
             load_file(str(adapter / "adapter_model.safetensors")),
-            config, loaded.config, loaded.kind, loaded.meta,
-        )  # fmt: skip
+            config,
+            loaded.config,
+            loaded.kind,
+            loaded.meta,
+        )
     base = load(init)
     # PEFT finds the last token through the base config's pad id, as the classifier did
     base.model.cfg = base.model.cfg.model_copy(update={"pad_token_id": loaded.config.pad_token_id})

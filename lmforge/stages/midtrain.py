@@ -33,6 +33,7 @@ from pydantic import Field
 
 from lmforge.artifact import load_causal_lm, save_model_artifact
 from lmforge.config import Section
+from lmforge.data.mixture import MixtureLoader
 from lmforge.data.shards import LMData, PackedLoader, ShardDataset, ensure_shards, iter_eval_batches
 from lmforge.errors import ConfigError
 from lmforge.infer.generate import SampleConfig, write_samples
@@ -102,8 +103,13 @@ class ProgressiveLoader:
     """One loader per context phase, switched by the number of batches drawn, so resuming
     lands in the right phase. Batch size grows as rows shorten: tokens per batch stay fixed."""
 
-    def __init__(self, make_loader, phases: list[tuple[float, int]], total_batches: int,
-                 tokens_per_batch: int):  # fmt: skip
+    def __init__(
+        self,
+        make_loader,
+        phases: list[tuple[float, int]],
+        total_batches: int,
+        tokens_per_batch: int,
+    ):
         self.starts = [round(f * total_batches) for f, _ in phases]
         self.loaders = [make_loader(max(1, tokens_per_batch // n), n) for _, n in phases]
         self.seq_lens = [n for _, n in phases]
@@ -143,8 +149,9 @@ def phases_for(ctx: ContextSection, seq_len: int) -> list[tuple[float, int]]:
 
 
 @torch.no_grad()
-def loss_by_position(model, datasets: list[ShardDataset], length: int, max_docs: int,
-                     batch_size: int = 4) -> tuple[np.ndarray, int]:  # fmt: skip
+def loss_by_position(
+    model, datasets: list[ShardDataset], length: int, max_docs: int, batch_size: int = 4
+) -> tuple[np.ndarray, int]:
     """Mean next-token loss at each position 0..length-1 over held-out documents of at least
     length + 1 tokens (each read from its start, so position means position in the document)."""
     model.eval()
@@ -154,7 +161,10 @@ def loss_by_position(model, datasets: list[ShardDataset], length: int, max_docs:
         return np.array([]), 0
     total = torch.zeros(length, dtype=torch.float64)
     for k in range(0, len(docs), batch_size):
-        rows = [torch.from_numpy(ds.tokens(int(i), 0, length + 1).astype(np.int64)) for ds, i in docs[k : k + batch_size]]  # fmt: skip
+        rows = [
+            torch.from_numpy(ds.tokens(int(i), 0, length + 1).astype(np.int64))
+            for ds, i in docs[k : k + batch_size]
+        ]
         x = torch.stack(rows)
         logits = model(x[:, :-1]).float()
         loss = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
@@ -172,7 +182,7 @@ def bucket_means(per_position: np.ndarray, buckets: list[int]) -> dict[str, floa
 
 
 def plot_positions(curves: dict[str, np.ndarray], old_len: int, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # a second to import: only a run that draws pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -227,21 +237,35 @@ def run(cfg: MidtrainConfig, overwrite: bool = False) -> dict:
         tokens_per_batch = par.micro_batch_size * seq_len
         total_batches = cfg.trainer.max_steps * par.grad_accum_steps
         if cfg.mixture:
-            from lmforge.data.mixture import MixtureLoader
-
-            mix = MixtureLoader(cfg.mixture, par.micro_batch_size, seq_len, total_batches,
-                                seed=cfg.trainer.seed, bos_id=tokenizer.bos_id, rank=par.rank,
-                                world_size=par.world_size)  # fmt: skip
+            mix = MixtureLoader(
+                cfg.mixture,
+                par.micro_batch_size,
+                seq_len,
+                total_batches,
+                seed=cfg.trainer.seed,
+                bos_id=tokenizer.bos_id,
+                rank=par.rank,
+                world_size=par.world_size,
+            )
             loader, domains = mix, mix.val_datasets()
         else:
             with dp.main_first():
                 shards = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
             train_ds = ShardDataset(shards, "train")
             loader = ProgressiveLoader(
-                lambda bs, n: PackedLoader(train_ds, bs, n, seed=cfg.trainer.seed, bos_id=tokenizer.bos_id,
-                                           rank=par.rank, world_size=par.world_size),
-                phases, total_batches, tokens_per_batch,
-            )  # fmt: skip
+                lambda bs, n: PackedLoader(
+                    train_ds,
+                    bs,
+                    n,
+                    seed=cfg.trainer.seed,
+                    bos_id=tokenizer.bos_id,
+                    rank=par.rank,
+                    world_size=par.world_size,
+                ),
+                phases,
+                total_batches,
+                tokens_per_batch,
+            )
             domains = {"data": ShardDataset(shards, "val")}
         general = None
         init_shards = Path(cfg.init) / "shards"
@@ -286,12 +310,21 @@ def run(cfg: MidtrainConfig, overwrite: bool = False) -> dict:
                 )
         del before_model
         params = count_parameters(model)
-        print(f"[midtrain] from {cfg.init}: context {old.max_seq_len} -> {mcfg.max_seq_len} "
-              f"(rope {mcfg.rope_scaling}, theta {mcfg.rope_theta:g}); phases {phases}; "
-              f"{'mixture ' + cfg.mixture if cfg.mixture else 'data ' + cfg.data.path}")  # fmt: skip
-        trainer = Trainer(cfg.trainer, model, clm_loss, loader, out, eval_fn=eval_fn,
-                          tokens_per_micro_batch=tokens_per_batch,
-                          flops_per_token=mcfg.flops_per_token(seq_len))  # fmt: skip
+        print(
+            f"[midtrain] from {cfg.init}: context {old.max_seq_len} -> {mcfg.max_seq_len} "
+            f"(rope {mcfg.rope_scaling}, theta {mcfg.rope_theta:g}); phases {phases}; "
+            f"{'mixture ' + cfg.mixture if cfg.mixture else 'data ' + cfg.data.path}"
+        )
+        trainer = Trainer(
+            cfg.trainer,
+            model,
+            clm_loss,
+            loader,
+            out,
+            eval_fn=eval_fn,
+            tokens_per_micro_batch=tokens_per_batch,
+            flops_per_token=mcfg.flops_per_token(seq_len),
+        )
     result = trainer.fit()
     if not par.is_main:
         return result  # rank 0 measures and writes the artifact
@@ -300,12 +333,24 @@ def run(cfg: MidtrainConfig, overwrite: bool = False) -> dict:
 
     save_model_artifact(out, model, kind="causal_lm", extra_meta={"midtrain": {"from": cfg.init}})
     tokenizer.save(out)
-    summary = {"stage": "midtrain", "init": cfg.init, **result, "params": params["total"],
-               "context": {"from": old.max_seq_len, "to": mcfg.max_seq_len, "phases": phases,
-                           "rope_scaling": mcfg.rope_scaling, "rope_theta": mcfg.rope_theta,
-                           "rope_scaling_factor": mcfg.rope_scaling_factor},
-               "before": before, "after": after,
-               "forgetting_bpb": after.get("val_bpb_init", math.nan) - before.get("val_bpb_init", math.nan)}  # fmt: skip
+    summary = {
+        "stage": "midtrain",
+        "init": cfg.init,
+        **result,
+        "params": params["total"],
+        "context": {
+            "from": old.max_seq_len,
+            "to": mcfg.max_seq_len,
+            "phases": phases,
+            "rope_scaling": mcfg.rope_scaling,
+            "rope_theta": mcfg.rope_theta,
+            "rope_scaling_factor": mcfg.rope_scaling_factor,
+        },
+        "before": before,
+        "after": after,
+        "forgetting_bpb": after.get("val_bpb_init", math.nan)
+        - before.get("val_bpb_init", math.nan),
+    }
     if hasattr(loader, "realised"):
         summary["realised_mix"] = loader.realised()
     if curves.get("before") is not None and len(curves["before"]):
@@ -315,9 +360,12 @@ def run(cfg: MidtrainConfig, overwrite: bool = False) -> dict:
         b = cfg.context.buckets
         summary["loss_by_position"] = {
             "documents": n_docs,
-            "before": bucket_means(curves["before"], b), "after": bucket_means(curves["after"], b),
-            "beyond_old_context": {k: float(v[old.max_seq_len :].mean()) for k, v in curves.items()},
-        }  # fmt: skip
+            "before": bucket_means(curves["before"], b),
+            "after": bucket_means(curves["after"], b),
+            "beyond_old_context": {
+                k: float(v[old.max_seq_len :].mean()) for k, v in curves.items()
+            },
+        }
         plot_positions(curves, old.max_seq_len, out / "loss_by_position.png")
         np.save(out / "loss_by_position.npy", np.stack([curves["before"], curves["after"]]))
     summary["samples"] = write_samples(model, tokenizer, cfg.samples)

@@ -27,17 +27,16 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from lmforge.artifact import load, save_model_artifact
+from lmforge.artifact import load, load_chat_decoder, save_causal_lm, save_model_artifact
 from lmforge.config import Section
-from lmforge.data.chat import PairBatches, load_preferences
+from lmforge.data.chat import PairBatches, encode_completion, load_preferences
 from lmforge.errors import ConfigError
 from lmforge.eval.metrics import mean_ci95
 from lmforge.infer.generate import SamplingConfig, stream_chat
 from lmforge.model.heads import HeadConfig, SequenceClassifier
-from lmforge.model.lora import LoraConfig, apply_lora, lora_modules
+from lmforge.model.lora import LoraConfig, apply_lora, lora_modules, unwrap_lora
 from lmforge.model.transformer import count_parameters
 from lmforge.stages import frame
-from lmforge.stages.sft import load_decoder, save_decoder
 from lmforge.stages.summaries import DPOSummary, RewardSummary
 from lmforge.train.objectives import dpo_loss_fn, reward_loss, reward_loss_fn
 from lmforge.train.trainer import Trainer, TrainerConfig, steps_for_epochs
@@ -119,8 +118,11 @@ def reward_metrics(model, batches) -> dict:
         chosen.append(r[:n])
         rejected.append(r[n:])
     c, r = torch.cat(chosen), torch.cat(rejected)
-    return {"val_loss": reward_loss(c, r).item(), "val_accuracy": (c > r).float().mean().item(),
-            "val_margin": (c - r).mean().item()}  # fmt: skip
+    return {
+        "val_loss": reward_loss(c, r).item(),
+        "val_accuracy": (c > r).float().mean().item(),
+        "val_margin": (c - r).mean().item(),
+    }
 
 
 def _steps(cfg, pairs: int, stage: str) -> int:
@@ -132,7 +134,7 @@ def _steps(cfg, pairs: int, stage: str) -> int:
 def train_reward(cfg: RewardConfig, overwrite: bool = False) -> dict:
     run_ = frame.begin(cfg)
     out = run_.out
-    decoder, tokenizer = load_decoder(cfg.init, "full", cfg.lora)
+    decoder, tokenizer = load_chat_decoder(cfg.init, "full", cfg.lora)
     model = reward_model_from(decoder)
     del decoder
     if cfg.method == "lora":
@@ -142,21 +144,34 @@ def train_reward(cfg: RewardConfig, overwrite: bool = False) -> dict:
     # New, resumed or refused by what out_dir holds; nothing half-made is left on bad input.
     with run_.open(overwrite):
         before = reward_metrics(model, val.batches())
-        trainer = Trainer(cfg.trainer, model, reward_loss_fn(), train, out,
-                          eval_fn=lambda m: reward_metrics(m, val.batches()))  # fmt: skip
+        trainer = Trainer(
+            cfg.trainer,
+            model,
+            reward_loss_fn(),
+            train,
+            out,
+            eval_fn=lambda m: reward_metrics(m, val.batches()),
+        )
     result = trainer.fit()
     model = trainer.model
     after = reward_metrics(model, val.batches())
     if cfg.method == "lora":
-        from lmforge.model.lora import unwrap_lora
-
         unwrap_lora(model)
-    save_model_artifact(out, model.float(), kind="sequence_classifier",
-                        extra_meta={"post_training": "reward"})  # fmt: skip
+    save_model_artifact(
+        out, model.float(), kind="sequence_classifier", extra_meta={"post_training": "reward"}
+    )
     tokenizer.save(out)
-    summary = {"stage": "reward", "init": cfg.init, "method": cfg.method, **result,
-               "train_pairs": len(train.encoded), "val_pairs": len(val.encoded),
-               "params": count_parameters(model)["total"], "before": before, **after}  # fmt: skip
+    summary = {
+        "stage": "reward",
+        "init": cfg.init,
+        "method": cfg.method,
+        **result,
+        "train_pairs": len(train.encoded),
+        "val_pairs": len(val.encoded),
+        "params": count_parameters(model)["total"],
+        "before": before,
+        **after,
+    }
     return run_.finish(RewardSummary(**summary), plot=f"reward model ({cfg.method})")
 
 
@@ -172,29 +187,41 @@ def win_rate(policy, baseline, tokenizer, judge, prompts, max_new_tokens: int) -
     """Greedy answers of both models to each prompt, scored by the judge (a reward model);
     a tie counts half. Returns the rate, its 95% bootstrap interval over prompts, and the
     answers."""
-    from lmforge.data.chat import encode_completion
 
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
     rows, outcomes = [], []
     for prompt in prompts:
-        answers = ["".join(stream_chat(m, tokenizer, prompt, sampling)).strip() or "."
-                   for m in (policy, baseline)]  # fmt: skip
+        answers = [
+            "".join(stream_chat(m, tokenizer, prompt, sampling)).strip() or "."
+            for m in (policy, baseline)
+        ]
         scores = []
         for a in answers:
             ids, _ = encode_completion(tokenizer, prompt, a)
             ids = ids[-judge.cfg.max_seq_len :]
             scores.append(judge(torch.tensor([ids]))[0, 0].item())
         outcomes.append(1.0 if scores[0] > scores[1] else 0.5 if scores[0] == scores[1] else 0.0)
-        rows.append({"user": prompt[-1]["content"], "policy": answers[0], "baseline": answers[1],
-                     "policy_reward": scores[0], "baseline_reward": scores[1]})  # fmt: skip
-    return {"win_rate": sum(outcomes) / max(1, len(prompts)), "ci95": mean_ci95(outcomes),
-            "n": len(prompts), "transcripts": rows}  # fmt: skip
+        rows.append(
+            {
+                "user": prompt[-1]["content"],
+                "policy": answers[0],
+                "baseline": answers[1],
+                "policy_reward": scores[0],
+                "baseline_reward": scores[1],
+            }
+        )
+    return {
+        "win_rate": sum(outcomes) / max(1, len(prompts)),
+        "ci95": mean_ci95(outcomes),
+        "n": len(prompts),
+        "transcripts": rows,
+    }
 
 
 def train_dpo(cfg: DPOConfig, overwrite: bool = False) -> dict:
     run_ = frame.begin(cfg)
     out = run_.out
-    model, tokenizer = load_decoder(cfg.init, cfg.method, cfg.lora)
+    model, tokenizer = load_chat_decoder(cfg.init, cfg.method, cfg.lora)
     # The reference: for LoRA the same weights with adapters off; for full training a frozen copy.
     reference = None
     if cfg.method == "full":
@@ -207,15 +234,24 @@ def train_dpo(cfg: DPOConfig, overwrite: bool = False) -> dict:
     with run_.open(overwrite):
         loss_fn, metrics = dpo_loss_fn(reference, cfg.beta)
         before = metrics(model, val.batches())
-        trainer = Trainer(cfg.trainer, model, loss_fn, train, out,
-                          eval_fn=lambda m: metrics(m, val.batches()))  # fmt: skip
+        trainer = Trainer(
+            cfg.trainer, model, loss_fn, train, out, eval_fn=lambda m: metrics(m, val.batches())
+        )
     result = trainer.fit()
     model = trainer.model
     after = metrics(model, val.batches())
-    summary = {"stage": "dpo", "init": cfg.init, "method": cfg.method, "beta": cfg.beta,
-               **result, "train_pairs": len(train.encoded), "val_pairs": len(val.encoded),
-               "before": before, **after}  # fmt: skip
-    save_decoder(out, model, tokenizer, extra_meta={"post_training": "dpo"})
+    summary = {
+        "stage": "dpo",
+        "init": cfg.init,
+        "method": cfg.method,
+        "beta": cfg.beta,
+        **result,
+        "train_pairs": len(train.encoded),
+        "val_pairs": len(val.encoded),
+        "before": before,
+        **after,
+    }
+    save_causal_lm(out, model, tokenizer, extra_meta={"post_training": "dpo"})
     if cfg.win_rate.reward_model and cfg.win_rate.n:
         judge, _ = load_reward_model(cfg.win_rate.reward_model)
         start = reference if reference is not None else load(cfg.init).model

@@ -152,8 +152,15 @@ def prepare(cfg: PretrainConfig, out: Path, tokenizer: Tokenizer, init: Loaded |
         shards_dir = ensure_shards(cfg.data, tokenizer, out, cfg.trainer.seed)
     train_ds, val_ds = ShardDataset(shards_dir, "train"), ShardDataset(shards_dir, "val")
     par = dp.plan_for(cfg.trainer, cfg.trainer.micro_batch_size * cfg.data.seq_len)
-    loader = PackedLoader(train_ds, par.micro_batch_size, cfg.data.seq_len, seed=cfg.trainer.seed,
-                          bos_id=tokenizer.bos_id, rank=par.rank, world_size=par.world_size)  # fmt: skip
+    loader = PackedLoader(
+        train_ds,
+        par.micro_batch_size,
+        cfg.data.seq_len,
+        seed=cfg.trainer.seed,
+        bos_id=tokenizer.bos_id,
+        rank=par.rank,
+        world_size=par.world_size,
+    )
     if init:
         model = init.model
     else:
@@ -181,9 +188,14 @@ def lm_distillation(cfg: PretrainConfig, tokenizer: Tokenizer, val_ds, token_byt
     teacher = load_causal_lm(cfg.distill.teacher, purpose="distill.teacher")
     model = teacher.model.eval().requires_grad_(False)
     scored = eval_fn(model)
-    info = {"distill": {**cfg.distill.model_dump(), "teacher_val_loss": scored.get("val_loss"),
-                        "teacher_val_bpb": scored.get("val_bpb"),
-                        "teacher_params": count_parameters(model)["total"]}}  # fmt: skip
+    info = {
+        "distill": {
+            **cfg.distill.model_dump(),
+            "teacher_val_loss": scored.get("val_loss"),
+            "teacher_val_bpb": scored.get("val_bpb"),
+            "teacher_params": count_parameters(model)["total"],
+        }
+    }
     return lm_distillation_loss_fn(model, cfg.distill.temperature, cfg.distill.alpha), info
 
 

@@ -90,9 +90,13 @@ def quantize(
                 shutil.copytree(src / name, tmp / name)
             elif (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
-        summary = {"stage": "quantize", **info, "speed_note": SPEED_NOTE[method],
-                   "checkpoint_mb": dir_size_mb(tmp, MODEL_FILES),
-                   "source_checkpoint_mb": dir_size_mb(src, MODEL_FILES)}  # fmt: skip
+        summary = {
+            "stage": "quantize",
+            **info,
+            "speed_note": SPEED_NOTE[method],
+            "checkpoint_mb": dir_size_mb(tmp, MODEL_FILES),
+            "source_checkpoint_mb": dir_size_mb(src, MODEL_FILES),
+        }
         write_json(tmp / "summary.json", QuantizeSummary(**summary).dump())
     if loaded.kind == "sequence_classifier" and (Path(out) / "config.yaml").is_file():
         summary.update(_evaluate_classifier(Path(out), src))

@@ -15,10 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from lmforge.config import read_yaml, validate
 from lmforge.data.shards import LMData
 from lmforge.errors import ConfigError
-from lmforge.eval.scaling_laws import accounting
+from lmforge.eval.scaling_laws import (
+    CHINCHILLA,
+    ParametricLaw,
+    accounting,
+    fit_isoflop,
+    fit_parametric,
+)
 from lmforge.model.config import ModelConfig
 from lmforge.stages.summaries import PretrainSummary
 from lmforge.utils import read_json, write_json
@@ -49,14 +57,17 @@ def run_row(run: Path, budget: float | None = None) -> dict:
     }
 
 
-def fit(runs_dir: str | Path, out: str | Path, bootstrap: int = 100,
-        predict_flops: float | None = None) -> dict:  # fmt: skip
+def fit(
+    runs_dir: str | Path, out: str | Path, bootstrap: int = 100, predict_flops: float | None = None
+) -> dict:
     """Fit the laws to every finished pre-training run under `runs_dir`."""
-    from lmforge.eval.scaling_laws import CHINCHILLA, fit_isoflop, fit_parametric
 
     runs_dir, out = Path(runs_dir), Path(out)
-    rows = [run_row(p.parent) for p in sorted(runs_dir.glob("*/summary.json"))
-            if read_json(p).get("stage") == "pretrain"]  # fmt: skip
+    rows = [
+        run_row(p.parent)
+        for p in sorted(runs_dir.glob("*/summary.json"))
+        if read_json(p).get("stage") == "pretrain"
+    ]
     sweep_file = runs_dir / "sweep.json"
     planned = {}
     if sweep_file.is_file():  # the planned budgets, not the rounded realised ones, group runs
@@ -90,8 +101,13 @@ def fit(runs_dir: str | Path, out: str | Path, bootstrap: int = 100,
         }
         c = predict_flops or 10 * max(r["flops"] for r in rows)
         n_opt, d_opt = law.optimum(c)
-        result["predicted_optimum"] = {"flops": c, "n_opt": n_opt, "d_opt": d_opt,
-                                       "tokens_per_param": d_opt / n_opt, "loss": law.loss(n_opt, d_opt)}  # fmt: skip
+        result["predicted_optimum"] = {
+            "flops": c,
+            "n_opt": n_opt,
+            "d_opt": d_opt,
+            "tokens_per_param": d_opt / n_opt,
+            "loss": law.loss(n_opt, d_opt),
+        }
     except ValueError as e:
         notes.append(f"approach 3 not fitted: {e}")
     try:
@@ -111,28 +127,36 @@ def _plot(rows: list[dict], result: dict, path: Path) -> None:
     """IsoFLOP curves: each budget's runs (connected when a budget has several sizes), the
     fitted law's loss along a budget (D = C / 6N) with its optimum starred, and the predicted
     optimum at the prediction budget."""
-    import matplotlib
+    import matplotlib  # a second to import: only a run that draws pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     budgets = sorted({r["flops"] for r in rows})
     shared = any(sum(r["flops"] == b for r in rows) > 1 for b in budgets)
     for i, budget in enumerate(budgets if shared else []):
         pts = sorted((r["params"], r["val_loss"]) for r in rows if r["flops"] == budget)
-        ax.plot([p for p, _ in pts], [v for _, v in pts], "o-", color=f"C{i % 10}",
-                label=f"runs at {budget:.1e} FLOPs")  # fmt: skip
+        ax.plot(
+            [p for p, _ in pts],
+            [v for _, v in pts],
+            "o-",
+            color=f"C{i % 10}",
+            label=f"runs at {budget:.1e} FLOPs",
+        )
     if not shared:
-        ax.scatter([r["params"] for r in rows], [r["val_loss"] for r in rows], c="k", s=14,
-                   label="runs (each its own budget)", zorder=3)  # fmt: skip
+        ax.scatter(
+            [r["params"] for r in rows],
+            [r["val_loss"] for r in rows],
+            c="k",
+            s=14,
+            label="runs (each its own budget)",
+            zorder=3,
+        )
     for m in result.get("approach2", {}).get("minima", []):
         ax.axvline(m["n_opt"], color="grey", lw=0.8, ls=":")
     a3, opt = result.get("approach3"), result.get("predicted_optimum")
     if a3:
-        from lmforge.eval.scaling_laws import ParametricLaw
-
         law = ParametricLaw("fit", "approach 3", *(a3[k] for k in ("E", "A", "B", "alpha", "beta")))
         curves = sorted({budgets[0], budgets[-1], *([opt["flops"]] if opt else [])})
         optima = [law.optimum(c)[0] for c in curves]
@@ -142,8 +166,9 @@ def _plot(rows: list[dict], result: dict, path: Path) -> None:
             ax.plot(grid, [law.loss(n, c / (6 * n)) for n in grid], "--", lw=1, color="grey")
             best = law.loss(n_opt, c / (6 * n_opt))
             ax.plot(n_opt, best, "*", ms=11, color="C3" if opt and c == opt["flops"] else "grey")
-            ax.annotate(f"{c:.1e}", (n_opt, best), fontsize=7, xytext=(4, -10),
-                        textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                f"{c:.1e}", (n_opt, best), fontsize=7, xytext=(4, -10), textcoords="offset points"
+            )
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
     ax.set_ylabel("val loss (nats/token)")
@@ -162,11 +187,10 @@ def _plot(rows: list[dict], result: dict, path: Path) -> None:
 def _plot_law(rows: list[dict], result: dict, path: Path) -> None:
     """Loss against N (a line per token count) and against D (a line per size), the runs as
     points and approach 3's law as curves through them."""
-    import matplotlib
+    import matplotlib  # a second to import: only a run that draws pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     a3 = result.get("approach3")
 
@@ -189,8 +213,13 @@ def _plot_law(rows: list[dict], result: dict, path: Path) -> None:
         for i, (key, members) in enumerate(sorted(groups.items())):
             members = sorted(members, key=lambda r: r[x_key])
             color = f"C{i % 10}"
-            ax.plot([m[x_key] for m in members], [m["val_loss"] for m in members], "o",
-                    color=color, label=label(key))  # fmt: skip
+            ax.plot(
+                [m[x_key] for m in members],
+                [m["val_loss"] for m in members],
+                "o",
+                color=color,
+                label=label(key),
+            )
             if a3 and len(members) > 1:
                 if x_key == "params":
                     ax.plot(
@@ -215,8 +244,10 @@ def _plot_law(rows: list[dict], result: dict, path: Path) -> None:
     left.set_ylabel("val loss (nats/token)")
     title = "runs (points)"
     if a3:
-        title += (f" and the fitted law L = {a3['E']:.2f} + {a3['A']:.3g}/N^{a3['alpha']:.2f}"
-                  f" + {a3['B']:.3g}/D^{a3['beta']:.2f} (curves)")  # fmt: skip
+        title += (
+            f" and the fitted law L = {a3['E']:.2f} + {a3['A']:.3g}/N^{a3['alpha']:.2f}"
+            f" + {a3['B']:.3g}/D^{a3['beta']:.2f} (curves)"
+        )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

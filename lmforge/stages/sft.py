@@ -14,22 +14,20 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from lmforge.artifact import load, load_causal_lm, save_model_artifact
+from lmforge.artifact import load, load_chat_decoder, save_causal_lm
 from lmforge.config import Section
 from lmforge.data.chat import (
     PackedChatBatches,
-    check_chat_tokenizer,
     encode_chat,
     load_conversation_records,
 )
 from lmforge.infer.generate import SamplingConfig, stream_chat
-from lmforge.model.lora import LoraConfig, apply_lora, unwrap_lora
+from lmforge.model.lora import LoraConfig
 from lmforge.model.transformer import count_parameters
 from lmforge.stages import frame
 from lmforge.stages.summaries import SFTSummary
@@ -85,23 +83,6 @@ class SFTConfig(Section):
 # --------------------------------------------------------------------------------------------
 
 
-def load_decoder(init: str, method: str, lora: LoraConfig):
-    """A causal LM to train, with LoRA adapters injected when asked."""
-    base = load_causal_lm(init, purpose="post-training")
-    check_chat_tokenizer(base.tokenizer)
-    model = base.model.float().train()
-    if method == "lora":
-        apply_lora(model, lora)
-    return model, base.tokenizer
-
-
-def save_decoder(out: Path, model, tokenizer, extra_meta: dict | None = None) -> None:
-    """A plain causal LM artifact (LoRA merged): chat, serve, DPO and convert --to-hf read it."""
-    model = unwrap_lora(model).float().eval()
-    save_model_artifact(out, model, kind="causal_lm", extra_meta=extra_meta)
-    tokenizer.save(out)
-
-
 # --------------------------------------------------------------------------------------------
 # Answer metrics (SQuAD's normalisation)
 # --------------------------------------------------------------------------------------------
@@ -132,10 +113,14 @@ def answer_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -
     for r in records:
         prompt, reference = r["messages"][:-1], r["messages"][-1]["content"]
         answer = "".join(stream_chat(model, tokenizer, prompt, sampling)).strip()
-        row = {"task": r.get("task", "all"), "user": prompt[-1]["content"],
-               "reference": reference, "answer": answer,
-               "exact_match": float(normalize(answer) == normalize(reference)),
-               "token_f1": token_f1(answer, reference)}  # fmt: skip
+        row = {
+            "task": r.get("task", "all"),
+            "user": prompt[-1]["content"],
+            "reference": reference,
+            "answer": answer,
+            "exact_match": float(normalize(answer) == normalize(reference)),
+            "token_f1": token_f1(answer, reference),
+        }
         rows.append(row)
         by_task.setdefault(row["task"], []).append(row)
 
@@ -146,10 +131,16 @@ def answer_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -
         "n": len(rows),
         "exact_match": mean(rows, "exact_match"),
         "token_f1": mean(rows, "token_f1"),
-        "by_task": {t: {"n": len(rs), "exact_match": mean(rs, "exact_match"),
-                        "token_f1": mean(rs, "token_f1")} for t, rs in sorted(by_task.items())},
+        "by_task": {
+            t: {
+                "n": len(rs),
+                "exact_match": mean(rs, "exact_match"),
+                "token_f1": mean(rs, "token_f1"),
+            }
+            for t, rs in sorted(by_task.items())
+        },
         "transcripts": rows,
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +151,7 @@ def answer_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -
 def run(cfg: SFTConfig, overwrite: bool = False) -> dict:
     run_ = frame.begin(cfg)
     out = run_.out
-    model, tokenizer = load_decoder(cfg.init, cfg.method, cfg.lora)
+    model, tokenizer = load_chat_decoder(cfg.init, cfg.method, cfg.lora)
     train = load_conversation_records(cfg.data.train)
     val = load_conversation_records(cfg.data.val)[: cfg.data.max_val]
     seq_len = min(cfg.data.seq_len, model.cfg.max_seq_len)
@@ -168,8 +159,11 @@ def run(cfg: SFTConfig, overwrite: bool = False) -> dict:
     encode = [encode_chat(tokenizer, r["messages"]) for r in train]
     # Under torchrun each rank takes its rows of the same global batches (train/distributed.py).
     par = dp.plan_for(cfg.trainer, cfg.trainer.micro_batch_size * seq_len)
-    loader = par.shard(PackedChatBatches(encode, par.micro_batch_size * par.world_size, seq_len,
-                                         pad, cfg.trainer.seed))  # fmt: skip
+    loader = par.shard(
+        PackedChatBatches(
+            encode, par.micro_batch_size * par.world_size, seq_len, pad, cfg.trainer.seed
+        )
+    )
     val_encoded = [encode_chat(tokenizer, r["messages"]) for r in val]
     if loader.truncated:
         print(f"[sft] {loader.truncated} conversations are longer than {seq_len} tokens: cut")
@@ -182,13 +176,16 @@ def run(cfg: SFTConfig, overwrite: bool = False) -> dict:
     )
     params = count_parameters(model)
     trainable = params["trainable"]
-    print(f"[sft] {cfg.method} from {cfg.init}: {trainable / 1e6:.2f}M of "
-          f"{params['total'] / 1e6:.2f}M params trained; {len(train)} conversations in "
-          f"{loader.rows_per_epoch()} rows of {seq_len}; {cfg.trainer.max_steps} steps")  # fmt: skip
+    print(
+        f"[sft] {cfg.method} from {cfg.init}: {trainable / 1e6:.2f}M of "
+        f"{params['total'] / 1e6:.2f}M params trained; {len(train)} conversations in "
+        f"{loader.rows_per_epoch()} rows of {seq_len}; {cfg.trainer.max_steps} steps"
+    )
 
     def eval_fn(m):
-        batches = PackedChatBatches(val_encoded, cfg.trainer.micro_batch_size, seq_len, pad,
-                                    shuffle=False)  # fmt: skip
+        batches = PackedChatBatches(
+            val_encoded, cfg.trainer.micro_batch_size, seq_len, pad, shuffle=False
+        )
         nats, n = 0.0, 0
         with torch.no_grad():
             for batch in batches.batches():
@@ -206,18 +203,32 @@ def run(cfg: SFTConfig, overwrite: bool = False) -> dict:
                 start, tokenizer, val[: cfg.answers.n], cfg.answers.max_new_tokens
             )
             del start
-        trainer = Trainer(cfg.trainer, model, clm_loss, loader, out, eval_fn=eval_fn,
-                          tokens_per_micro_batch=cfg.trainer.micro_batch_size * seq_len)  # fmt: skip
+        trainer = Trainer(
+            cfg.trainer,
+            model,
+            clm_loss,
+            loader,
+            out,
+            eval_fn=eval_fn,
+            tokens_per_micro_batch=cfg.trainer.micro_batch_size * seq_len,
+        )
     result = trainer.fit()
     if not par.is_main:
         return result  # rank 0 measures and writes the artifact
 
     model = trainer.model
-    save_decoder(out, model, tokenizer, extra_meta={"post_training": "sft"})
-    summary = {"stage": "sft", "init": cfg.init, "method": cfg.method, **result,
-               "params": params["total"], "params_trainable": trainable,
-               "train_conversations": len(train), "val_conversations": len(val),
-               "truncated_conversations": loader.truncated}  # fmt: skip
+    save_causal_lm(out, model, tokenizer, extra_meta={"post_training": "sft"})
+    summary = {
+        "stage": "sft",
+        "init": cfg.init,
+        "method": cfg.method,
+        **result,
+        "params": params["total"],
+        "params_trainable": trainable,
+        "train_conversations": len(train),
+        "val_conversations": len(val),
+        "truncated_conversations": loader.truncated,
+    }
     if cfg.answers.n:
         answers = answer_metrics(model, tokenizer, val[: cfg.answers.n], cfg.answers.max_new_tokens)
         write_json(out / "answers.json", {"after": answers, "before": baseline})

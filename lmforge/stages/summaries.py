@@ -3,10 +3,8 @@
 A stage writes its summary through its schema (stages/frame.py validates it at the finish);
 everything that reads a run back (the CLI's closing table, the pipeline's report card, the
 trade-off table, a scaling fit, a quantized copy) reads it through the same schema, so a key
-is spelled in one place. Each schema names:
-
-- ``HEADLINE``: the key of the one number that says how the stage went;
-- ``SHOWN``: the keys the CLI prints when the stage ends.
+is spelled in one place. Each schema names ``SHOWN``, the keys the CLI prints when the stage
+ends; report/headlines.py turns each schema's ``variant`` into the line that stands for the run.
 
 Schemas list the keys other code reads; a stage may write more (``extra="allow"``: plots'
 data, samples, diagnostics) without declaring them. Every declared key is optional, because
@@ -31,7 +29,6 @@ class Summary(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     STAGE: ClassVar[str] = ""  # the value of `stage` this schema reads
-    HEADLINE: ClassVar[str | None] = None
     SHOWN: ClassVar[tuple[str, ...]] = ()
 
     stage: str | None = None
@@ -49,13 +46,24 @@ class Summary(BaseModel):
         """The dict written to summary.json: what the stage set, in the order it set it."""
         return self.model_dump(exclude_unset=True)
 
+    def written(self) -> dict[str, Any]:
+        """The keys as written, without serialising (a lenient read may hold damaged values)."""
+        return {k: getattr(self, k) for k in self.model_fields_set} | (self.model_extra or {})
+
     def shown(self) -> dict[str, Any]:
         """What the CLI prints at the end of the stage (absent keys omitted)."""
         data = self.dump()
         return {k: data[k] for k in self.SHOWN if k in data}
 
-    def headline_value(self):
-        return None if self.HEADLINE is None else getattr(self, self.HEADLINE, None)
+    @classmethod
+    def lenient(cls, data: dict):
+        """The summary as written, unvalidated: for a reader that reports a damaged value
+        (the report shows it as text) instead of refusing the whole run."""
+        return cls.model_construct(**data)
+
+    def variant(self) -> str:
+        """What kind of run this is, where one stage makes several (the report groups by it)."""
+        return self.STAGE
 
 
 class Trained(Summary):
@@ -76,7 +84,6 @@ class Trained(Summary):
 
 class PretrainSummary(Trained):
     STAGE = "pretrain"
-    HEADLINE = "val_bpb"
     SHOWN = (
         "steps",
         "final_train_loss",
@@ -94,12 +101,17 @@ class PretrainSummary(Trained):
     params: int | None = None
     params_non_embedding: int | None = None
     flops_per_token: Number | None = None
+    distill: dict | None = None  # a student's teacher and its val bpb
     samples: list[dict] | None = None
+
+    def variant(self) -> str:
+        if self.val_masked_accuracy is not None:
+            return "encoder"
+        return "lm-distill" if self.distill is not None else "pretrain"
 
 
 class MidtrainSummary(Trained):
     STAGE = "midtrain"
-    HEADLINE = "forgetting_bpb"
     SHOWN = ("steps", "before", "after", "forgetting_bpb", "loss_by_position", "wall_seconds")
 
     init: str | None = None
@@ -115,7 +127,6 @@ class MidtrainSummary(Trained):
 
 class SFTSummary(Trained):
     STAGE = "sft"
-    HEADLINE = "answers"
     SHOWN = ("steps", "val_loss", "answers_before", "answers", "wall_seconds")
 
     init: str | None = None
@@ -127,7 +138,6 @@ class SFTSummary(Trained):
 
 class RewardSummary(Trained):
     STAGE = "reward"
-    HEADLINE = "val_accuracy"
     SHOWN = ("steps", "before", "val_accuracy", "val_margin", "wall_seconds")
 
     init: str | None = None
@@ -139,7 +149,6 @@ class RewardSummary(Trained):
 
 class DPOSummary(Trained):
     STAGE = "dpo"
-    HEADLINE = "win_rate_over_init"
     SHOWN = (
         "steps",
         "before",
@@ -176,6 +185,7 @@ class SplitScores(BaseModel):
     ece: Number | None = None
     ece_after_temperature: Number | None = None
     temperature: Number | None = None
+    unknown_label_examples: int | None = None
 
 
 class ClassifierSummary(Summary):
@@ -183,7 +193,6 @@ class ClassifierSummary(Summary):
     split's scores, the first split's also at the top level, and speed and size measured with
     eval/bench.py's one protocol. `lmforge tradeoff` compares runs by these keys."""
 
-    HEADLINE = "macro_f1"
     SHOWN = (
         "accuracy",
         "macro_f1",
@@ -229,6 +238,17 @@ class ClassifierSummary(Summary):
     peak_memory_mb: Number | None = None
     checkpoint_mb: Number | None = None
     speed_note: str | None = None
+
+    def held_out(self) -> tuple[dict, str]:
+        """The held-out scores a headline quotes: test when the run was evaluated there (as
+        `lmforge tradeoff` does), else val, and the split's name."""
+        for name in ("test", "val"):
+            scores = getattr(self, name, None)
+            if isinstance(scores, SplitScores):
+                scores = scores.model_dump(exclude_unset=True)
+            if isinstance(scores, dict) and "macro_f1" in scores:
+                return scores, name
+        return self.written(), "val"
 
     def split(self, name: str) -> SplitScores | None:
         """The scores on one eval split (val and test are declared; another is an extra)."""
@@ -276,6 +296,9 @@ class QuantizeSummary(ClassifierSummary):
     val_bpb: Number | None = None
     source_val_bpb: Number | None = None
     val_bpb_change: Number | None = None
+
+    def variant(self) -> str:
+        return "quantize-lm" if self.val_bpb is not None else "quantize"
 
 
 class ConvertSummary(Summary):

@@ -20,12 +20,18 @@ from lmforge.stages.summaries import ClassifierSummary
 from lmforge.utils import atomic_write_text, read_json, write_json
 
 COLUMNS = [
-    ("macro_f1", "macro F1", ".3f"), ("tail_f1", "tail F1", ".3f"), ("accuracy", "accuracy", ".3f"),
-    ("ece", "ECE", ".3f"), ("ece_after_temperature", "ECE after T", ".3f"),
-    ("latency_ms_p50", "p50 ms", ".1f"), ("latency_ms_p95", "p95 ms", ".1f"),
-    ("throughput_per_s", "per s", ",.0f"), ("peak_memory_mb", "peak MB", ",.0f"),
-    ("checkpoint_mb", "size MB", ".1f"), ("params_trainable", "trainable", ",.0f"),
-]  # fmt: skip
+    ("macro_f1", "macro F1", ".3f"),
+    ("tail_f1", "tail F1", ".3f"),
+    ("accuracy", "accuracy", ".3f"),
+    ("ece", "ECE", ".3f"),
+    ("ece_after_temperature", "ECE after T", ".3f"),
+    ("latency_ms_p50", "p50 ms", ".1f"),
+    ("latency_ms_p95", "p95 ms", ".1f"),
+    ("throughput_per_s", "per s", ",.0f"),
+    ("peak_memory_mb", "peak MB", ",.0f"),
+    ("checkpoint_mb", "size MB", ".1f"),
+    ("params_trainable", "trainable", ",.0f"),
+]
 
 
 def collect(root: Path, split: str) -> list[dict]:
@@ -42,14 +48,21 @@ def collect(root: Path, split: str) -> list[dict]:
                 n = read_json(run / "eval" / split / "metrics.json")["num_examples"]
             # the same task and the same evaluation examples, or the numbers do not compare
             labels[run.name] = (*read_json(run / "labels.json")["names"], f"{n} examples")
-        runs.append({
-            "run": run.name, "path": str(run), "method": s.method or s.stage or "",
-            "source": s.source, "macro_f1": metrics.macro_f1, "accuracy": metrics.accuracy,
-            "ece": metrics.ece, "ece_after_temperature": metrics.ece_after_temperature,
-            "tail_f1": (metrics.tier_macro_f1 or {}).get("tail"),
-            **{k: getattr(s, k) for k in ClassifierSummary.RUN_KEYS},
-            "speed_note": s.speed_note,
-        })  # fmt: skip
+        runs.append(
+            {
+                "run": run.name,
+                "path": str(run),
+                "method": s.method or s.stage or "",
+                "source": s.source,
+                "macro_f1": metrics.macro_f1,
+                "accuracy": metrics.accuracy,
+                "ece": metrics.ece,
+                "ece_after_temperature": metrics.ece_after_temperature,
+                "tail_f1": (metrics.tier_macro_f1 or {}).get("tail"),
+                **{k: getattr(s, k) for k in ClassifierSummary.RUN_KEYS},
+                "speed_note": s.speed_note,
+            }
+        )
     if not runs:
         raise ConfigError(
             f"{root} holds no classifier runs evaluated on '{split}' (directories with a "
@@ -73,11 +86,13 @@ def pareto(runs: list[dict]) -> None:
     """Mark runs no other run beats on both macro F1 (higher) and latency p50 (lower)."""
     for r in runs:
         r["pareto"] = r.get("latency_ms_p50") is not None and not any(
-            o is not r and o.get("latency_ms_p50") is not None
-            and o["macro_f1"] >= r["macro_f1"] and o["latency_ms_p50"] <= r["latency_ms_p50"]
+            o is not r
+            and o.get("latency_ms_p50") is not None
+            and o["macro_f1"] >= r["macro_f1"]
+            and o["latency_ms_p50"] <= r["latency_ms_p50"]
             and (o["macro_f1"] > r["macro_f1"] or o["latency_ms_p50"] < r["latency_ms_p50"])
             for o in runs
-        )  # fmt: skip
+        )
 
 
 def damage(runs: list[dict], split: str) -> list[dict]:
@@ -87,8 +102,13 @@ def damage(runs: list[dict], split: str) -> list[dict]:
         if not r.get("source") or not Path(r["source"]).is_dir():
             continue
         diff = compare(r["path"], r["source"], split, n_resamples=1000)
-        out.append({"run": r["run"], "source": Path(r["source"]).name,
-                    "tiers": diff["macro_f1_difference_a_minus_b"]})  # fmt: skip
+        out.append(
+            {
+                "run": r["run"],
+                "source": Path(r["source"]).name,
+                "tiers": diff["macro_f1_difference_a_minus_b"],
+            }
+        )
     return out
 
 
@@ -113,7 +133,7 @@ def recommend(runs: list[dict], limits: dict) -> tuple[list[str], dict | None, s
 
 
 def plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # a second to import: only a run that draws pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -122,8 +142,13 @@ def plot(runs: list[dict], path: Path) -> None:
     pts = [r for r in runs if r.get("latency_ms_p50") is not None]
     for r in pts:
         size = r.get("checkpoint_mb") or 1.0
-        ax.scatter(r["latency_ms_p50"], r["macro_f1"], s=20 + 4 * size, alpha=0.5,
-                   color="tab:red" if r["pareto"] else "tab:blue")  # fmt: skip
+        ax.scatter(
+            r["latency_ms_p50"],
+            r["macro_f1"],
+            s=20 + 4 * size,
+            alpha=0.5,
+            color="tab:red" if r["pareto"] else "tab:blue",
+        )
         ax.annotate(r["run"], (r["latency_ms_p50"], r["macro_f1"]), fontsize=7)
     front = sorted((r for r in pts if r["pareto"]), key=lambda r: r["latency_ms_p50"])
     ax.plot([r["latency_ms_p50"] for r in front], [r["macro_f1"] for r in front], "r--", lw=1)
@@ -144,8 +169,15 @@ def tradeoff(root: str | Path, split: str = "test", **limits) -> dict:
     hurt = damage(runs, split)
     ok, best, reason = recommend(runs, limits)
     plot(runs, root / "tradeoff.png")
-    result = {"split": split, "limits": limits, "runs": runs, "damage": hurt,
-              "meets_limits": ok, "recommended": best and best["run"], "reason": reason}  # fmt: skip
+    result = {
+        "split": split,
+        "limits": limits,
+        "runs": runs,
+        "damage": hurt,
+        "meets_limits": ok,
+        "recommended": best and best["run"],
+        "reason": reason,
+    }
     write_json(root / "tradeoff.json", result)
     atomic_write_text(root / "tradeoff.md", markdown(result))
     return result
@@ -160,9 +192,12 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['run']} | {r['method']} | " + " | ".join(cells) + f" | {mark} |")
     if result["damage"]:
         lines += [
-            "", "## What compression cost (macro F1, compressed - source, 95% interval)", "",
-            "| run | source | overall | head | mid | tail | rare |", "|---|---|---|---|---|---|---|",
-        ]  # fmt: skip
+            "",
+            "## What compression cost (macro F1, compressed - source, 95% interval)",
+            "",
+            "| run | source | overall | head | mid | tail | rare |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for d in result["damage"]:
             cells = [_delta(d["tiers"].get(k)) for k in ("overall", "head", "mid", "tail", "rare")]
             lines.append(f"| {d['run']} | {d['source']} | " + " | ".join(cells) + " |")
@@ -170,12 +205,19 @@ def markdown(result: dict) -> str:
     if notes:
         lines += ["", "## Speed notes", "", *notes]
     lines += [
-        "", "Speed and memory are each run's own measurement when it was made; for ratios, "
+        "",
+        "Speed and memory are each run's own measurement when it was made; for ratios, "
         "re-measure side by side with `benchmarks/classify_speed.py` on a quiet machine.",
-        "", "## Recommendation", "", f"Limits: {json.dumps(result['limits'])}",
+        "",
+        "## Recommendation",
+        "",
+        f"Limits: {json.dumps(result['limits'])}",
         f"Within them: {', '.join(result['meets_limits']) or 'none'}",
-        f"**{result['recommended'] or 'none'}**: {result['reason']}", "", "![](tradeoff.png)", "",
-    ]  # fmt: skip
+        f"**{result['recommended'] or 'none'}**: {result['reason']}",
+        "",
+        "![](tradeoff.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
@@ -70,8 +72,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     load_state(model, read_weights(path), str(path), strict=strict)
 
 
-def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str,
-               strict: bool = True) -> None:  # fmt: skip
+def load_state(
+    model: nn.Module, tensors: dict[str, torch.Tensor], source: str, strict: bool = True
+) -> None:
     """Load named tensors into ``model``; tied weights stored once fill all their names."""
     tensors = dict(tensors)
     own = model.state_dict()
@@ -219,12 +222,26 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 # training). The run's config.yaml is rewritten with the values in force. A key ending in "."
 # covers a section.
 RESUMABLE_CHANGES = (
-    "trainer.max_steps", "trainer.time_limit_s", "trainer.progress", "trainer.log_every",
-    "trainer.eval_every", "trainer.checkpoint_every", "trainer.keep_checkpoints",
-    "trainer.tensorboard", "trainer.device", "trainer.compile", "trainer.precision",
-    "trainer.parallel", "trainer.peak_flops", "trainer.resume", "epochs", "samples.",
-    "answers.", "win_rate.", "out_dir",
-)  # fmt: skip
+    "trainer.max_steps",
+    "trainer.time_limit_s",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.eval_every",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "trainer.tensorboard",
+    "trainer.device",
+    "trainer.compile",
+    "trainer.precision",
+    "trainer.parallel",
+    "trainer.peak_flops",
+    "trainer.resume",
+    "epochs",
+    "samples.",
+    "answers.",
+    "win_rate.",
+    "out_dir",
+)
 # What changes nothing a finished run produced: re-running with it is the same run.
 COSMETIC_CHANGES = ("out_dir", "trainer.progress")
 
@@ -276,8 +293,9 @@ def _inputs_inside(config_dump, out: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def preparing_run(out: str | os.PathLike, config, overwrite: bool = False,
-                  is_main: bool = True) -> Iterator[RunDir]:  # fmt: skip
+def preparing_run(
+    out: str | os.PathLike, config, overwrite: bool = False, is_main: bool = True
+) -> Iterator[RunDir]:
     """A stage's start: `with preparing_run(out, cfg) as run:` around loading data and model.
 
     What ``out`` holds decides, before anything is written: a new run, a resumed one, or a
@@ -294,8 +312,13 @@ def preparing_run(out: str | os.PathLike, config, overwrite: bool = False,
         run.commit()
 
 
-def open_run_dir(out: str | os.PathLike, config, overwrite: bool = False,
-                 resumable: tuple[str, ...] = RESUMABLE_CHANGES, is_main: bool = True) -> RunDir:  # fmt: skip
+def open_run_dir(
+    out: str | os.PathLike,
+    config,
+    overwrite: bool = False,
+    resumable: tuple[str, ...] = RESUMABLE_CHANGES,
+    is_main: bool = True,
+) -> RunDir:
     """Decide, before anything is written, what this run does with ``out``:
 
     - no run there: a new run;
@@ -328,17 +351,21 @@ def open_run_dir(out: str | os.PathLike, config, overwrite: bool = False,
         if not refused:
             return RunDir(out, "resume", config, changes=changes)
         what = f"an interrupted run (newest checkpoint: {latest.name})"
-        fix = (f"resume it with the values in {saved_path} (a resumed run may change only "
-               "trainer.max_steps, trainer.time_limit_s and how it logs, evaluates, checkpoints "
-               "and where it runs), or pass --overwrite to discard it and start over, or "
-               "choose another out_dir")  # fmt: skip
+        fix = (
+            f"resume it with the values in {saved_path} (a resumed run may change only "
+            "trainer.max_steps, trainer.time_limit_s and how it logs, evaluates, checkpoints "
+            "and where it runs), or pass --overwrite to discard it and start over, or "
+            "choose another out_dir"
+        )
     elif finished:
         refused = [c for c in changes if not _covered(c[0], COSMETIC_CHANGES)]
         if not refused:
             return RunDir(out, "restart", config, changes=changes)
         what = "a finished run"
-        fix = (f"choose another out_dir (e.g. out_dir={out}-2), or pass --overwrite to replace "
-               "the finished run")  # fmt: skip
+        fix = (
+            f"choose another out_dir (e.g. out_dir={out}-2), or pass --overwrite to replace "
+            "the finished run"
+        )
     else:  # stopped before its first checkpoint, or trainer.resume=never: nothing to continue
         return RunDir(out, "restart", config, changes=changes)
     if not overwrite:
@@ -355,3 +382,22 @@ def open_run_dir(out: str | os.PathLike, config, overwrite: bool = False,
     if is_main:
         shutil.rmtree(out)
     return RunDir(out, "new", config, created=True, changes=changes)
+
+
+def rng_state() -> dict:
+    """Python's, NumPy's and torch's generators, as JSON a checkpoint keeps for exact resume."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))

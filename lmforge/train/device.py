@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import time
 from dataclasses import asdict, dataclass, fields
@@ -85,8 +87,10 @@ def cpu_precision() -> PrecisionChoice:
     def measure() -> dict:
         fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
         pick = "bf16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "fp32"
-        reason = (f"auto: measured 1024² matmul bf16 {bf16:,.0f} vs fp32 {fp32:,.0f} GFLOP/s "
-                  f"(bf16 needs {BF16_MIN_SPEEDUP}x)")  # fmt: skip
+        reason = (
+            f"auto: measured 1024² matmul bf16 {bf16:,.0f} vs fp32 {fp32:,.0f} GFLOP/s "
+            f"(bf16 needs {BF16_MIN_SPEEDUP}x)"
+        )
         return asdict(PrecisionChoice(pick, reason, round(fp32, 1), round(bf16, 1)))
 
     def valid(raw) -> bool:
@@ -137,8 +141,6 @@ def tune_cpu_allocator() -> bool:
     memory. Same effect as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the
     environment or LD_PRELOAD=jemalloc; a no-op off glibc. Returns whether it applied.
     """
-    import ctypes
-    import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -152,6 +154,6 @@ def tune_cpu_allocator() -> bool:
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
+    import resource  # Unix only
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -29,14 +29,26 @@ import contextlib
 import copy
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
 
 from lmforge.errors import ConfigError
+from lmforge.model.transformer import Block
 from lmforge.train import checkpoint as ckpt
+from lmforge.train.device import pick_device
 
 Parallel = Literal["auto", "none", "ddp", "fsdp"]
 
@@ -103,7 +115,6 @@ def device_for(name: str) -> torch.device:
     """Each rank's own GPU under torchrun; otherwise what the config asks for."""
     if launched() and name in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", world_from_env()[2])
-    from lmforge.train.device import pick_device
 
     return pick_device(name)
 
@@ -113,8 +124,11 @@ def split_batch(micro_batch_size: int, grad_accum_steps: int, world_size: int) -
     rank's rows in micro-batches as large as allowed (at most micro_batch_size) that divide them."""
     rows = micro_batch_size * grad_accum_steps
     if rows % world_size:
-        fix = next(a for a in range(grad_accum_steps + 1, grad_accum_steps + world_size + 1)
-                   if micro_batch_size * a % world_size == 0)  # fmt: skip
+        fix = next(
+            a
+            for a in range(grad_accum_steps + 1, grad_accum_steps + world_size + 1)
+            if micro_batch_size * a % world_size == 0
+        )
         raise ConfigError(
             f"the global batch of {rows} sequences (trainer.micro_batch_size {micro_batch_size} x "
             f"grad_accum_steps {grad_accum_steps}) cannot be split evenly among {world_size} "
@@ -157,8 +171,13 @@ def plan(
 def plan_for(trainer_cfg, tokens_per_micro_batch: int | None = None) -> DataParallel:
     """``plan`` for a TrainerConfig: what a stage calls before building its loader."""
     c = trainer_cfg
-    return plan(c.parallel, c.micro_batch_size, c.grad_accum_steps, c.tokens_per_step,
-                tokens_per_micro_batch)  # fmt: skip
+    return plan(
+        c.parallel,
+        c.micro_batch_size,
+        c.grad_accum_steps,
+        c.tokens_per_step,
+        tokens_per_micro_batch,
+    )
 
 
 class RankSlice:
@@ -213,10 +232,6 @@ def wrap(model: nn.Module, par: DataParallel, device: torch.device) -> nn.Module
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if par.mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        from lmforge.model.transformer import Block
-
         blocks = [m for m in model.modules() if isinstance(m, Block)]
         if not blocks:
             raise ConfigError(
@@ -294,16 +309,12 @@ def main_first():
 
 
 def _full_options(**kw):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
     return StateDictOptions(full_state_dict=True, **kw)
 
 
 def model_state(model: nn.Module, par: DataParallel) -> dict[str, torch.Tensor]:
     """Full weights by name, tied parameters once (collective; on rank 0 only when sharded)."""
     if par.mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
         state = get_model_state_dict(model, options=_full_options(cpu_offload=True))
     else:
         state = {k: v.detach() for k, v in model.state_dict().items()}
@@ -312,29 +323,28 @@ def model_state(model: nn.Module, par: DataParallel) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor] | None,
-                     par: DataParallel) -> None:  # fmt: skip
+def load_model_state(
+    model: nn.Module, state: dict[str, torch.Tensor] | None, par: DataParallel
+) -> None:
     """Load full weights read by rank 0 into every rank's model (collective when distributed)."""
     if not par.enabled:
         ckpt.load_state(model, state, "checkpoint")
         return
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     state = dict(state or {})
     for alias, name in ckpt.aliases(model).items():
         if name in state:
             state[alias] = state[name]
     target = model.module if par.mode == "ddp" else model
-    set_model_state_dict(target, state if par.is_main else {},
-                         options=_full_options(broadcast_from_rank0=True))  # fmt: skip
+    set_model_state_dict(
+        target, state if par.is_main else {}, options=_full_options(broadcast_from_rank0=True)
+    )
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, par: DataParallel) -> dict:
     """The optimizer's state keyed by parameter name (not position), full tensors: the same
     for any number of ranks, so it can be loaded by another launch (collective when sharded)."""
     if par.mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
         return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
     names = {id(p): n for n, p in model.named_parameters()}
     raw = optimizer.state_dict()
@@ -351,16 +361,19 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, par: Dat
     }
 
 
-def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict | None,
-                         par: DataParallel) -> None:  # fmt: skip
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict | None, par: DataParallel
+) -> None:
     """Inverse of optimizer_state (rank 0's dict, broadcast when distributed). Also accepts the
     positional format of older checkpoints, in a single process."""
     if par.enabled:
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
         target = model.module if par.mode == "ddp" else model
-        set_optimizer_state_dict(target, optimizer, state if par.is_main else {},
-                                 options=_full_options(broadcast_from_rank0=True))  # fmt: skip
+        set_optimizer_state_dict(
+            target,
+            optimizer,
+            state if par.is_main else {},
+            options=_full_options(broadcast_from_rank0=True),
+        )
         return
     groups = state["param_groups"]
     if groups and groups[0]["params"] and isinstance(groups[0]["params"][0], int):
@@ -377,11 +390,14 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     # Positions in this optimizer's order, each group matched to the saved group of the same
     # parameters (its hyper-parameters), whatever order either lists them in.
     position = {n: i for i, n in enumerate(n for c in current for n in c)}
-    optimizer.load_state_dict({
-        "state": {position[n]: v for n, v in state["state"].items()},
-        "param_groups": [{**saved[frozenset(c)], "params": [position[n] for n in c]}
-                         for c in current],
-    })  # fmt: skip
+    optimizer.load_state_dict(
+        {
+            "state": {position[n]: v for n, v in state["state"].items()},
+            "param_groups": [
+                {**saved[frozenset(c)], "params": [position[n] for n in c]} for c in current
+            ],
+        }
+    )
 
 
 class Consolidator:
@@ -412,3 +428,30 @@ class Consolidator:
                 if name in state:
                     b.copy_(state[name])
         return plain
+
+
+def save_trainable(model: nn.Module, path: Path, par: DataParallel) -> None:
+    """The trainable parameters only (a LoRA run's best weights are its adapters and head)."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = model_state(model, par)  # collective when sharded
+    if not par.is_main:
+        return
+    tensors = {n: t.detach().contiguous().cpu().clone() for n, t in state.items() if n in trainable}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_trainable(model: nn.Module, path: Path, par: DataParallel) -> None:
+    if par.enabled:
+        # The current full weights with the saved ones laid over them (torch's broadcast load
+        # wants every key: it fails on a partial state dict).
+        state = model_state(model, par)
+        if par.is_main:
+            state.update(load_file(str(path)))
+        load_model_state(model, state, par)
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in load_file(str(path)).items():
+            params[name].copy_(t)

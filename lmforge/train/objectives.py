@@ -22,8 +22,9 @@ def clm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     logits = model(input_ids)  # (B, T, V)
     # A sum over the scored tokens divided by their count: the mean, and 0 (not NaN) for a
     # micro-batch with nothing to score (SFT rows whose answers were all cut off).
-    nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
-                           reduction="sum")  # fmt: skip
+    nats = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
     return nats / (targets != -100).sum().clamp(min=1), int(targets.numel())
 
 
@@ -187,9 +188,11 @@ def distillation_loss(
     """
     s, t = student.float(), teacher.float()
     soft = F.kl_div(
-        F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
-        reduction="batchmean", log_target=True,
-    )  # fmt: skip
+        F.log_softmax(s / temperature, -1),
+        F.log_softmax(t / temperature, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
     hard = F.cross_entropy(s, labels, weight=weight)
     return alpha * temperature**2 * soft + (1 - alpha) * hard
 
@@ -224,9 +227,12 @@ def lm_distillation_loss_fn(teacher: nn.Module, temperature: float = 1.0, alpha:
             t = teacher.to(input_ids.device)(input_ids)
         valid = targets.flatten() >= 0
         loss = distillation_loss(
-            logits.flatten(0, 1)[valid], t.flatten(0, 1)[valid], targets.flatten()[valid],
-            temperature, alpha,
-        )  # fmt: skip
+            logits.flatten(0, 1)[valid],
+            t.flatten(0, 1)[valid],
+            targets.flatten()[valid],
+            temperature,
+            alpha,
+        )
         return loss, int(targets.numel())
 
     return loss_fn
@@ -307,11 +313,15 @@ def dpo_loss_fn(reference, beta: float):
         pc, pr, rc, rr = map(torch.cat, (pc, pr, rc, rr))
         loss, rewards = dpo_loss(pc, pr, rc, rr, beta)
         c, r = rewards["chosen"], rewards["rejected"]
-        return {"val_loss": loss.item(), "val_reward_accuracy": (c > r).float().mean().item(),
-                "val_chosen_reward": c.mean().item(), "val_rejected_reward": r.mean().item(),
-                "val_margin": (c - r).mean().item(),
-                # the policy's own preference, with no reference: logp(chosen) > logp(rejected)
-                "val_policy_prefers_chosen": (pc > pr).float().mean().item(),
-                "val_reference_prefers_chosen": (rc > rr).float().mean().item()}  # fmt: skip
+        return {
+            "val_loss": loss.item(),
+            "val_reward_accuracy": (c > r).float().mean().item(),
+            "val_chosen_reward": c.mean().item(),
+            "val_rejected_reward": r.mean().item(),
+            "val_margin": (c - r).mean().item(),
+            # the policy's own preference, with no reference: logp(chosen) > logp(rejected)
+            "val_policy_prefers_chosen": (pc > pr).float().mean().item(),
+            "val_reference_prefers_chosen": (rc > rr).float().mean().item(),
+        }
 
     return loss_fn, metrics

@@ -76,8 +76,9 @@ def build_optimizer(
     adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     if not muon:
         return adamw
-    hidden = Muon([{"params": muon, "lr_mult": 1.0}], lr=lr, weight_decay=weight_decay,
-                  dtype=matmul_dtype)  # fmt: skip
+    hidden = Muon(
+        [{"params": muon, "lr_mult": 1.0}], lr=lr, weight_decay=weight_decay, dtype=matmul_dtype
+    )
     return MuonAdamW(hidden, adamw)
 
 
@@ -110,10 +111,23 @@ class Muon(torch.optim.Optimizer):
     ("match_rms_adamw", Liu et al. 2025) gives the update AdamW's RMS, so AdamW's learning
     rate serves both. torch.optim.Muon's math, with the iteration's dtype chosen by us."""
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.95,
-                 nesterov: bool = True, ns_steps: int = 5, dtype: torch.dtype = torch.float32):  # fmt: skip
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                        ns_steps=ns_steps)  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        dtype: torch.dtype = torch.float32,
+    ):
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+        )
         super().__init__(params, defaults)
         self.dtype = dtype
 
@@ -168,10 +182,16 @@ class MuonAdamW:
         for part in self.parts:
             mine, groups = groups[: len(part.param_groups)], groups[len(part.param_groups) :]
             n = sum(len(g["params"]) for g in part.param_groups)
-            part.load_state_dict({
-                "state": {k - offset: v for k, v in state["state"].items() if offset <= k < offset + n},
-                "param_groups": [{**g, "params": [k - offset for k in g["params"]]} for g in mine],
-            })  # fmt: skip
+            part.load_state_dict(
+                {
+                    "state": {
+                        k - offset: v for k, v in state["state"].items() if offset <= k < offset + n
+                    },
+                    "param_groups": [
+                        {**g, "params": [k - offset for k in g["params"]]} for g in mine
+                    ],
+                }
+            )
             offset += n
         self.param_groups = [g for part in self.parts for g in part.param_groups]
 

@@ -10,7 +10,7 @@ from lmforge.utils import read_jsonl
 def plot_training_curves(
     metrics_path: str | Path, out_png: str | Path, title: str = ""
 ) -> Path | None:
-    import matplotlib
+    import matplotlib  # a second to import: only a run that draws pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

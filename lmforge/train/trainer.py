@@ -16,9 +16,6 @@ Contracts:
 from __future__ import annotations
 
 import json
-import math
-import os
-import random
 import shutil
 import time
 from collections import deque
@@ -30,37 +27,22 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 from torch import nn
+from tqdm.auto import tqdm
 
 from lmforge.config import Section
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as dp
+from lmforge.train import guards
 from lmforge.train.device import (
     autocast,
     choose_precision,
     matmul_peak_flops,
     tune_cpu_allocator,
 )
+from lmforge.train.guards import EarlyStopConfig, SpikeConfig
 from lmforge.train.optim import build_optimizer, lr_factor
 from lmforge.utils import append_jsonl, read_jsonl
-
-
-class SpikeConfig(Section):
-    enabled: bool = True
-    # A loss above mean + sigma * std of the last `window` losses (or a non-finite loss) is a spike.
-    sigma: float = Field(6.0, gt=0)
-    window: int = Field(50, ge=2)
-    min_history: int = Field(20, ge=2)  # too few losses give a meaningless std
-    max_rollbacks: int = Field(5, ge=0)  # more than this many spikes means the run is broken: stop
-
-
-class EarlyStopConfig(Section):
-    # Stop when this eval metric (a key the stage's eval returns, e.g. "val_macro_f1") has not
-    # improved for `patience` evaluations, and restore the weights of the best evaluation.
-    metric: str | None = None
-    mode: Literal["max", "min"] = "max"
-    patience: int = Field(3, ge=1)
-    min_delta: float = Field(0.0, ge=0)
 
 
 class TrainerConfig(Section):
@@ -141,79 +123,12 @@ def steps_for_epochs(
     says so; it is never silently replaced."""
     from_epochs = max(1, round(epochs * units / units_per_step))
     if "max_steps" in cfg.model_fields_set and cfg.max_steps < from_epochs:
-        print(f"[{stage}] trainer.max_steps={cfg.max_steps} caps training at {cfg.max_steps} "
-              f"steps ({epochs:g} epochs would take {from_epochs})")  # fmt: skip
+        print(
+            f"[{stage}] trainer.max_steps={cfg.max_steps} caps training at {cfg.max_steps} "
+            f"steps ({epochs:g} epochs would take {from_epochs})"
+        )
         return cfg.max_steps, from_epochs
     return from_epochs, from_epochs
-
-
-def save_trainable(model: nn.Module, path: Path, par: dp.DataParallel = dp.DataParallel()) -> None:
-    """The trainable parameters only (a LoRA run's best weights are its adapters and head)."""
-    from safetensors.torch import save_file
-
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    state = dp.model_state(model, par)  # collective when sharded
-    if not par.is_main:
-        return
-    tensors = {n: t.detach().contiguous().cpu().clone() for n, t in state.items() if n in trainable}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-
-
-def load_trainable(model: nn.Module, path: Path, par: dp.DataParallel = dp.DataParallel()) -> None:
-    from safetensors.torch import load_file
-
-    if par.enabled:
-        # The current full weights with the saved ones laid over them (torch's broadcast load
-        # wants every key: it fails on a partial state dict).
-        state = dp.model_state(model, par)
-        if par.is_main:
-            state.update(load_file(str(path)))
-        dp.load_model_state(model, state, par)
-        return
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, t in load_file(str(path)).items():
-            params[name].copy_(t)
-
-
-def _rng_state() -> dict:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    return {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "torch": torch.get_rng_state().tolist(),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-
-
-class SpikeDetector:
-    def __init__(self, cfg: SpikeConfig):
-        self.cfg = cfg
-        self.history: deque[float] = deque(maxlen=cfg.window)
-
-    def is_spike(self, loss: float) -> bool:
-        if not self.cfg.enabled:
-            return False
-        if not math.isfinite(loss):
-            return True
-        if len(self.history) < self.cfg.min_history:
-            return False
-        mean = sum(self.history) / len(self.history)
-        std = (sum((x - mean) ** 2 for x in self.history) / len(self.history)) ** 0.5
-        return loss > mean + self.cfg.sigma * max(std, 1e-3 * abs(mean))
-
-    def add(self, loss: float) -> None:
-        self.history.append(loss)
 
 
 class Trainer:
@@ -257,17 +172,22 @@ class Trainer:
                 "trainer.parallel=ddp with Muon, or trainer.optimizer=adamw under FSDP"
             )
         self.optimizer = build_optimizer(
-            self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, lr_overrides=lr_overrides,
+            self.model,
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.betas,
+            cfg.eps,
+            lr_overrides=lr_overrides,
             kind=cfg.optimizer,
             matmul_dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32,
-        )  # fmt: skip
+        )
         # Compile the loss (model forward + loss) as one graph: the elementwise work around the
         # matmuls (norms, RoPE, SwiGLU, the fp32 cross-entropy) is where CPU time goes.
         self._loss = torch.compile(loss_fn) if cfg.compile else loss_fn
         self.step = 0
         self.tokens_seen = 0
         self.rollbacks = 0
-        self.spikes = SpikeDetector(cfg.spike)
+        self.spikes = guards.SpikeDetector(cfg.spike)
         self.ckpt_dir = ckpt.checkpoint_dir(self.out_dir)
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.train_seconds = 0.0
@@ -283,7 +203,7 @@ class Trainer:
             "rollbacks": self.rollbacks,
             "train_seconds": self.train_seconds,
             "loader": self.loader.state_dict(),
-            "rng": _rng_state(),
+            "rng": ckpt.rng_state(),
             "spike_history": list(self.spikes.history),
             "best": self.best,
         }
@@ -294,8 +214,14 @@ class Trainer:
         optimizer = dp.optimizer_state(self.model, self.optimizer, self.par)
         path = self.ckpt_dir / f"step-{self.step:06d}"
         if self.par.is_main:
-            ckpt.save_checkpoint(self.ckpt_dir, self.step, weights, optimizer, self._state(),
-                                 self.cfg.keep_checkpoints)  # fmt: skip
+            ckpt.save_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                weights,
+                optimizer,
+                self._state(),
+                self.cfg.keep_checkpoints,
+            )
         dp.barrier(self.par)
         return path
 
@@ -317,7 +243,7 @@ class Trainer:
         self.best = state.get("best", self.best)
         if restore_loader:
             self.loader.load_state_dict(state["loader"])
-            _set_rng_state(state["rng"])
+            ckpt.set_rng_state(state["rng"])
         self.spikes.history.clear()
         self.spikes.history.extend(state["spike_history"])
 
@@ -452,7 +378,7 @@ class Trainer:
                 "bad_evals": 0,
                 "eval": dict(evaluation),
             }
-            save_trainable(self.model, self.best_path, self.par)
+            dp.save_trainable(self.model, self.best_path, self.par)
             return False
         self.best["bad_evals"] += 1
         return self.best["bad_evals"] >= es.patience
@@ -468,14 +394,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.par.is_main:  # what a save killed mid-way (kill -9) left behind
             ckpt.remove_stale_partials(self.ckpt_dir)
         if cfg.tensorboard and self.par.is_main:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: needs `tensorboard`
 
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
         resumed = self.maybe_resume()
@@ -486,9 +410,12 @@ class Trainer:
             # trainer.resume=never: an earlier run's checkpoints must not outlive this start
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         # MFU per device: the whole launch's throughput against every rank's peak.
-        peak = self.par.world_size * (cfg.peak_flops or matmul_peak_flops(
-            self.device.type, "bfloat16" if self.precision == "bf16" else "float32"
-        ))  # fmt: skip
+        peak = self.par.world_size * (
+            cfg.peak_flops
+            or matmul_peak_flops(
+                self.device.type, "bfloat16" if self.precision == "bf16" else "float32"
+            )
+        )
         self.model.train()
         bar = tqdm(
             total=cfg.max_steps,
@@ -525,8 +452,13 @@ class Trainer:
                 if mfu is not None and mfu > 1 and not cfg.peak_flops and not remeasured:
                     remeasured = True
                     # The peak was measured while something else held the cores: measure again.
-                    peak = max(peak, self.par.world_size * matmul_peak_flops(
-                        self.device.type, "bfloat16" if self.precision == "bf16" else "float32"))  # fmt: skip
+                    peak = max(
+                        peak,
+                        self.par.world_size
+                        * matmul_peak_flops(
+                            self.device.type, "bfloat16" if self.precision == "bf16" else "float32"
+                        ),
+                    )
                     mfu = tps * self.flops_per_token / peak
                 record = {
                     "step": self.step,
@@ -584,7 +516,7 @@ class Trainer:
             self._early_stop(last_eval)
         if self.cfg.early_stop.metric and dp.agree(self.best_path.exists(), self.par):
             # The weights of the best evaluation, not the last one.
-            load_trainable(self.model, self.best_path, self.par)
+            dp.load_trainable(self.model, self.best_path, self.par)
             last_eval = {**last_eval, **self.best.get("eval", {})}
             self.log({"event": "restored_best", **self.best})
         if self._tb is not None:

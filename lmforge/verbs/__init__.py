@@ -9,7 +9,8 @@ a pydantic model whose fields are the flags: name, type, default and help in one
 both. The command-line parser is derived from them (options.py), so `lmforge <verb> --help`,
 the CLI, and `lmforge run`'s pipeline (which reads each stage's command line through
 ``parse``) agree on what a command line means. ``summary`` is the schema of what the verb
-writes (stages/summaries.py): the CLI prints its SHOWN keys, the report its HEADLINE.
+writes (stages/summaries.py): the CLI prints its SHOWN keys, the report
+its headline (report/headlines.py).
 """
 
 from __future__ import annotations
@@ -59,16 +60,19 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersActio
         if len(words) == 2:
             if words[0] not in groups:
                 about, text = GROUPS[words[0]]
-                g = top.add_parser(words[0], help=about, description=text or about,
-                                   formatter_class=formatter)  # fmt: skip
+                g = top.add_parser(
+                    words[0], help=about, description=text or about, formatter_class=formatter
+                )
                 groups[words[0]] = g.add_subparsers(dest="action", metavar="<action>")
             where, word = groups[words[0]], words[1]
         else:
             where, word = top, name
         p = where.add_parser(
-            word, help=verb.help, description=verb.description or verb.help,
+            word,
+            help=verb.help,
+            description=verb.description or verb.help,
             formatter_class=formatter,
-        )  # fmt: skip
+        )
         p.set_defaults(registered=name)
         add_verb_arguments(p, verb)
     return top

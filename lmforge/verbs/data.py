@@ -37,17 +37,21 @@ class BuildOptions(Options):
         "standard library's code, a mid-training domain)",
     )
     max_docs_per_source: int | None = opt(
-        None, "cap each source at this many documents, 1 or more (for quick runs; default: all)",
+        None,
+        "cap each source at this many documents, 1 or more (for quick runs; default: all)",
         ge=1,
-    )  # fmt: skip
+    )
     no_progress: bool = opt(False, "no progress bars")
 
 
 def build(call: Call) -> dict:
     o = call.opts
-    return build_default_corpus(o.out, sources=tuple(o.sources),
-                                max_docs_per_source=o.max_docs_per_source,
-                                progress=not o.no_progress)  # fmt: skip
+    return build_default_corpus(
+        o.out,
+        sources=tuple(o.sources),
+        max_docs_per_source=o.max_docs_per_source,
+        progress=not o.no_progress,
+    )
 
 
 class WordnetTaskOptions(Options):
@@ -59,8 +63,9 @@ class WordnetTaskOptions(Options):
 
 def wordnet_task(call: Call) -> dict:
     o = call.opts
-    t = build_wordnet_task(o.out, seed=o.seed, val_fraction=o.val_fraction,
-                           test_fraction=o.test_fraction)  # fmt: skip
+    t = build_wordnet_task(
+        o.out, seed=o.seed, val_fraction=o.val_fraction, test_fraction=o.test_fraction
+    )
     return _task_stats(t)
 
 
@@ -96,8 +101,9 @@ class CurateOptions(Options):
 
 def run_curate(call: Call) -> dict:
     o = call.opts
-    result = curate(o.input, o.out, call.cfg, report=o.report, progress=not o.no_progress,
-                    workers=o.workers)  # fmt: skip
+    result = curate(
+        o.input, o.out, call.cfg, report=o.report, progress=not o.no_progress, workers=o.workers
+    )
     keys = ("documents_in", "documents_out", "characters_in", "characters_out", "seconds")
     return {k: result[k] for k in keys if k in result}
 
@@ -144,41 +150,66 @@ def encode(call: Call) -> str:
 
 
 VERBS = [
-    Verb("data build", "write the embedded default corpus from Debian text packages", build,
-         dedent("""\
+    Verb(
+        "data build",
+        "write the embedded default corpus from Debian text packages",
+        build,
+        dedent("""\
             Write the embedded default corpus as parquet shards (columns: text, source) plus
             stats.json, from Debian packages: WordNet glosses and examples (wordnet-base), GCIDE
             definitions (dict-gcide), the King James Bible (bible-kjv, bible-kjv-text) and
             fortunes (fortunes). Install them with:
               apt-get install wordnet-base dict-gcide bible-kjv bible-kjv-text fortunes
-            """), options=BuildOptions, output="out"),
-    Verb("data wordnet-task",
-         "the offline default classification task (WordNet definition -> 45 categories)",
-         wordnet_task, dedent("""\
+            """),
+        options=BuildOptions,
+        output="out",
+    ),
+    Verb(
+        "data wordnet-task",
+        "the offline default classification task (WordNet definition -> 45 categories)",
+        wordnet_task,
+        dedent("""\
             Write the default classification task: each WordNet synset's definition, labelled
             with its lexicographer category (noun.animal, verb.motion, ...: 45 imbalanced classes,
             344:1 between the largest and the smallest). Stratified train/val/test parquet files,
             labels.json (names and train counts) and task.json. Needs `apt-get install wordnet-base`.
-            """), options=WordnetTaskOptions, output="out"),
-    Verb("data task", "prepare a labelled dataset (csv/jsonl/parquet/HF) as a task directory",
-         task, dedent("""\
+            """),
+        options=WordnetTaskOptions,
+        output="out",
+    ),
+    Verb(
+        "data task",
+        "prepare a labelled dataset (csv/jsonl/parquet/HF) as a task directory",
+        task,
+        dedent("""\
             Prepare your own labelled data the way `classify train` would, to inspect it first:
             column mapping, label merge map, minimum class count, stratified split.
               lmforge data task --config configs/course/consumer-complaints-task.yaml --out data/cc
             Keys are those of `task:` in a classify recipe, given here at the top level.
-            """), options=OutOptions, config=TaskConfig, output="out"),
-    Verb("data instructions",
-         "the offline default chat data: WordNet questions, answers and preference pairs",
-         instructions, dedent("""\
+            """),
+        options=OutOptions,
+        config=TaskConfig,
+        output="out",
+    ),
+    Verb(
+        "data instructions",
+        "the offline default chat data: WordNet questions, answers and preference pairs",
+        instructions,
+        dedent("""\
             Write conversations for SFT (define X, a synonym of X, the opposite of X, X in a
             sentence, X's category; varied phrasings) and preference pairs for a reward model
             and DPO (chosen: the right answer; rejected: a plausible wrong one), built from
             WordNet. Validation uses words never seen in training.
               train.jsonl val.jsonl preferences-train.jsonl preferences-val.jsonl info.json
-            """), options=InstructionOptions, output="out"),
-    Verb("data curate",
-         "normalise, deduplicate (exact + MinHash LSH) and quality-filter a corpus",
-         run_curate, dedent("""\
+            """),
+        options=InstructionOptions,
+        output="out",
+    ),
+    Verb(
+        "data curate",
+        "normalise, deduplicate (exact + MinHash LSH) and quality-filter a corpus",
+        run_curate,
+        dedent("""\
             Unicode normalisation, exact dedup on normalised text, near-dedup with MinHash +
             LSH (word 5-gram shingles, bands x rows from the Jaccard threshold, one document
             kept per cluster: the longest, then the first) and Gopher-style quality rules,
@@ -186,25 +217,54 @@ VERBS = [
             report: what each step and rule removed, per source, with examples.
               lmforge data curate data/default --out data/curated --near-dup 0.8 --report runs/demo/curation
               lmforge data curate data/default --out data/curated quality.stop_words.enabled=false
-            """), options=CurateOptions, config=CurateConfig, output="out", inputs=("input",)),
-    Verb("data mix", "tokenize weighted sources into a mixture for mid-training", mix,
-         dedent("""\
+            """),
+        options=CurateOptions,
+        config=CurateConfig,
+        output="out",
+        inputs=("input",),
+    ),
+    Verb(
+        "data mix",
+        "tokenize weighted sources into a mixture for mid-training",
+        mix,
+        dedent("""\
             Tokenize each source of a mixture (a file or directory, optionally filtered by a
             column, or prebuilt shards) and record the weights (shares of training tokens, or
             epochs) and a schedule that changes them over training. `lmforge midtrain
             mixture=DIR` trains on it; the trainer logs the realised mix.
               lmforge data mix --config configs/demo/mixture.yaml --out data/mix
-            """), options=OutOptions, config=MixtureConfig,
-         default_config="configs/demo/mixture.yaml", output="out"),
-    Verb("data stats", "documents, characters and words of any corpus", stats,
-         options=StatsOptions, inputs=("path",)),
-    Verb("tokenizer train", "train a byte-level BPE tokenizer on a corpus", tokenizer_train,
-         dedent("""\
+            """),
+        options=OutOptions,
+        config=MixtureConfig,
+        default_config="configs/demo/mixture.yaml",
+        output="out",
+    ),
+    Verb(
+        "data stats",
+        "documents, characters and words of any corpus",
+        stats,
+        options=StatsOptions,
+        inputs=("path",),
+    ),
+    Verb(
+        "tokenizer train",
+        "train a byte-level BPE tokenizer on a corpus",
+        tokenizer_train,
+        dedent("""\
             Train a byte-level BPE tokenizer (Hugging Face `tokenizers`) with the special tokens
             every later stage needs already reserved: BOS/EOS/PAD, the ChatML roles and <|mask|>.
             Writes tokenizer.json (loadable by transformers' PreTrainedTokenizerFast) and
             summary.json with bytes/token on training and held-out text.
-            """), options=TokenizerTrainOptions, output="out", inputs=("data",)),
-    Verb("tokenizer encode", "show how a text is split into tokens", encode,
-         options=EncodeOptions, inputs=("tokenizer",)),
-]  # fmt: skip
+            """),
+        options=TokenizerTrainOptions,
+        output="out",
+        inputs=("data",),
+    ),
+    Verb(
+        "tokenizer encode",
+        "show how a text is split into tokens",
+        encode,
+        options=EncodeOptions,
+        inputs=("tokenizer",),
+    ),
+]

@@ -91,9 +91,11 @@ class QuantizeOptions(Options):
     run: str = opt(help="a trained artifact (classify run, pretrain output, ...)", positional=True)
     method: Literal[METHODS] = opt()
     group_size: int | None = opt(
-        None, "input columns per int4 group; must divide every layer's width (default: the "
-        "largest size up to 128 that does)", ge=1,
-    )  # fmt: skip
+        None,
+        "input columns per int4 group; must divide every layer's width (default: the "
+        "largest size up to 128 that does)",
+        ge=1,
+    )
     out: str = opt()
 
 
@@ -180,29 +182,56 @@ def estimate(call: Call):
     o = call.opts
     kind, cfg = E.resolve_model(o.model)
     rate = None if o.no_calibrate else E.calibrate(o.dtype)
-    d = E.estimate(cfg, o.method, o.batch, o.seq, o.dtype, lora_r=o.lora_r,
-                   num_labels=o.num_labels, flops_per_s=rate)  # fmt: skip
+    d = E.estimate(
+        cfg,
+        o.method,
+        o.batch,
+        o.seq,
+        o.dtype,
+        lora_r=o.lora_r,
+        num_labels=o.num_labels,
+        flops_per_s=rate,
+    )
     d["kind"] = kind
     return d if o.as_json else E.format_estimate(d, memory_budget_gb=o.memory_gb)
 
 
 VERBS = [
-    Verb("classify eval", "evaluate a trained classifier on a split",
-         lambda call: classify.evaluate(call.opts.run, call.opts.split), options=EvalOptions,
-         inputs=("run",)),
-    Verb("classify predict", "label every row of a csv / jsonl / parquet file", predict_rows,
-         "Adds predicted, confidence, top_labels and truncated columns to each row.",
-         options=PredictOptions, output="output", inputs=("run", "input")),
-    Verb("compare", "paired bootstrap of the macro-F1 difference between two classifiers",
-         compare, dedent("""\
+    Verb(
+        "classify eval",
+        "evaluate a trained classifier on a split",
+        lambda call: classify.evaluate(call.opts.run, call.opts.split),
+        options=EvalOptions,
+        inputs=("run",),
+    ),
+    Verb(
+        "classify predict",
+        "label every row of a csv / jsonl / parquet file",
+        predict_rows,
+        "Adds predicted, confidence, top_labels and truncated columns to each row.",
+        options=PredictOptions,
+        output="output",
+        inputs=("run", "input"),
+    ),
+    Verb(
+        "compare",
+        "paired bootstrap of the macro-F1 difference between two classifiers",
+        compare,
+        dedent("""\
             Compare two runs evaluated on the same split (classify or baseline runs): the macro-F1
             difference a - b with a 95% interval from 1,000 paired bootstrap resamples of the
             examples, overall and per tier.
               lmforge compare runs/demo/cls-encoder-full runs/demo/cls-decoder-lora --split test
-            """), options=CompareOptions, output="out", inputs=("a", "b")),
-    Verb("convert",
-         "Hugging Face checkpoints in and out (Qwen2.5, Llama, GPT-2, ModernBERT, BERT)",
-         run_convert, dedent("""\
+            """),
+        options=CompareOptions,
+        output="out",
+        inputs=("a", "b"),
+    ),
+    Verb(
+        "convert",
+        "Hugging Face checkpoints in and out (Qwen2.5, Llama, GPT-2, ModernBERT, BERT)",
+        run_convert,
+        dedent("""\
             Import a transformers checkpoint as an lmforge artifact, or export one so that
             transformers (and PEFT, for LoRA runs) load it without help.
               lmforge convert --from-hf /path/to/Qwen2.5-0.5B --out runs/qwen
@@ -214,9 +243,16 @@ VERBS = [
             Supported: LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel, ModernBertModel /
             ForMaskedLM / ForSequenceClassification, BertModel / ForSequenceClassification (and
             the decoders' ForSequenceClassification).
-            """), options=ConvertOptions, output="out", inputs=("from_hf", "to_hf")),
-    Verb("quantize", "int8 / int4 / bf16 / fp16 copy of a trained model, evaluated and timed",
-         run_quantize, dedent("""\
+            """),
+        options=ConvertOptions,
+        output="out",
+        inputs=("from_hf", "to_hf"),
+    ),
+    Verb(
+        "quantize",
+        "int8 / int4 / bf16 / fp16 copy of a trained model, evaluated and timed",
+        run_quantize,
+        dedent("""\
             Quantize the attention and MLP projections of a trained model (embeddings, norms
             and the task head stay full precision). A classifier is re-evaluated on its run's
             splits and timed with the classification speed protocol.
@@ -225,38 +261,66 @@ VERBS = [
               int4         4-bit weights per group of --group-size columns (smaller, not faster)
               bf16, fp16   the whole model cast
               lmforge quantize runs/demo/cls-decoder-lora --method int8 --out runs/demo/cls-decoder-int8
-            """), options=QuantizeOptions, summary=QuantizeSummary, output="out",
-         inputs=("run",)),
-    Verb("distill logits", "run the teacher once over the training examples", logits,
-
-         options=LogitsOptions, output="out", inputs=("teacher", "task")),
-    Verb("tradeoff",
-         "every classifier under a directory: table, Pareto plot, compression damage, pick",
-         run_tradeoff, dedent("""\
+            """),
+        options=QuantizeOptions,
+        summary=QuantizeSummary,
+        output="out",
+        inputs=("run",),
+    ),
+    Verb(
+        "distill logits",
+        "run the teacher once over the training examples",
+        logits,
+        options=LogitsOptions,
+        output="out",
+        inputs=("teacher", "task"),
+    ),
+    Verb(
+        "tradeoff",
+        "every classifier under a directory: table, Pareto plot, compression damage, pick",
+        run_tradeoff,
+        dedent("""\
             One table of every classifier run under DIR (classify, baseline, quantize, distill),
             the quality-vs-latency Pareto frontier (tradeoff.png), what each compression cost
             against its source per tier (paired bootstrap), and the best run within your limits.
             Writes DIR/tradeoff.md, tradeoff.png, tradeoff.json.
               lmforge tradeoff runs/demo --max-latency-ms 10 --min-macro-f1 0.4 --max-ece 0.05
-            """), options=TradeoffOptions, inputs=("dir",)),
-    Verb("scaling fit", "fit approaches 2 and 3 to the runs under a directory", fit,
-         dedent("""\
+            """),
+        options=TradeoffOptions,
+        inputs=("dir",),
+    ),
+    Verb(
+        "scaling fit",
+        "fit approaches 2 and 3 to the runs under a directory",
+        fit,
+        dedent("""\
             Fit Chinchilla's approach 3 (L = E + A/N^alpha + B/D^beta: Huber loss on log loss,
             L-BFGS from a grid of starts) and, for IsoFLOP runs, approach 2 (a parabola per
             budget, a power law through the minima), with bootstrap intervals on the
             exponents; writes fit.json, isoflop.png, law.png and the predicted optimum.
               lmforge scaling fit runs/demo/scaling --out runs/demo/scaling-fit
-            """), options=FitOptions, output="out", inputs=("runs",)),
-    Verb("scaling predict",
-         "N_opt, D_opt, tokens per parameter and loss for a FLOP budget under each law",
-         predict_law, dedent("""\
+            """),
+        options=FitOptions,
+        output="out",
+        inputs=("runs",),
+    ),
+    Verb(
+        "scaling predict",
+        "N_opt, D_opt, tokens per parameter and loss for a FLOP budget under each law",
+        predict_law,
+        dedent("""\
             For a training budget C (FLOPs, C = 6 N D), each law's compute-optimal model size
             and token count, side by side:
               lmforge scaling predict --flops 1e21
               lmforge scaling predict --law chinchilla --flops 5.76e23   # Chinchilla's own budget
-            """), options=PredictLawOptions),
-    Verb("estimate", "parameters, memory, FLOPs and time per step before spending them",
-         estimate, dedent("""\
+            """),
+        options=PredictLawOptions,
+    ),
+    Verb(
+        "estimate",
+        "parameters, memory, FLOPs and time per step before spending them",
+        estimate,
+        dedent("""\
             What one training (or inference) step of a model costs: parameters and trainable
             parameters, memory for weights, gradients, optimizer states and activations (with
             and without activation checkpointing), FLOPs per step, and time per step on this
@@ -264,5 +328,8 @@ VERBS = [
               lmforge estimate --model qwen2.5-0.5b --method full --batch 32 --seq 128 --dtype bf16 --memory-gb 16
               lmforge estimate --model configs/demo/pretrain.yaml --method full --batch 8 --seq 256
               lmforge estimate --model runs/demo/pretrain --method lora --batch 32 --seq 64
-            """), options=EstimateOptions, inputs=("model",)),
-]  # fmt: skip
+            """),
+        options=EstimateOptions,
+        inputs=("model",),
+    ),
+]

@@ -30,12 +30,23 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def opt(default: Any = ..., help: str = "", *, positional: bool = False, short: str = "",
-        flag: str = "", metavar: str = "", repeat: bool = False, sets: str = "", **kw):  # fmt: skip
+def opt(
+    default: Any = ...,
+    help: str = "",
+    *,
+    positional: bool = False,
+    short: str = "",
+    flag: str = "",
+    metavar: str = "",
+    repeat: bool = False,
+    sets: str = "",
+    **kw,
+):
     """A field that is a flag. ``sets``: the recipe key the flag overrides (``--out`` ->
     ``out_dir``); ``repeat``: the flag may be given again (--stop a --stop b)."""
-    cli = dict(positional=positional, short=short, flag=flag, metavar=metavar, repeat=repeat,
-               sets=sets)  # fmt: skip
+    cli = dict(
+        positional=positional, short=short, flag=flag, metavar=metavar, repeat=repeat, sets=sets
+    )
     return Field(default, description=help, json_schema_extra={"cli": cli}, **kw)
 
 
@@ -133,15 +144,23 @@ def add_verb_arguments(p: argparse.ArgumentParser, verb: Verb) -> None:
     if verb.config is not None:
         default = verb.default_config
         p.add_argument("--config", "-c", default=default, help=f"YAML recipe (default: {default})")
-        p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                       help="override any config key, e.g. trainer.max_steps=50 model.n_layer=2 "
-                       "(values are YAML)")  # fmt: skip
-        p.add_argument("--print-config", action="store_true",
-                       help="print the resolved config and exit")  # fmt: skip
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key.sub=value",
+            help="override any config key, e.g. trainer.max_steps=50 model.n_layer=2 "
+            "(values are YAML)",
+        )
+        p.add_argument(
+            "--print-config", action="store_true", help="print the resolved config and exit"
+        )
     if verb.trains:
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace a run out_dir already holds (finished, or interrupted under "
-                       "another config); without it such a run is refused")  # fmt: skip
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a run out_dir already holds (finished, or interrupted under "
+            "another config); without it such a run is refused",
+        )
 
 
 def make_call(verb: Verb, ns: argparse.Namespace) -> Call:
@@ -167,8 +186,9 @@ def make_call(verb: Verb, ns: argparse.Namespace) -> Call:
         overrides += values.get("overrides") or []
         cfg = load_config(verb.config, path, overrides)
         raw = _raw_config(path, overrides)
-    return Call(verb, opts, cfg, raw, bool(values.get("overwrite")),
-                bool(values.get("print_config")))  # fmt: skip
+    return Call(
+        verb, opts, cfg, raw, bool(values.get("overwrite")), bool(values.get("print_config"))
+    )
 
 
 def _raw_config(path: str | None, overrides: list[str]) -> dict:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from textwrap import dedent
 
-from lmforge.stages import baseline, classify, midtrain, preference, pretrain, sft, sweeps
+from lmforge import sweeps
+from lmforge.stages import baseline, classify, midtrain, preference, pretrain, sft
 from lmforge.stages.summaries import (
     BaselineSummary,
     ClassifySummary,
@@ -35,8 +36,9 @@ def _recipe(run):
 
 
 class TfidfOptions(Options):
-    task: str | None = opt(None, "task directory or raw labelled data (sets task.path)",
-                           sets="task.path")  # fmt: skip
+    task: str | None = opt(
+        None, "task directory or raw labelled data (sets task.path)", sets="task.path"
+    )
     out: str | None = opt(None, "output directory (sets out_dir)", sets="out_dir")
 
 
@@ -65,8 +67,11 @@ def scaling_sweep(call: Call) -> list[dict]:
 
 
 VERBS = [
-    Verb("pretrain", "pre-train a decoder on next-token prediction", _recipe(pretrain.run),
-         dedent("""\
+    Verb(
+        "pretrain",
+        "pre-train a decoder on next-token prediction",
+        _recipe(pretrain.run),
+        dedent("""\
             Pre-train a decoder (RoPE, RMSNorm, SwiGLU, GQA) on next-token prediction: tokenize the
             corpus into shards, train with AdamW + warmup/cosine, evaluate val loss and bits per byte,
             checkpoint, and write the artifact (model.safetensors, model.json, tokenizer.json,
@@ -81,11 +86,20 @@ VERBS = [
             data-parallel on 2 processes or GPUs (also midtrain, sft, classify train); the batch
             in the config is the global one, so the loss curve is the same:
               torchrun --nproc-per-node 2 -m lmforge pretrain --config configs/demo/pretrain.yaml trainer.parallel=fsdp
-            """), config=pretrain.PretrainConfig, default_config="configs/demo/pretrain.yaml",
-         summary=PretrainSummary, trains=True, data_parallel=True, output="out_dir",
-         inputs=("tokenizer", "data.path", "init")),
-    Verb("midtrain", "continue a decoder's training on a new data diet and/or a longer context",
-         _recipe(midtrain.run), dedent("""\
+            """),
+        config=pretrain.PretrainConfig,
+        default_config="configs/demo/pretrain.yaml",
+        summary=PretrainSummary,
+        trains=True,
+        data_parallel=True,
+        output="out_dir",
+        inputs=("tokenizer", "data.path", "init"),
+    ),
+    Verb(
+        "midtrain",
+        "continue a decoder's training on a new data diet and/or a longer context",
+        _recipe(midtrain.run),
+        dedent("""\
             Start from a trained decoder and train on a new diet (mixture=DIR from `lmforge data
             mix`) and/or at a longer context (context.seq_len, progressively with
             context.schedule, with a RoPE adjustment: context.rope_theta, context.rope_scaling
@@ -94,11 +108,20 @@ VERBS = [
             of long held-out documents before and after (loss_by_position.png).
               lmforge midtrain --config configs/demo/midtrain-context.yaml
               lmforge midtrain --config configs/demo/midtrain-context.yaml context.rope_scaling=linear
-            """), config=midtrain.MidtrainConfig,
-         default_config="configs/demo/midtrain-context.yaml", summary=MidtrainSummary,
-         trains=True, data_parallel=True, output="out_dir", inputs=("init", "mixture")),
-    Verb("sft", "supervised fine-tuning on chat conversations (assistant-only loss)",
-         _recipe(sft.run), dedent("""\
+            """),
+        config=midtrain.MidtrainConfig,
+        default_config="configs/demo/midtrain-context.yaml",
+        summary=MidtrainSummary,
+        trains=True,
+        data_parallel=True,
+        output="out_dir",
+        inputs=("init", "mixture"),
+    ),
+    Verb(
+        "sft",
+        "supervised fine-tuning on chat conversations (assistant-only loss)",
+        _recipe(sft.run),
+        dedent("""\
             Fine-tune a decoder on ChatML conversations, the loss on assistant tokens and their
             <|im_end|> only, full or LoRA (method=lora, merged into the saved model). Evaluates
             the val loss and greedy answers to held-out questions (exact match, token F1, per
@@ -106,55 +129,113 @@ VERBS = [
               lmforge data instructions --out data/instructions
               lmforge sft --config configs/demo/sft.yaml
               lmforge sft --config configs/demo/sft.yaml method=lora init=hf:Qwen/Qwen2.5-0.5B
-            """), config=sft.SFTConfig, default_config="configs/demo/sft.yaml",
-         summary=SFTSummary, trains=True, data_parallel=True, output="out_dir",
-         inputs=("init", "data.train", "data.val")),
-    Verb("reward", "train a reward model on preference pairs (Bradley-Terry)",
-         _recipe(preference.train_reward), dedent("""\
+            """),
+        config=sft.SFTConfig,
+        default_config="configs/demo/sft.yaml",
+        summary=SFTSummary,
+        trains=True,
+        data_parallel=True,
+        output="out_dir",
+        inputs=("init", "data.train", "data.val"),
+    ),
+    Verb(
+        "reward",
+        "train a reward model on preference pairs (Bradley-Terry)",
+        _recipe(preference.train_reward),
+        dedent("""\
             A decoder's body plus a scalar head on the answer's last token, trained with
             -log sigmoid(r_chosen - r_rejected); reports held-out accuracy and margin.
               lmforge reward --config configs/demo/reward.yaml
-            """), config=preference.RewardConfig, default_config="configs/demo/reward.yaml",
-         summary=RewardSummary, trains=True, output="out_dir", inputs=("init",)),
-    Verb("dpo", "direct preference optimisation from an SFT model",
-         _recipe(preference.train_dpo), dedent("""\
+            """),
+        config=preference.RewardConfig,
+        default_config="configs/demo/reward.yaml",
+        summary=RewardSummary,
+        trains=True,
+        output="out_dir",
+        inputs=("init",),
+    ),
+    Verb(
+        "dpo",
+        "direct preference optimisation from an SFT model",
+        _recipe(preference.train_dpo),
+        dedent("""\
             DPO's sigmoid loss (beta 0.1) on summed answer log-probabilities against a frozen
             reference (LoRA: the same model with adapters off). Reports reward accuracy, chosen
             and rejected rewards and margins, and the win rate over the starting model judged
             by a reward model (win_rate.reward_model).
               lmforge dpo --config configs/demo/dpo.yaml
-            """), config=preference.DPOConfig, default_config="configs/demo/dpo.yaml",
-         summary=DPOSummary, trains=True, output="out_dir",
-         inputs=("init", "win_rate.reward_model")),
-    Verb("classify train", "train a classifier from a recipe", _recipe(classify.train),
-         CLASSIFY_HELP, config=classify.ClassifyConfig, summary=ClassifySummary, trains=True,
-         data_parallel=True, output="out_dir", inputs=("init", "task.path")),
-    Verb("distill train", "train a student (classify train + distill.*)",
-         _recipe(classify.train), CLASSIFY_HELP, config=classify.ClassifyConfig,
-         summary=ClassifySummary, trains=True, output="out_dir",
-         inputs=("init", "task.path", "distill.teacher_logits")),
-    Verb("distill grid", "one student per temperature x alpha, one table", distill_grid,
-         options=GridOptions, config=classify.ClassifyConfig, output="out_dir"),
-    Verb("baseline tfidf",
-         "TF-IDF (50k features, 1-2-grams, sublinear tf) + logistic regression",
-         lambda call: baseline.run(call.cfg), dedent("""\
+            """),
+        config=preference.DPOConfig,
+        default_config="configs/demo/dpo.yaml",
+        summary=DPOSummary,
+        trains=True,
+        output="out_dir",
+        inputs=("init", "win_rate.reward_model"),
+    ),
+    Verb(
+        "classify train",
+        "train a classifier from a recipe",
+        _recipe(classify.train),
+        CLASSIFY_HELP,
+        config=classify.ClassifyConfig,
+        summary=ClassifySummary,
+        trains=True,
+        data_parallel=True,
+        output="out_dir",
+        inputs=("init", "task.path"),
+    ),
+    Verb(
+        "distill train",
+        "train a student (classify train + distill.*)",
+        _recipe(classify.train),
+        CLASSIFY_HELP,
+        config=classify.ClassifyConfig,
+        summary=ClassifySummary,
+        trains=True,
+        output="out_dir",
+        inputs=("init", "task.path", "distill.teacher_logits"),
+    ),
+    Verb(
+        "distill grid",
+        "one student per temperature x alpha, one table",
+        distill_grid,
+        options=GridOptions,
+        config=classify.ClassifyConfig,
+        output="out_dir",
+    ),
+    Verb(
+        "baseline tfidf",
+        "TF-IDF (50k features, 1-2-grams, sublinear tf) + logistic regression",
+        lambda call: baseline.run(call.cfg),
+        dedent("""\
             Fit TF-IDF + logistic regression on a task's train split and score it on val and test
             with the same metrics, tiers, calibration and speed protocol as every classifier.
               lmforge baseline tfidf --task data/wordnet-task --out runs/demo/tfidf
               lmforge baseline tfidf --task data/wordnet-task --out runs/t C=4 max_features=20000
             Writes summary.json, eval/<split>/{metrics.json,per_class.csv,confusion.png,...}
             and the model (tfidf.json + tfidf.safetensors, no pickles).
-            """), options=TfidfOptions, config=baseline.TfidfConfig, summary=BaselineSummary,
-         output="out_dir", inputs=("task.path",)),
-    Verb("scaling sweep",
-         "pre-training runs: model sizes x token counts, or x FLOP budgets (resumable)",
-         scaling_sweep, dedent("""\
+            """),
+        options=TfidfOptions,
+        config=baseline.TfidfConfig,
+        summary=BaselineSummary,
+        output="out_dir",
+        inputs=("task.path",),
+    ),
+    Verb(
+        "scaling sweep",
+        "pre-training runs: model sizes x token counts, or x FLOP budgets (resumable)",
+        scaling_sweep,
+        dedent("""\
             Pre-train each lmforge-d<depth> preset at each token count (`tokens:`, a grid for
             Chinchilla's approach 3) or at each FLOP budget (`budgets:`, IsoFLOP curves for
             approach 2; steps sized with 6N + attention FLOPs per token). Each run has its own
             warmup + cosine schedule; finished runs are skipped, an interrupted one resumes.
               lmforge scaling sweep --config configs/demo/scaling.yaml           # the grid
               lmforge scaling sweep --config configs/demo/scaling-isoflop.yaml   # IsoFLOP
-            """), config=sweeps.SweepConfig, default_config="configs/demo/scaling.yaml",
-         output="out_dir", inputs=("base",)),
-]  # fmt: skip
+            """),
+        config=sweeps.SweepConfig,
+        default_config="configs/demo/scaling.yaml",
+        output="out_dir",
+        inputs=("base",),
+    ),
+]

@@ -65,8 +65,13 @@ class ChatOptions(Options):
 def chat(call: Call) -> int:
     o = call.opts
     loaded = load_causal_lm(o.model)
-    sampling = SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-                              top_k=o.top_k or None, top_p=o.top_p, seed=o.seed)  # fmt: skip
+    sampling = SamplingConfig(
+        max_new_tokens=o.max_new_tokens,
+        temperature=o.temperature,
+        top_k=o.top_k or None,
+        top_p=o.top_p,
+        seed=o.seed,
+    )
     repl(loaded.model, loaded.tokenizer, sampling, system=o.system)
     return 0
 
@@ -88,17 +93,34 @@ def run_serve(call: Call) -> int:
 
 
 VERBS = [
-    Verb("generate", "continue a prompt with a trained model", generate,
-         "Sample a continuation from a model artifact, streamed to stdout (KV cache).",
-         options=GenerateOptions, inputs=("model",)),
-    Verb("chat", "talk to a model in the terminal (multi-turn, streamed)", chat,
-         "A terminal conversation with a chat model. Commands: /reset, /system TEXT, /help, /quit.",
-         options=ChatOptions, inputs=("model",)),
-    Verb("serve", "an OpenAI-compatible HTTP API and a web chat page", run_serve, dedent("""\
+    Verb(
+        "generate",
+        "continue a prompt with a trained model",
+        generate,
+        "Sample a continuation from a model artifact, streamed to stdout (KV cache).",
+        options=GenerateOptions,
+        inputs=("model",),
+    ),
+    Verb(
+        "chat",
+        "talk to a model in the terminal (multi-turn, streamed)",
+        chat,
+        "A terminal conversation with a chat model. Commands: /reset, /system TEXT, /help, /quit.",
+        options=ChatOptions,
+        inputs=("model",),
+    ),
+    Verb(
+        "serve",
+        "an OpenAI-compatible HTTP API and a web chat page",
+        run_serve,
+        dedent("""\
             Serve a model: POST /v1/chat/completions and /v1/completions (OpenAI wire format,
             stream=true for server-sent events), GET /v1/models, and a web chat at /.
             Binds 127.0.0.1 unless --host says otherwise.
               lmforge serve runs/demo/dpo --port 8000
               python -c "from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-'); ..."
-            """), options=ServeOptions, inputs=("model",)),
-]  # fmt: skip
+            """),
+        options=ServeOptions,
+        inputs=("model",),
+    ),
+]

@@ -230,7 +230,7 @@ def _markdown(s: dict) -> str:
 
 def _plot_clusters(cluster_sizes: dict, path: Path) -> None:
     # Imported here: only a report needs it, and it costs ~0.3 s on every CLI start.
-    import matplotlib
+    import matplotlib  # a second to import: only a run that draws pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -72,9 +72,16 @@ def plan(cfg: SweepConfig) -> list[dict]:
                 continue
             name = f"C{target:.0e}-d{depth}" if cfg.budgets else f"D{target:.0e}-d{depth}"
             budget = target if cfg.budgets else per_token * steps * tokens_per_step
-            runs.append({"depth": depth, "budget": budget, "steps": steps,
-                         "tokens": steps * tokens_per_step, "flops_per_token": per_token,
-                         "out_dir": str(Path(cfg.out_dir) / name)})  # fmt: skip
+            runs.append(
+                {
+                    "depth": depth,
+                    "budget": budget,
+                    "steps": steps,
+                    "tokens": steps * tokens_per_step,
+                    "flops_per_token": per_token,
+                    "out_dir": str(Path(cfg.out_dir) / name),
+                }
+            )
     unit = "FLOPs" if cfg.budgets else "tokens"
     if not runs:
         raise ConfigError(
@@ -94,16 +101,26 @@ def sweep(cfg: SweepConfig) -> list[dict]:
     # The plan first: a fit of a sweep still running (or stopped) groups its runs by the
     # planned budgets, not by the slightly different FLOPs each run realised.
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.out_dir) / "sweep.json", {"config": cfg.model_dump(mode="json"),
-               "runs": [{"run": r["out_dir"], "flops": r["budget"]} for r in runs]})  # fmt: skip
+    write_json(
+        Path(cfg.out_dir) / "sweep.json",
+        {
+            "config": cfg.model_dump(mode="json"),
+            "runs": [{"run": r["out_dir"], "flops": r["budget"]} for r in runs],
+        },
+    )
     for k, r in enumerate(runs, 1):
         if not (Path(r["out_dir"]) / "summary.json").is_file():
             print(
                 f"[scaling] run {k}/{len(runs)}: d{r['depth']}, {r['budget']:.1e} FLOPs, {r['steps']} steps"
             )
-            overrides = [*cfg.overrides, f"preset=lmforge-d{r['depth']}", f"out_dir={r['out_dir']}",
-                         f"trainer.max_steps={r['steps']}",
-                         f"trainer.warmup_steps={max(1, r['steps'] // 10)}", "trainer.time_limit_s=0"]  # fmt: skip
+            overrides = [
+                *cfg.overrides,
+                f"preset=lmforge-d{r['depth']}",
+                f"out_dir={r['out_dir']}",
+                f"trainer.max_steps={r['steps']}",
+                f"trainer.warmup_steps={max(1, r['steps'] // 10)}",
+                "trainer.time_limit_s=0",
+            ]
             pretrain.run(load_config(PretrainConfig, cfg.base, overrides))
         rows.append(run_row(Path(r["out_dir"]), budget=r["budget"]))
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
