@@ -21,11 +21,15 @@ from textwrap import dedent
 
 import yaml
 
-from lmforge import pipeline, verbs
+from lmforge import verbs
 from lmforge.errors import ConfigError, LmforgeError, MissingColumnError
-from lmforge.report import build_report
-from lmforge.train import distributed
+from lmforge.utils import LazyModule
 from lmforge.verbs.options import Options, add_options, formatter, make_call, opt
+
+# Imported when used: `lmforge --help` and a data verb start without torch.
+pipeline = LazyModule("lmforge.pipeline")
+report = LazyModule("lmforge.report")
+distributed = LazyModule("lmforge.train.distributed")
 
 EPILOG = dedent("""\
     The four stages, start to finish on the embedded default corpus:
@@ -137,7 +141,7 @@ def cmd_demo(o: DemoOptions) -> int:
     p, state = _run_pipeline(str(path), "quick" if o.quick else None, o)
     if state is None or state.get("interrupted"):
         return 130 if state else 0
-    out = build_report(p.root)
+    out = report.build_report(p.root)
     print(f"\n{'stage':<24}{'wall':>10}  headline")
     for name in state["last_run"]:
         r = state["stages"][name]
@@ -152,7 +156,7 @@ def cmd_report(o: ReportOptions) -> int:
     if not runs.is_dir():
         raise ConfigError(f"{runs} is not a directory; give a run directory such as runs/demo")
     html = Path(o.out) if o.out else runs / "report.html"
-    out = build_report(runs, out_html=html, out_md=html.with_suffix(".md"))
+    out = report.build_report(runs, out_html=html, out_md=html.with_suffix(".md"))
     print(f"report: {out['html']} and {out['md']}; sections: {', '.join(out['sections'])}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import random
@@ -12,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -94,6 +94,8 @@ def read_jsonl(path: str | os.PathLike) -> list:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
+    import torch  # every layer imports utils; only seeding needs torch (a second to import)
+
     torch.manual_seed(seed)
 
 
@@ -103,3 +105,28 @@ def human_count(n: float) -> str:
             return f"{n:.1f}{unit}" if unit else f"{n:.0f}"
         n /= 1000
     return f"{n:.1f}P"
+
+
+class LazyModule:
+    """A module imported when first used. The CLI registers every verb but runs one, so
+    `lmforge --help` answers at once and `lmforge data build` does not wait seconds for torch,
+    scikit-learn and scipy, which other verbs need."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)
+
+    def ref(self, attr: str) -> Ref:
+        return Ref(self._name, attr)
+
+
+class Ref:
+    """``module.attr``, imported by ``get()``: a verb's recipe class, named without importing it."""
+
+    def __init__(self, module: str, attr: str):
+        self.module, self.attr = module, attr
+
+    def get(self):
+        return getattr(importlib.import_module(self.module), self.attr)

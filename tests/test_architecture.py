@@ -90,3 +90,19 @@ def test_the_cli_and_the_pipeline_read_a_command_line_alike():
 
     ns = build_parser().parse_args(argv)
     assert ns.registered == "quantize" and ns.group_size == 64 and ns.method == "int4"
+
+
+def test_the_registry_imports_no_recipe_until_a_verb_runs():
+    """`lmforge --help` and the data verbs start without torch, scikit-learn or scipy: the
+    registry names each recipe (utils.Ref) and imports it when the verb runs."""
+    code = (
+        "import sys, lmforge.cli\n"
+        "from lmforge import verbs\n"
+        "lmforge.cli.build_parser()\n"
+        "heavy = sorted(m for m in ('torch', 'sklearn', 'scipy') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert verbs.VERBS['pretrain'].recipe.__name__ == 'PretrainConfig'\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-import torch
 from pydantic import Field
 
 from lmforge.config import Section
@@ -467,6 +466,8 @@ def encode_examples(
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right") -> dict:
+    import torch  # `lmforge data task` prepares a task without torch (seconds to import)
+
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), n), dtype=torch.long)
@@ -511,6 +512,8 @@ class ClassificationBatches:
         return -(-len(self.ids) // self.batch_size)
 
     def next_batch(self) -> dict:
+        import torch  # as in pad_batch
+
         if self.pos >= len(self._order):
             self.epoch, self.pos = self.epoch + 1, 0
             self._order = self._permutation()

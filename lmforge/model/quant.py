@@ -47,8 +47,9 @@ from torch import nn
 
 from lmforge.errors import ConfigError
 from lmforge.machine import measured_once
+from lmforge.model import QUANT_METHODS
 
-METHODS = ("int8", "int8-weight", "int4", "bf16", "fp16")
+METHODS = QUANT_METHODS
 _EPS = 1e-12
 
 

@@ -36,19 +36,16 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import fully_shard
 
 from lmforge.errors import ConfigError
 from lmforge.model.transformer import Block
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.device import pick_device
+from lmforge.utils import LazyModule
+
+# Needed only by a sharded run, and 0.8 s to import: every other run starts without them.
+fsdp = LazyModule("torch.distributed.fsdp")
+state_dicts = LazyModule("torch.distributed.checkpoint.state_dict")
 
 Parallel = Literal["auto", "none", "ddp", "fsdp"]
 
@@ -238,8 +235,8 @@ def wrap(model: nn.Module, par: DataParallel, device: torch.device) -> nn.Module
                 f"trainer.parallel=fsdp shards transformer blocks; {type(model).__name__} has none"
             )
         for block in blocks:
-            fully_shard(block)
-        fully_shard(model)
+            fsdp.fully_shard(block)
+        fsdp.fully_shard(model)
     return model
 
 
@@ -309,13 +306,13 @@ def main_first():
 
 
 def _full_options(**kw):
-    return StateDictOptions(full_state_dict=True, **kw)
+    return state_dicts.StateDictOptions(full_state_dict=True, **kw)
 
 
 def model_state(model: nn.Module, par: DataParallel) -> dict[str, torch.Tensor]:
     """Full weights by name, tied parameters once (collective; on rank 0 only when sharded)."""
     if par.mode == "fsdp":
-        state = get_model_state_dict(model, options=_full_options(cpu_offload=True))
+        state = state_dicts.get_model_state_dict(model, options=_full_options(cpu_offload=True))
     else:
         state = {k: v.detach() for k, v in model.state_dict().items()}
     for alias in ckpt.aliases(model):
@@ -336,7 +333,7 @@ def load_model_state(
         if name in state:
             state[alias] = state[name]
     target = model.module if par.mode == "ddp" else model
-    set_model_state_dict(
+    state_dicts.set_model_state_dict(
         target, state if par.is_main else {}, options=_full_options(broadcast_from_rank0=True)
     )
 
@@ -345,7 +342,9 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, par: Dat
     """The optimizer's state keyed by parameter name (not position), full tensors: the same
     for any number of ranks, so it can be loaded by another launch (collective when sharded)."""
     if par.mode == "fsdp":
-        return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+        return state_dicts.get_optimizer_state_dict(
+            model, optimizer, options=_full_options(cpu_offload=True)
+        )
     names = {id(p): n for n, p in model.named_parameters()}
     raw = optimizer.state_dict()
     index_to_name, i = {}, 0
@@ -368,7 +367,7 @@ def load_optimizer_state(
     positional format of older checkpoints, in a single process."""
     if par.enabled:
         target = model.module if par.mode == "ddp" else model
-        set_optimizer_state_dict(
+        state_dicts.set_optimizer_state_dict(
             target,
             optimizer,
             state if par.is_main else {},

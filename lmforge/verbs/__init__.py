@@ -1,6 +1,6 @@
 """Every lmforge verb, registered once: its options, its recipe, its run, its summary.
 
-    VERBS["pretrain"]       Verb(config=PretrainConfig, run=..., summary=PretrainSummary, ...)
+    VERBS["pretrain"]       Verb(config=pretrain.ref("PretrainConfig"), summary=PretrainSummary, ...)
     call = parse(["quantize", "runs/cls", "--method", "int8", "--out", "runs/int8"])
     call.verb.run(call)
 
@@ -10,7 +10,8 @@ both. The command-line parser is derived from them (options.py), so `lmforge <ve
 the CLI, and `lmforge run`'s pipeline (which reads each stage's command line through
 ``parse``) agree on what a command line means. ``summary`` is the schema of what the verb
 writes (stages/summaries.py): the CLI prints its SHOWN keys, the report
-its headline (report/headlines.py).
+its headline (report/headlines.py). The registry names recipes without importing them
+(utils.LazyModule): `lmforge --help` starts at once, and a verb imports only what it runs.
 """
 
 from __future__ import annotations

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from textwrap import dedent
 
-from lmforge.data.corpora import build_default_corpus
-from lmforge.data.curate import CurateConfig, curate
-from lmforge.data.instructions import build_instructions
-from lmforge.data.mixture import MixtureConfig, build_mixture
-from lmforge.data.sources import iter_texts
-from lmforge.data.tasks import TaskConfig, build_wordnet_task, prepare_task
-from lmforge.data.vocab import train_tokenizer_from_path
-from lmforge.tokenizer import Tokenizer
+from lmforge.utils import LazyModule
 from lmforge.verbs.options import Call, Options, Verb, opt
+
+# Imported when a verb runs (utils.LazyModule): the registry alone imports no component.
+corpora = LazyModule("lmforge.data.corpora")
+curation = LazyModule("lmforge.data.curate")
+instruction_data = LazyModule("lmforge.data.instructions")
+mixture = LazyModule("lmforge.data.mixture")
+sources = LazyModule("lmforge.data.sources")
+tasks = LazyModule("lmforge.data.tasks")
+vocab = LazyModule("lmforge.data.vocab")
+tokenizer = LazyModule("lmforge.tokenizer")
 
 CORPUS = "a file or directory of txt / jsonl / parquet / csv"
 
@@ -46,7 +49,7 @@ class BuildOptions(Options):
 
 def build(call: Call) -> dict:
     o = call.opts
-    return build_default_corpus(
+    return corpora.build_default_corpus(
         o.out,
         sources=tuple(o.sources),
         max_docs_per_source=o.max_docs_per_source,
@@ -63,7 +66,7 @@ class WordnetTaskOptions(Options):
 
 def wordnet_task(call: Call) -> dict:
     o = call.opts
-    t = build_wordnet_task(
+    t = tasks.build_wordnet_task(
         o.out, seed=o.seed, val_fraction=o.val_fraction, test_fraction=o.test_fraction
     )
     return _task_stats(t)
@@ -74,7 +77,7 @@ class OutOptions(Options):
 
 
 def task(call: Call) -> dict:
-    return _task_stats(prepare_task(call.cfg, call.opts.out))
+    return _task_stats(tasks.prepare_task(call.cfg, call.opts.out))
 
 
 class InstructionOptions(Options):
@@ -86,7 +89,9 @@ class InstructionOptions(Options):
 
 def instructions(call: Call) -> dict:
     o = call.opts
-    info = build_instructions(o.out, seed=o.seed, max_train=o.max_train, max_val=o.max_val)
+    info = instruction_data.build_instructions(
+        o.out, seed=o.seed, max_train=o.max_train, max_val=o.max_val
+    )
     return {k: v for k, v in info.items() if k in ("counts", "heldout_words_count")}
 
 
@@ -101,7 +106,7 @@ class CurateOptions(Options):
 
 def run_curate(call: Call) -> dict:
     o = call.opts
-    result = curate(
+    result = curation.curate(
         o.input, o.out, call.cfg, report=o.report, progress=not o.no_progress, workers=o.workers
     )
     keys = ("documents_in", "documents_out", "characters_in", "characters_out", "seconds")
@@ -109,7 +114,7 @@ def run_curate(call: Call) -> dict:
 
 
 def mix(call: Call) -> dict:
-    manifest = build_mixture(call.cfg, call.opts.out)
+    manifest = mixture.build_mixture(call.cfg, call.opts.out)
     return {k: v for k, v in manifest.items() if k != "config"}
 
 
@@ -120,7 +125,7 @@ class StatsOptions(Options):
 
 def stats(call: Call) -> dict:
     docs = chars = words = 0
-    for text in iter_texts(call.opts.path, call.opts.text_column):
+    for text in sources.iter_texts(call.opts.path, call.opts.text_column):
         docs, chars, words = docs + 1, chars + len(text), words + len(text.split())
     return {"documents": docs, "characters": chars, "words": words}
 
@@ -134,7 +139,7 @@ class TokenizerTrainOptions(Options):
 
 def tokenizer_train(call: Call) -> dict:
     o = call.opts
-    return train_tokenizer_from_path(o.data, o.vocab_size, o.out, text_column=o.text_column)
+    return vocab.train_tokenizer_from_path(o.data, o.vocab_size, o.out, text_column=o.text_column)
 
 
 class EncodeOptions(Options):
@@ -143,7 +148,7 @@ class EncodeOptions(Options):
 
 
 def encode(call: Call) -> str:
-    tok = Tokenizer.load(call.opts.tokenizer)
+    tok = tokenizer.Tokenizer.load(call.opts.tokenizer)
     ids = tok.encode(call.opts.text)
     pieces = [tok.decode([i]) for i in ids]
     return json.dumps({"ids": ids, "tokens": pieces, "n_tokens": len(ids)}, ensure_ascii=False)
@@ -188,7 +193,7 @@ VERBS = [
             Keys are those of `task:` in a classify recipe, given here at the top level.
             """),
         options=OutOptions,
-        config=TaskConfig,
+        config=tasks.ref("TaskConfig"),
         output="out",
     ),
     Verb(
@@ -219,7 +224,7 @@ VERBS = [
               lmforge data curate data/default --out data/curated quality.stop_words.enabled=false
             """),
         options=CurateOptions,
-        config=CurateConfig,
+        config=curation.ref("CurateConfig"),
         output="out",
         inputs=("input",),
     ),
@@ -235,7 +240,7 @@ VERBS = [
               lmforge data mix --config configs/demo/mixture.yaml --out data/mix
             """),
         options=OutOptions,
-        config=MixtureConfig,
+        config=mixture.ref("MixtureConfig"),
         default_config="configs/demo/mixture.yaml",
         output="out",
     ),

@@ -9,14 +9,21 @@ from typing import Literal
 from pydantic import model_validator
 
 from lmforge.errors import ConfigError
-from lmforge.eval import estimate as E
-from lmforge.eval.classifier import compare as compare_runs
-from lmforge.eval.scaling_laws import format_table, predict
-from lmforge.model.quant import METHODS
-from lmforge.stages import classify, convert, distill, quantize, scaling, tradeoff
+from lmforge.model import QUANT_METHODS
 from lmforge.stages.summaries import QuantizeSummary
-from lmforge.utils import write_json
+from lmforge.utils import LazyModule, write_json
 from lmforge.verbs.options import Call, Options, Verb, opt
+
+# Imported when a verb runs (utils.LazyModule): the registry alone imports no recipe.
+E = LazyModule("lmforge.eval.estimate")
+classifier = LazyModule("lmforge.eval.classifier")
+scaling_laws = LazyModule("lmforge.eval.scaling_laws")
+classify = LazyModule("lmforge.stages.classify")
+convert = LazyModule("lmforge.stages.convert")
+distill = LazyModule("lmforge.stages.distill")
+quantize = LazyModule("lmforge.stages.quantize")
+scaling = LazyModule("lmforge.stages.scaling")
+tradeoff = LazyModule("lmforge.stages.tradeoff")
 
 RUN = "a classify run directory"
 DISTILL_HELP = dedent("""\
@@ -59,7 +66,7 @@ class CompareOptions(Options):
 
 def compare(call: Call) -> dict:
     o = call.opts
-    result = compare_runs(o.a, o.b, o.split, o.resamples, o.seed)
+    result = classifier.compare(o.a, o.b, o.split, o.resamples, o.seed)
     if o.out:
         write_json(o.out, result)
     return result
@@ -89,7 +96,7 @@ def run_convert(call: Call) -> dict:
 
 class QuantizeOptions(Options):
     run: str = opt(help="a trained artifact (classify run, pretrain output, ...)", positional=True)
-    method: Literal[METHODS] = opt()
+    method: Literal[QUANT_METHODS] = opt()
     group_size: int | None = opt(
         None,
         "input columns per int4 group; must divide every layer's width (default: the "
@@ -159,10 +166,10 @@ class PredictLawOptions(Options):
 
 def predict_law(call: Call):
     try:
-        rows = predict(call.opts.flops, call.opts.law)
+        rows = scaling_laws.predict(call.opts.flops, call.opts.law)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return rows if call.opts.as_json else format_table(rows)
+    return rows if call.opts.as_json else scaling_laws.format_table(rows)
 
 
 class EstimateOptions(Options):

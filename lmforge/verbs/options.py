@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmforge.config import apply_overrides, load_config, read_yaml
 from lmforge.errors import ConfigError
 from lmforge.stages.summaries import Summary
+from lmforge.utils import Ref
 
 
 class Options(BaseModel):
@@ -69,13 +70,18 @@ class Verb:
     run: Callable[[Call], Any]  # -> a summary dict, a dict/list (JSON), a str, or an exit code
     description: str = ""  # `lmforge <verb> --help`: what it does, with examples
     options: type[Options] | None = None  # its flags
-    config: type[BaseModel] | None = None  # its recipe: --config FILE key.sub=value ...
+    config: Ref | None = None  # its recipe class: --config FILE key.sub=value ...
     default_config: str | None = None
     summary: type[Summary] | None = None  # what it writes to out_dir/summary.json
     trains: bool = False  # a run directory: resumed, or refused under another config
     data_parallel: bool = False  # runs under torchrun with the Trainer's data parallelism
     output: str = ""  # the flag or recipe key naming what it writes
     inputs: tuple[str, ...] = field(default_factory=tuple)  # flags/keys naming what it reads
+
+    @property
+    def recipe(self) -> type[BaseModel] | None:
+        """The recipe class, imported now (the registry names it without importing it)."""
+        return None if self.config is None else self.config.get()
 
 
 def positive(kind: type, least: int) -> Callable[[str], Any]:
@@ -184,7 +190,7 @@ def make_call(verb: Verb, ns: argparse.Namespace) -> Call:
                 f"config file {path} does not exist (run from the repository root, or pass --config)"
             )
         overrides += values.get("overrides") or []
-        cfg = load_config(verb.config, path, overrides)
+        cfg = load_config(verb.recipe, path, overrides)
         raw = _raw_config(path, overrides)
     return Call(
         verb, opts, cfg, raw, bool(values.get("overwrite")), bool(values.get("print_config"))

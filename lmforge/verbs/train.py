@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from textwrap import dedent
 
-from lmforge import sweeps
-from lmforge.stages import baseline, classify, midtrain, preference, pretrain, sft
 from lmforge.stages.summaries import (
     BaselineSummary,
     ClassifySummary,
@@ -15,7 +13,17 @@ from lmforge.stages.summaries import (
     RewardSummary,
     SFTSummary,
 )
+from lmforge.utils import LazyModule, Ref
 from lmforge.verbs.options import Call, Options, Verb, opt
+
+# Imported when a verb runs (utils.LazyModule): the registry alone imports no recipe.
+sweeps = LazyModule("lmforge.sweeps")
+baseline = LazyModule("lmforge.stages.baseline")
+classify = LazyModule("lmforge.stages.classify")
+midtrain = LazyModule("lmforge.stages.midtrain")
+preference = LazyModule("lmforge.stages.preference")
+pretrain = LazyModule("lmforge.stages.pretrain")
+sft = LazyModule("lmforge.stages.sft")
 
 CLASSIFY_HELP = dedent("""\
     Train a classification head (and the backbone, or LoRA adapters) on a task, then
@@ -30,9 +38,9 @@ CLASSIFY_HELP = dedent("""\
     """)
 
 
-def _recipe(run):
+def _recipe(run: Ref):
     """A verb's run from a recipe's ``run(cfg, overwrite)``."""
-    return lambda call: run(call.cfg, overwrite=call.overwrite)
+    return lambda call: run.get()(call.cfg, overwrite=call.overwrite)
 
 
 class TfidfOptions(Options):
@@ -70,7 +78,7 @@ VERBS = [
     Verb(
         "pretrain",
         "pre-train a decoder on next-token prediction",
-        _recipe(pretrain.run),
+        _recipe(pretrain.ref("run")),
         dedent("""\
             Pre-train a decoder (RoPE, RMSNorm, SwiGLU, GQA) on next-token prediction: tokenize the
             corpus into shards, train with AdamW + warmup/cosine, evaluate val loss and bits per byte,
@@ -87,7 +95,7 @@ VERBS = [
             in the config is the global one, so the loss curve is the same:
               torchrun --nproc-per-node 2 -m lmforge pretrain --config configs/demo/pretrain.yaml trainer.parallel=fsdp
             """),
-        config=pretrain.PretrainConfig,
+        config=pretrain.ref("PretrainConfig"),
         default_config="configs/demo/pretrain.yaml",
         summary=PretrainSummary,
         trains=True,
@@ -98,7 +106,7 @@ VERBS = [
     Verb(
         "midtrain",
         "continue a decoder's training on a new data diet and/or a longer context",
-        _recipe(midtrain.run),
+        _recipe(midtrain.ref("run")),
         dedent("""\
             Start from a trained decoder and train on a new diet (mixture=DIR from `lmforge data
             mix`) and/or at a longer context (context.seq_len, progressively with
@@ -109,7 +117,7 @@ VERBS = [
               lmforge midtrain --config configs/demo/midtrain-context.yaml
               lmforge midtrain --config configs/demo/midtrain-context.yaml context.rope_scaling=linear
             """),
-        config=midtrain.MidtrainConfig,
+        config=midtrain.ref("MidtrainConfig"),
         default_config="configs/demo/midtrain-context.yaml",
         summary=MidtrainSummary,
         trains=True,
@@ -120,7 +128,7 @@ VERBS = [
     Verb(
         "sft",
         "supervised fine-tuning on chat conversations (assistant-only loss)",
-        _recipe(sft.run),
+        _recipe(sft.ref("run")),
         dedent("""\
             Fine-tune a decoder on ChatML conversations, the loss on assistant tokens and their
             <|im_end|> only, full or LoRA (method=lora, merged into the saved model). Evaluates
@@ -130,7 +138,7 @@ VERBS = [
               lmforge sft --config configs/demo/sft.yaml
               lmforge sft --config configs/demo/sft.yaml method=lora init=hf:Qwen/Qwen2.5-0.5B
             """),
-        config=sft.SFTConfig,
+        config=sft.ref("SFTConfig"),
         default_config="configs/demo/sft.yaml",
         summary=SFTSummary,
         trains=True,
@@ -141,13 +149,13 @@ VERBS = [
     Verb(
         "reward",
         "train a reward model on preference pairs (Bradley-Terry)",
-        _recipe(preference.train_reward),
+        _recipe(preference.ref("train_reward")),
         dedent("""\
             A decoder's body plus a scalar head on the answer's last token, trained with
             -log sigmoid(r_chosen - r_rejected); reports held-out accuracy and margin.
               lmforge reward --config configs/demo/reward.yaml
             """),
-        config=preference.RewardConfig,
+        config=preference.ref("RewardConfig"),
         default_config="configs/demo/reward.yaml",
         summary=RewardSummary,
         trains=True,
@@ -157,7 +165,7 @@ VERBS = [
     Verb(
         "dpo",
         "direct preference optimisation from an SFT model",
-        _recipe(preference.train_dpo),
+        _recipe(preference.ref("train_dpo")),
         dedent("""\
             DPO's sigmoid loss (beta 0.1) on summed answer log-probabilities against a frozen
             reference (LoRA: the same model with adapters off). Reports reward accuracy, chosen
@@ -165,7 +173,7 @@ VERBS = [
             by a reward model (win_rate.reward_model).
               lmforge dpo --config configs/demo/dpo.yaml
             """),
-        config=preference.DPOConfig,
+        config=preference.ref("DPOConfig"),
         default_config="configs/demo/dpo.yaml",
         summary=DPOSummary,
         trains=True,
@@ -175,9 +183,9 @@ VERBS = [
     Verb(
         "classify train",
         "train a classifier from a recipe",
-        _recipe(classify.train),
+        _recipe(classify.ref("train")),
         CLASSIFY_HELP,
-        config=classify.ClassifyConfig,
+        config=classify.ref("ClassifyConfig"),
         summary=ClassifySummary,
         trains=True,
         data_parallel=True,
@@ -187,9 +195,9 @@ VERBS = [
     Verb(
         "distill train",
         "train a student (classify train + distill.*)",
-        _recipe(classify.train),
+        _recipe(classify.ref("train")),
         CLASSIFY_HELP,
-        config=classify.ClassifyConfig,
+        config=classify.ref("ClassifyConfig"),
         summary=ClassifySummary,
         trains=True,
         output="out_dir",
@@ -200,7 +208,7 @@ VERBS = [
         "one student per temperature x alpha, one table",
         distill_grid,
         options=GridOptions,
-        config=classify.ClassifyConfig,
+        config=classify.ref("ClassifyConfig"),
         output="out_dir",
     ),
     Verb(
@@ -216,7 +224,7 @@ VERBS = [
             and the model (tfidf.json + tfidf.safetensors, no pickles).
             """),
         options=TfidfOptions,
-        config=baseline.TfidfConfig,
+        config=baseline.ref("TfidfConfig"),
         summary=BaselineSummary,
         output="out_dir",
         inputs=("task.path",),
@@ -233,7 +241,7 @@ VERBS = [
               lmforge scaling sweep --config configs/demo/scaling.yaml           # the grid
               lmforge scaling sweep --config configs/demo/scaling-isoflop.yaml   # IsoFLOP
             """),
-        config=sweeps.SweepConfig,
+        config=sweeps.ref("SweepConfig"),
         default_config="configs/demo/scaling.yaml",
         output="out_dir",
         inputs=("base",),

@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 from textwrap import dedent
 
-from lmforge.artifact import load_causal_lm
-from lmforge.infer.chat_cli import repl
-from lmforge.infer.generate import SamplingConfig, stream_text
-from lmforge.infer.serve import serve
+from lmforge.utils import LazyModule
 from lmforge.verbs.options import Call, Options, Verb, opt
+
+# Imported when a verb runs (utils.LazyModule): the registry alone imports no model code.
+artifact = LazyModule("lmforge.artifact")
+chat_cli = LazyModule("lmforge.infer.chat_cli")
+generation = LazyModule("lmforge.infer.generate")
+server = LazyModule("lmforge.infer.serve")
 
 MODEL = "an artifact directory (e.g. runs/demo/pretrain), an HF directory or hf:<repo>"
 
@@ -29,9 +32,9 @@ class GenerateOptions(Options):
 
 def generate(call: Call) -> int:
     o = call.opts
-    loaded = load_causal_lm(o.model)
+    loaded = artifact.load_causal_lm(o.model)
     for i in range(o.num_samples):
-        cfg = SamplingConfig(
+        cfg = generation.SamplingConfig(
             max_new_tokens=o.max_new_tokens,
             temperature=0.0 if o.greedy else o.temperature,
             top_k=o.top_k or None,
@@ -39,7 +42,9 @@ def generate(call: Call) -> int:
             seed=None if o.seed is None else o.seed + i,
             stop=o.stop,
         )
-        pieces = stream_text(loaded.model, loaded.tokenizer, o.prompt, cfg)  # checks the length
+        pieces = generation.stream_text(
+            loaded.model, loaded.tokenizer, o.prompt, cfg
+        )  # checks the length
         sys.stdout.write(o.prompt)
         for piece in pieces:
             sys.stdout.write(piece)
@@ -64,15 +69,15 @@ class ChatOptions(Options):
 
 def chat(call: Call) -> int:
     o = call.opts
-    loaded = load_causal_lm(o.model)
-    sampling = SamplingConfig(
+    loaded = artifact.load_causal_lm(o.model)
+    sampling = generation.SamplingConfig(
         max_new_tokens=o.max_new_tokens,
         temperature=o.temperature,
         top_k=o.top_k or None,
         top_p=o.top_p,
         seed=o.seed,
     )
-    repl(loaded.model, loaded.tokenizer, sampling, system=o.system)
+    chat_cli.repl(loaded.model, loaded.tokenizer, sampling, system=o.system)
     return 0
 
 
@@ -88,7 +93,7 @@ class ServeOptions(Options):
 
 def run_serve(call: Call) -> int:
     options = call.opts.model_dump()
-    serve(options.pop("model"), **options)
+    server.serve(options.pop("model"), **options)
     return 0
 
 
