@@ -116,6 +116,24 @@ def test_two_ranks_follow_the_one_process_loss_curve(
     assert len([m for m in read_jsonl(out / "metrics.jsonl") if "val_loss" in m]) == 2
 
 
+def test_fsdp_with_activation_checkpointing_follows_the_one_process_loss_curve(
+    tmp_path, reference, tiny_corpus, tiny_tokenizer_dir
+):
+    """Each sharded block is gathered again for its recomputation in backward."""
+    out = tmp_path / "fsdp-ckpt"
+    args = pretrain_args(
+        tiny_tokenizer_dir,
+        tiny_corpus,
+        out,
+        "trainer.parallel=fsdp",
+        "trainer.activation_checkpointing=true",
+    )
+    code, _, err = finish(torchrun(args))
+    assert code == 0, err[-3000:]
+    assert_same_curve(out, loss_by_step(reference))
+    assert read_json(out / "summary.json")["activation_checkpointing"] is True
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

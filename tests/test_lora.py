@@ -177,3 +177,26 @@ def test_peft_loads_our_classifier_adapter_onto_transformers_qwen2():
             want = hf(input_ids=ids, attention_mask=mask).logits
             got = ours(ids, attention_mask=mask)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_activation_checkpointing_gives_the_same_gradients_with_dropout(tiny_cfg):
+    """The recomputation replays the random dropout masks of the forward (torch keeps the RNG
+    state), so adapters train exactly as without checkpointing."""
+    from lmforge.model.lora import LoraConfig, apply_lora
+    from lmforge.model.transformer import set_activation_checkpointing
+
+    grads = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model = LanguageModel(tiny_cfg.model_copy(update={"dropout": 0.1}))
+        apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.2))
+        trained_like(model)
+        assert set_activation_checkpointing(model, enabled) == 1
+        model.train()
+        torch.manual_seed(1)
+        ids = torch.randint(0, tiny_cfg.vocab_size, (2, 12))
+        model(ids).float().pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-6, msg=name)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import loss_by_step
 
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, ConfigError
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import LanguageModel
 from lmforge.train import checkpoint as ckpt
@@ -310,3 +310,44 @@ def test_epochs_set_the_length_and_a_max_steps_the_user_set_caps_it(capsys):
         12,
         12,
     )
+
+
+def _count_block_runs(trainer) -> list[bool]:
+    """Whether the first block's MLP ran in training mode, per call (a hook would miss the
+    recomputation: checkpointing re-runs the block with hooks off)."""
+    mlp, calls = trainer.model.model.layers[0].mlp, []
+    forward = mlp.forward
+
+    def counting(*args, **kw):
+        calls.append(mlp.training)
+        return forward(*args, **kw)
+
+    mlp.forward = counting
+    return calls
+
+
+def test_activation_checkpointing_recomputes_each_block_on_the_same_loss_curve(tmp_path):
+    plain = make(tmp_path / "plain", max_steps=8)
+    plain_calls = _count_block_runs(plain)
+    plain.fit()
+    t = make(tmp_path / "ckpt", max_steps=8, activation_checkpointing=True)
+    calls = _count_block_runs(t)
+    summary = t.fit()
+    # each training step runs the block twice (forward, then again in backward)
+    assert plain_calls.count(True) == 8 and calls.count(True) == 2 * 8
+    assert summary["activation_checkpointing"] is True
+    a, b = loss_by_step(tmp_path / "plain"), loss_by_step(tmp_path / "ckpt")
+    assert list(a) == list(b)
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-5, step
+
+
+def test_activation_checkpointing_needs_our_transformer(tmp_path):
+    with pytest.raises(ConfigError, match="no lmforge Transformer blocks"):
+        Trainer(
+            TrainerConfig(max_steps=1, progress=False, activation_checkpointing=True),
+            torch.nn.Linear(2, 2),
+            clm_loss,
+            ArrayLoader(tokens(), 4, 32),
+            tmp_path,
+        )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.model.config import ModelConfig
 
@@ -258,6 +259,7 @@ class Transformer(nn.Module):
             self.embed_norm = make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.activation_checkpointing = False  # set_activation_checkpointing()
         if cfg.final_norm:
             self.norm = make_norm(cfg)
         if cfg.pos_embedding == "rope":
@@ -345,12 +347,26 @@ class Transformer(nn.Module):
             is_global = self.cfg.is_global_layer(i)
             rope = rope_global if is_global else rope_local
             mask = mask_global if is_global or mask_local is None else mask_local
-            x = layer(x, rope, mask, cache)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # Keep each block's input only; backward runs the block again (about a third
+                # more compute) instead of holding its insides: memory for time.
+                x = checkpoint(layer, x, rope, mask, cache, use_reentrant=False)
+            else:
+                x = layer(x, rope, mask, cache)
         if cache is not None:
             cache.length = total
         if self.cfg.final_norm:
             x = self.norm(x)
         return x
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:
+    """Recompute each block in backward instead of keeping its activations, in every
+    Transformer inside ``model`` (a head or LoRA around it included). Returns how many."""
+    found = [m for m in model.modules() if isinstance(m, Transformer)]
+    for m in found:
+        m.activation_checkpointing = enabled
+    return len(found)
 
 
 class LanguageModel(nn.Module):

@@ -80,6 +80,7 @@ class Trained(Summary):
     precision: str | None = None
     optimizer: str | None = None
     world_size: int | None = None
+    activation_checkpointing: bool | None = None
 
 
 class PretrainSummary(Trained):

@@ -44,8 +44,8 @@ def format_estimate(d: dict, memory_budget_gb: float | None = None) -> str:
         f"  {'total':<30}{m['total']:>12,.1f}   weights + states + max(copies + activations, "
         "gradients)",
         f"  {'with activation checkpointing':<30}{m['total_checkpointed']:>12,.1f}   "
-        f"activations {m['activations_checkpointed']:,.1f} (per block; lmforge's trainer does "
-        "not checkpoint yet)",
+        f"activations {m['activations_checkpointed']:,.1f} (per block: "
+        "trainer.activation_checkpointing=true)",
         "compute",
         f"  tokens per step               {d['tokens_per_step']:>12,}",
         f"  FLOPs per step                {d['flops_per_step']:>12.3g}   "

@@ -5,17 +5,16 @@ the check on the arithmetic of `memory`."""
 from __future__ import annotations
 
 import copy
-import functools
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.checkpoint import checkpoint
 
 from lmforge.eval.estimate.memory import MB, check_lora_targets
 from lmforge.model.build import build_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.lora import LoraConfig, apply_lora
+from lmforge.model.transformer import set_activation_checkpointing
 from lmforge.train import objectives
 from lmforge.train.device import autocast, tune_cpu_allocator
 from lmforge.train.optim import build_optimizer
@@ -103,9 +102,7 @@ def build_step(
             return m.loss(b["input_ids"], b["labels"]), b["input_ids"].numel()
 
     model.to(dev)
-    if activation_checkpointing:  # per block, as the estimate assumes (not in the trainer yet)
-        for layer in model.model.layers:
-            layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+    set_activation_checkpointing(model, activation_checkpointing)  # per block, as the trainer
     reference = None
     if method == "lora":
         targets = check_lora_targets(cfg, lora_targets)
