@@ -111,11 +111,17 @@ class PretrainSummary(Trained):
         return "lm-distill" if self.distill is not None else "pretrain"
 
 
-class MidtrainSummary(Trained):
+class FineTuned(Trained):
+    """A run that starts from another model: where from, and how it trained (full, LoRA)."""
+
+    init: str | None = None
+    method: str | None = None
+
+
+class MidtrainSummary(FineTuned):
     STAGE = "midtrain"
     SHOWN = ("steps", "before", "after", "forgetting_bpb", "loss_by_position", "wall_seconds")
 
-    init: str | None = None
     params: int | None = None
     before: dict | None = None
     after: dict | None = None
@@ -126,29 +132,25 @@ class MidtrainSummary(Trained):
     samples: list[dict] | None = None
 
 
-class SFTSummary(Trained):
+class SFTSummary(FineTuned):
     STAGE = "sft"
     SHOWN = ("steps", "val_loss", "answers_before", "answers", "wall_seconds")
 
-    init: str | None = None
-    method: str | None = None
     answers: dict | None = None
     answers_before: dict | None = None
     samples: list[dict] | None = None
 
 
-class RewardSummary(Trained):
+class RewardSummary(FineTuned):
     STAGE = "reward"
     SHOWN = ("steps", "before", "val_accuracy", "val_margin", "wall_seconds")
 
-    init: str | None = None
-    method: str | None = None
     before: dict | None = None
     val_accuracy: Number | None = None
     val_margin: Number | None = None
 
 
-class DPOSummary(Trained):
+class DPOSummary(FineTuned):
     STAGE = "dpo"
     SHOWN = (
         "steps",
@@ -160,8 +162,6 @@ class DPOSummary(Trained):
         "wall_seconds",
     )
 
-    init: str | None = None
-    method: str | None = None
     beta: Number | None = None
     before: dict | None = None
     val_reward_accuracy: Number | None = None
