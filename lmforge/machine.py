@@ -72,3 +72,20 @@ def measured_once(name: str, measure: Callable[[], Any], valid: Callable[[Any], 
         tmp.write_text(json.dumps({**cached, key: value}, indent=1))
         os.replace(tmp, path)
     return value
+
+
+def available_memory_mb() -> float | None:
+    """Memory a new allocation can have now: the kernel's MemAvailable, capped by the cgroup's
+    limit (a container's `--memory`, a Slurm job's allocation) less its usage. None where
+    neither can be read (not Linux)."""
+    figures = []
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            line = next(ln for ln in f if ln.startswith("MemAvailable:"))
+        figures.append(int(line.split()[1]) / 1024)
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            figures.append((int(limit) - used) / 2**20)
+    return min(figures) if figures else None

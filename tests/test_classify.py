@@ -70,10 +70,18 @@ def test_probe_trains_only_the_head(tmp_path, decoder_dir, task_csv):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_lora_saves_peft_adapter_and_merged_model_and_learns(tmp_path, decoder_dir, task_csv):
-    summary = train(
-        recipe(tmp_path, decoder_dir, task_csv, "lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
-    )
+def test_lora_saves_peft_adapter_and_merged_model_and_learns(
+    tmp_path, decoder_dir, task_csv, monkeypatch, capsys
+):
+    # a machine with 1 MB free: `activation_checkpointing: auto` turns it on from the estimate
+    monkeypatch.setattr("lmforge.eval.estimate.plan.available_memory_mb", lambda: 1.0)
+    cfg = recipe(tmp_path, decoder_dir, task_csv, "lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    cfg.trainer.activation_checkpointing = "auto"
+    summary = train(cfg)
+    assert summary["train"]["activation_checkpointing"] is True
+    assert "would not fit in 1 MB" in summary["plan"]["reason"]
+    printed = capsys.readouterr().out
+    assert "activation checkpointing on" in printed and "/epoch" in printed
     run = tmp_path / "lora"
     cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["task_type"] == "SEQ_CLS"
@@ -425,3 +433,64 @@ def test_lora_on_fused_families_exports_an_exact_fused_peft_adapter(
     fused = "model.layers.0.attn.Wqkv" if family == "modernbert" else "transformer.h.0.attn.c_attn"
     assert config["rank_pattern"][fused] == 12 and config["alpha_pattern"][fused] == 24
     _exported_logits_agree(tmp_path / "lora", tmp_path / "x", ["dog cat rain", "the soup"], 4)
+
+
+def test_frozen_bf16_needs_bf16_compute(tmp_path, decoder_dir, task_csv):
+    from lmforge.errors import ConfigError
+
+    cfg = recipe(tmp_path, decoder_dir, task_csv, "lora", frozen_dtype="bf16")
+    with pytest.raises(ConfigError, match="trainer.precision=bf16"):
+        train(cfg)
+    assert not (tmp_path / "lora" / "summary.json").exists()
+
+
+def test_a_bf16_frozen_base_trains_on_the_same_loss_curve_as_an_fp32_one(
+    tmp_path, decoder_dir, task_csv
+):
+    """Under bf16 autocast the matmul multiplies by the weight rounded to bf16 either way (cast
+    on each forward from fp32, or held in bf16): the same numbers, so the same run."""
+    from helpers import loss_by_step
+
+    curves = {}
+    for frozen in ("fp32", "bf16"):
+        cfg = recipe(
+            tmp_path / frozen,
+            decoder_dir,
+            task_csv,
+            "lora",
+            epochs=1,
+            speed=False,
+            eval_splits=["val"],
+            frozen_dtype=frozen,
+            lora={"r": 4, "alpha": 8, "dropout": 0.0},
+        )
+        cfg.trainer.precision = "bf16"
+        cfg.trainer.log_every = 1
+        summary = train(cfg)
+        assert summary["frozen_dtype"] == frozen
+        curves[frozen] = loss_by_step(tmp_path / frozen / "lora")
+    assert len(curves["fp32"]) >= 10
+    assert curves["bf16"] == pytest.approx(curves["fp32"], abs=1e-6)
+    _merged_into_the_fp32_source_exactly(tmp_path / "bf16" / "lora", decoder_dir)
+
+
+def _merged_into_the_fp32_source_exactly(run, source_dir):
+    """The merged artifact: each adapter added to the source's fp32 weight in fp32, and the
+    frozen weights without adapters the source's own (not their bf16 rounding)."""
+    from safetensors.torch import load_file
+
+    merged = load(run).model.state_dict()
+    source = load(source_dir).model.state_dict()
+    adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    adapted = 0
+    for name, w in source.items():
+        if not name.startswith("model.layers.") or name.endswith("norm.weight"):
+            continue
+        a = adapter.get(f"base_model.model.{name[: -len('.weight')]}.lora_A.weight")
+        if a is None:
+            assert torch.equal(merged[name], w), name
+            continue
+        b = adapter[f"base_model.model.{name[: -len('.weight')]}.lora_B.weight"]
+        adapted += 1
+        assert torch.equal(merged[name], w + (b.float() @ a.float()) * 2.0), name  # alpha / r
+    assert adapted == 4 * 2  # q, k, v, o in both layers

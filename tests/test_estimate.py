@@ -261,3 +261,52 @@ def test_calibration_is_the_calibration_steps_flops_over_its_fastest_step(monkey
     d = estimate(ModelConfig(**DECODER), "full", 4, 96, "fp32", flops_per_s=rate)
     assert d["seconds_per_step"] == pytest.approx(d["flops_per_step"] / rate)
     assert "time per step" in format_estimate(d)
+
+
+def test_the_plan_checkpoints_only_when_the_step_would_not_fit(monkeypatch):
+    from lmforge.eval.estimate import plan as P
+
+    monkeypatch.setattr(P, "slice_rate", lambda *a, **k: 1e10)
+    cfg = from_preset("modernbert-base")
+    kw = dict(steps=300, steps_per_epoch=100, num_labels=45, lora_r=16)
+
+    def plan(**more):
+        return P.plan_training(cfg, "lora", 8, 128, "fp32", **{**kw, **more})
+
+    roomy, tight = plan(available_mb=64_000), plan(available_mb=1_000)
+    assert not roomy["activation_checkpointing"] and tight["activation_checkpointing"]
+    assert tight["peak_checkpointed_mb"] < tight["peak_mb"] == roomy["peak_mb"]
+    assert 1_000 < roomy["peak_mb"] < 0.85 * 64_000
+    # a setting in the config wins over the estimate
+    assert plan(available_mb=1_000, checkpointing=False)["activation_checkpointing"] is False
+    assert plan(available_mb=64_000, checkpointing=True)["activation_checkpointing"] is True
+    # checkpointing costs one more forward per step; epochs and the run scale by their steps
+    assert 1.2 < tight["seconds_per_step"] / roomy["seconds_per_step"] < 1.6
+    assert roomy["seconds_total"] == pytest.approx(3 * roomy["seconds_per_epoch"])
+    # shorter batches (padding to their own longest row) take less time, not less memory
+    short = plan(available_mb=64_000, mean_seq=40)
+    assert short["seconds_per_step"] < 0.5 * roomy["seconds_per_step"]
+    assert short["peak_mb"] == roomy["peak_mb"]
+    assert "checkpointing off" in P.format_plan(roomy) and "/epoch" in P.format_plan(roomy)
+
+
+def test_a_bf16_frozen_base_halves_the_frozen_weights_and_needs_no_autocast_copies():
+    cfg = from_preset("qwen2.5-0.5b", pad_token_id=151643)
+    kw = dict(num_labels=113, lora_r=16)
+    fp32 = estimate(cfg, "lora", 8, 128, "bf16", **kw)
+    low = estimate(cfg, "lora", 8, 128, "bf16", frozen_dtype="bf16", **kw)
+    saved = fp32["memory_mb"]["weights"] - low["memory_mb"]["weights"]
+    assert saved == pytest.approx(fp32["params_matmul"] * 2 / 2**20)
+    assert (
+        fp32["memory_mb"]["autocast_weight_copies"]
+        > 0
+        == low["memory_mb"]["autocast_weight_copies"]
+    )
+    assert low["frozen_dtype"] == "bf16"
+    # without bf16 compute, or with nothing frozen, it does not apply
+    assert (
+        estimate(cfg, "lora", 8, 128, "fp32", frozen_dtype="bf16", **kw)["frozen_dtype"] == "fp32"
+    )
+    assert (
+        estimate(cfg, "full", 8, 128, "bf16", frozen_dtype="bf16", **kw)["frozen_dtype"] == "fp32"
+    )

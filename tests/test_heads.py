@@ -57,3 +57,28 @@ def test_encoder_heads_shapes_and_tied_mlm_decoder():
     for head in ("dense_norm", "pooler_tanh", "linear"):
         clf = SequenceClassifier(cfg, HeadConfig(num_labels=4, pooling="cls", head=head, bias=True))
         assert clf(x).shape == (2, 4)
+
+
+def test_last_token_pooling_with_pad_equal_to_eos_is_the_same_for_either_padding_side():
+    """The transformers trap: with pad == eos (Qwen2.5 recipes pad with <|endoftext|>) a real
+    trailing EOS counts as padding, so every row pools its last text token whatever the
+    padding side, as transformers' *ForSequenceClassification does."""
+    eos = pad = 1
+    torch.manual_seed(0)
+    cfg = tiny_config(pad_token_id=pad)
+    model = SequenceClassifier(cfg, HeadConfig(num_labels=3)).eval()
+    row = [7, 8, 9, eos]  # a template that appends EOS
+    right = torch.tensor([row + [pad, pad]])
+    left = torch.tensor([[pad, pad] + row])
+    assert last_non_pad_index(right, pad).tolist() == [2]
+    assert last_non_pad_index(left, pad).tolist() == [4]
+    with torch.no_grad():
+        alone = model(torch.tensor([row]))
+        # the mask marks the real EOS as attended: it is still not the pooled token
+        from_right = model(right, attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0]]))
+        from_left = model(left, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1]]))
+        text_only = model(torch.tensor([[7, 8, 9]]))
+    # RoPE scores depend on distances only, so left padding's shifted positions change nothing
+    torch.testing.assert_close(from_right, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(from_left, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, text_only, atol=1e-5, rtol=0)

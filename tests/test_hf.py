@@ -116,6 +116,10 @@ CASES = {
         T.ModernBertConfig(**MB, classifier_pooling="cls", num_labels=3)
     ),
     "modernbert-model": lambda: T.ModernBertModel(T.ModernBertConfig(**MB)),
+    # fewer layers than global_attn_every_n_layers: layer 0 global, layer 1 local
+    "modernbert-2-layers": lambda: T.ModernBertModel(
+        T.ModernBertConfig(**{**MB, "num_hidden_layers": 2, "global_attn_every_n_layers": 3})
+    ),
     "bert-model": lambda: T.BertModel(T.BertConfig(**BERT)),
     "bert-cls": lambda: T.BertForSequenceClassification(T.BertConfig(**BERT, num_labels=4)),
     "qwen2-cls": lambda: T.Qwen2ForSequenceClassification(

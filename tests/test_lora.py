@@ -200,3 +200,34 @@ def test_activation_checkpointing_gives_the_same_gradients_with_dropout(tiny_cfg
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_frozen_base_held_in_bf16_trains_fp32_adapters_and_restores_exactly(tiny_cfg):
+    from lmforge.model.lora import hold_frozen_weights, restore_weights
+
+    torch.manual_seed(0)
+    model = LanguageModel(tiny_cfg)
+    source = copy.deepcopy(model.state_dict())
+    inject_lora(model, ["q_proj", "v_proj"], r=4, alpha=8, modules_to_save=["lm_head"])
+    trained_like(model)
+    rounded = hold_frozen_weights(model, torch.bfloat16)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    frozen_linears = [n for n in dtypes if n.endswith("proj.weight") or "base_layer" in n]
+    assert frozen_linears and all(dtypes[n] == torch.bfloat16 for n in frozen_linears)
+    # what trains stays fp32, and so do norms and embeddings
+    assert all(dtypes[n] == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
+    assert dtypes["model.embed_tokens.weight"] == torch.float32
+    assert sorted(rounded) == sorted(frozen_linears)  # random fp32 weights: every cast rounds
+    # it trains under bf16 autocast; the gradients reach the fp32 adapters only
+    x = torch.randint(0, tiny_cfg.vocab_size, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().logsumexp(-1).mean().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert any("lora_A" in n for n in grads) and all(dtypes[n] == torch.float32 for n in grads)
+    # back to the source's own fp32 weights, so merging is as exact as from an fp32 base
+    model.float()
+    restore_weights(model, source, rounded)
+    for name in rounded:
+        assert torch.equal(
+            dict(model.named_parameters())[name], source[name.replace(".base_layer.", ".")]
+        )

@@ -245,3 +245,84 @@ def test_the_course_recipe_file_loads_a_local_copy(tmp_path):
     assert "Improper use of my credit report" not in task.label_names  # merged into the new name
     assert task.info["merged_labels"] == 36
     assert task.info["dropped_classes"] == ["Rare issue"]
+
+
+@pytest.mark.parametrize("group", [0, 4])
+def test_classification_batches_cover_each_epoch_once_and_resume_exactly(group):
+    from lmforge.data.tasks import ClassificationBatches
+
+    rng = np.random.default_rng(0)
+    ids = [[5] * int(n) for n in rng.integers(1, 60, size=103)]
+    labels = list(range(103))  # a row's label names it
+
+    def make():
+        return ClassificationBatches(ids, labels, 8, pad_id=0, seed=3, group_by_length=group)
+
+    loader = make()
+    epoch = [loader.next_batch() for _ in range(loader.steps_per_epoch)]
+    seen = [y for b in epoch for y in b["labels"].tolist()]
+    assert sorted(seen) == labels  # every row once
+    assert [len(b["labels"]) for b in epoch][:-1] == [8] * 12  # only the last batch is short
+    # a fresh loader given the state after 5 batches continues with the same batches, into
+    # the next epoch
+    loader = make()
+    for _ in range(5):
+        loader.next_batch()
+    state = loader.state_dict()
+    expected = [loader.next_batch()["labels"].tolist() for _ in range(20)]
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert [resumed.next_batch()["labels"].tolist() for _ in range(20)] == expected
+
+
+def test_group_by_length_pads_less_and_still_shuffles():
+    from lmforge.data.tasks import ClassificationBatches
+
+    rng = np.random.default_rng(1)
+    ids = [[5] * int(n) for n in rng.integers(1, 128, size=800)]
+
+    def padded(group, seed=0):
+        loader = ClassificationBatches(ids, [0] * 800, 16, 0, seed=seed, group_by_length=group)
+        batches = [loader.next_batch()["input_ids"] for _ in range(loader.steps_per_epoch)]
+        assert (
+            sum(b.shape[0] * b.shape[1] for b in batches)
+            == 16 * sum(loader.padded_lengths()[: len(batches) - 1]) + batches[-1].numel()
+        )
+        return batches
+
+    plain, grouped = padded(0), padded(10)
+    assert sum(b.numel() for b in grouped) < 0.7 * sum(b.numel() for b in plain)
+    # rows of like length per batch, but the batches' lengths do not run in sorted order
+    lengths = [b.shape[1] for b in grouped]
+    assert lengths != sorted(lengths)
+    # another seed draws other batches
+    assert [b.shape[1] for b in padded(10, seed=1)] != lengths
+
+
+def test_token_cache_is_read_back_and_keyed_by_texts_tokenizer_and_length(
+    tmp_path, tiny_tokenizer_dir, monkeypatch
+):
+    from lmforge.data import tasks
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tiny_tokenizer_dir)
+    texts = ["the cat sat", "a much longer sentence about a dog " * 3, ""]
+    want = tasks.encode_examples(tok, texts, 8)
+    assert tasks.encode_cached(tok, texts, 8, tmp_path) == want  # written
+    assert len(list((tmp_path / "tokens").glob("*.npz"))) == 1
+    calls = []
+    real = tasks.encode_examples
+    monkeypatch.setattr(tasks, "encode_examples", lambda *a: calls.append(a) or real(*a))
+    assert tasks.encode_cached(tok, texts, 8, tmp_path) == want  # read back, not encoded
+    assert calls == []
+    # another length, an edited text or another tokenizer: encoded again, never a stale hit
+    assert tasks.encode_cached(tok, texts, 4, tmp_path) == real(tok, texts, 4)
+    edited = [*texts[:2], "new"]
+    assert tasks.encode_cached(tok, edited, 8, tmp_path) == real(tok, edited, 8)
+    tok.set_role("eos", tok.bos_id)
+    tasks.encode_cached(tok, texts, 8, tmp_path)
+    assert len(calls) == 3
+    # a damaged file is encoded again and replaced
+    for f in (tmp_path / "tokens").glob("*.npz"):
+        f.write_bytes(b"not a zip")
+    assert tasks.encode_cached(tok, edited, 8, tmp_path) == real(tok, edited, 8)

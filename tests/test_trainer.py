@@ -83,32 +83,63 @@ def test_loss_decreases_on_a_learnable_stream(tmp_path):
     assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 4 * 32
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resume_continues_same_loss_curve(tmp_path, optimizer):
+@pytest.mark.parametrize(
+    "optimizer, stop, saved",
+    [
+        # Ctrl-C (or SIGTERM) inside step 14: step 13 is checkpointed on the way out
+        ("adamw", KeyboardInterrupt, 13),
+        ("muon", KeyboardInterrupt, 13),
+        # a crash: the periodic checkpoint of step 10 stands, steps 11-13 are done again
+        ("adamw", RuntimeError, 10),
+    ],
+)
+def test_resume_continues_same_loss_curve(tmp_path, optimizer, stop, saved):
     make(tmp_path / "a", optimizer=optimizer).fit()
     reference = loss_by_step(tmp_path / "a")
-    # interrupted run: crash during step 14 (checkpoints at 5 and 10), then resume
     t = make(tmp_path / "b", optimizer=optimizer)
     calls = []
 
-    def crashing(model, batch):
+    def stopping(model, batch):
         calls.append(1)
         if len(calls) == 14:
-            raise KeyboardInterrupt
+            raise stop
         return clm_loss(model, batch)
 
-    t.loss_fn = t._loss = crashing
-    with pytest.raises(KeyboardInterrupt):
+    t.loss_fn = t._loss = stopping
+    with pytest.raises(stop):
         t.fit()
     assert list(loss_by_step(tmp_path / "b")) == list(range(1, 14))
+    assert ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints").name == f"step-{saved:06d}"
     resumed = make(tmp_path / "b", optimizer=optimizer)
     resumed.fit()
     assert resumed.step == 20
-    # each step once, in order (loss_by_step checks): the lost steps 11-13 were replaced
+    # each step once, in order (loss_by_step checks), on the uninterrupted run's curve: the
+    # interrupted step 14 drew the same batch again
     curve = loss_by_step(tmp_path / "b")
     assert list(curve) == list(range(1, 21))
     for step in range(1, 21):
         assert abs(curve[step] - reference[step]) < 1e-4, step
+
+
+def test_sigterm_checkpoints_like_ctrl_c(tmp_path):
+    import os
+    import signal
+
+    t = make(tmp_path)
+    calls = []
+
+    def terminated(model, batch):
+        calls.append(1)
+        if len(calls) == 8:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill <pid>` or a scheduler would
+        return clm_loss(model, batch)
+
+    t.loss_fn = t._loss = terminated
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is the caller's again
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step-000007"
 
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest(tmp_path):

@@ -242,6 +242,33 @@ def unwrap_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+def hold_frozen_weights(model: nn.Module, dtype: torch.dtype) -> list[str]:
+    """Keep every frozen Linear weight of ``model`` in ``dtype`` (bf16: QLoRA's frozen-base idea
+    without its 4-bit codes). Under bf16 autocast a matmul then reads the weight as it is where an
+    fp32 weight is cast again on every forward (autocast caches casts of trainable weights only),
+    and the frozen weights take half the memory. Adapters, the head, norms, embeddings and biases
+    stay fp32 and train in fp32. Returns the names of the weights the cast rounded (an fp32
+    source); an exact merge takes those back from the source (`restore_weights`)."""
+    rounded = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and not m.weight.requires_grad and m.weight.dtype != dtype:
+            w = m.weight.data
+            low = w.to(dtype)
+            if not torch.equal(low.to(w.dtype), w):
+                rounded.append(f"{name}.weight")
+            m.weight.data = low
+    return rounded
+
+
+def restore_weights(model: nn.Module, source: dict[str, torch.Tensor], names: list[str]) -> None:
+    """Put the ``source`` state's tensors back under ``names`` (a LoRA layer's ``base_layer``
+    named as the plain Linear it wraps), in fp32: the frozen weights as they were loaded."""
+    params = dict(model.named_parameters())
+    for name in names:
+        p = params[name]
+        p.data = source[name.replace(".base_layer.", ".")].to(p.device, torch.float32)
+
+
 def adapter_state_dict(
     model: nn.Module, adapter_name: str = "default", modules_to_save: list[str] = (), rename=None
 ) -> dict[str, torch.Tensor]:

@@ -28,7 +28,8 @@ from lmforge.data.tasks import (
     ClassificationBatches,
     Task,
     check_eval_labels,
-    encode_examples,
+    encode_cached,
+    is_task_dir,
     read_table,
     resolve_task,
     subsample,
@@ -44,14 +45,17 @@ from lmforge.eval.classifier import (
     run_task,
     score,
 )
+from lmforge.eval.estimate.plan import format_plan, plan_training
 from lmforge.eval.metrics import macro_f1, softmax
 from lmforge.model import hf
 from lmforge.model.heads import HeadConfig, SequenceClassifier
 from lmforge.model.lora import (
     LoraConfig,
     apply_lora,
+    hold_frozen_weights,
     lora_modules,
     merge_lora,
+    restore_weights,
     save_adapter,
     unwrap_lora,
 )
@@ -59,6 +63,7 @@ from lmforge.model.transformer import count_parameters
 from lmforge.stages import frame
 from lmforge.stages.summaries import ClassifySummary
 from lmforge.train import distributed as dp
+from lmforge.train.device import choose_precision
 from lmforge.train.objectives import class_weights, classification_loss_fn, distillation_loss_fn
 from lmforge.train.trainer import Trainer, TrainerConfig, steps_for_epochs
 from lmforge.utils import write_json
@@ -93,11 +98,19 @@ class ClassifyConfig(ClassifierSettings):
     # probe: backbone frozen, head trained; full: everything trained; lora: adapters + head.
     method: Literal["probe", "full", "lora"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    # LoRA and probe: the dtype the frozen backbone's matmul weights are held in while training.
+    # "auto": bf16 where the trainer computes in bf16 (autocast: AMX CPUs, GPUs), else fp32.
+    # bf16 halves their memory and spares autocast a cast of each per forward; adapters and the
+    # head train in fp32, and the merge puts them into the source's own fp32 weights.
+    frozen_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     head: HeadSection = Field(default_factory=HeadSection)
     class_weights: Literal["none", "sqrt_inverse", "balanced"] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     epochs: float = 3.0  # sets trainer.max_steps from the training set size
     batch_size: int = 32
+    # Batches of like-length rows, drawn from mega-batches of this many batches (transformers'
+    # group_by_length): less padding per step, same data per epoch. 0: plain shuffled batches.
+    group_by_length: int = Field(50, ge=0)
     head_lr_mult: float = 1.0  # a fresh head may learn faster than a pretrained body
     distill: DistillSection = Field(default_factory=DistillSection)
     trainer: TrainerConfig = Field(
@@ -179,6 +192,26 @@ def build_classifier(cfg: ClassifyConfig, task: Task):
     return model, base.tokenizer, head_modules
 
 
+def _frozen_dtype(cfg: ClassifyConfig, precision: str, par) -> str:
+    """frozen_dtype resolved: bf16 only for a frozen backbone under bf16 autocast in one process
+    or DDP (FSDP2 shards parameters of one dtype)."""
+    if cfg.method == "full":
+        return "fp32"  # nothing is frozen
+    if cfg.frozen_dtype == "auto":
+        return "bf16" if precision == "bf16" and par.mode != "fsdp" else "fp32"
+    if cfg.frozen_dtype == "bf16" and precision != "bf16":
+        raise ConfigError(
+            "frozen_dtype=bf16 multiplies under bf16 autocast, but the trainer computes in "
+            f"{precision}: set trainer.precision=bf16 as well, or leave frozen_dtype=auto"
+        )
+    if cfg.frozen_dtype == "bf16" and par.mode == "fsdp":
+        raise ConfigError(
+            "frozen_dtype=bf16 under trainer.parallel=fsdp: FSDP2 shards parameters of one "
+            "dtype; use frozen_dtype=fp32, or parallel=ddp"
+        )
+    return cfg.frozen_dtype
+
+
 def _peft_names(model, head_modules: list[str], targets: list[str]):
     """Adapter keys, target modules and saved modules named as in the transformers model the
     classifier exports to (`score` for Qwen2/Llama heads, `bert.encoder.layer.0.attention.self.query`
@@ -221,8 +254,10 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
         model, tokenizer, head_modules = build_classifier(cfg, task)
         train_rows = subsample(task.train, cfg.task.max_train_examples, cfg.task.seed)
         val_rows = subsample(task.val, cfg.task.max_eval_examples, cfg.task.seed)
-        train_ids, train_trunc = encode_examples(
-            tokenizer, [t for t, _ in train_rows], cfg.task.max_length
+        # tokenized once per task, tokenizer and max_length; later runs read the cache
+        token_cache = cfg.task.path if is_task_dir(cfg.task.path) else out / "task"
+        train_ids, train_trunc = encode_cached(
+            tokenizer, [t for t, _ in train_rows], cfg.task.max_length, token_cache
         )
         teacher = None
         if cfg.distill.teacher_logits:
@@ -239,6 +274,7 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
                 seed=cfg.trainer.seed,
                 padding_side=cfg.padding_side,
                 teacher_logits=teacher,
+                group_by_length=cfg.group_by_length,
             )
         )
         batches_per_epoch = -(-len(loader.ids) // cfg.batch_size)
@@ -258,6 +294,33 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
             f"parameters trainable ({100 * params['trainable'] / params['total']:.2f}%); "
             f"{len(train_rows):,} training examples, {task.num_labels} labels, {tcfg.max_steps} steps"
         )
+        device = dp.device_for(tcfg.device)
+        precision = choose_precision(tcfg.precision, device).precision
+        frozen = _frozen_dtype(cfg, precision, par)
+        rounded = hold_frozen_weights(model, torch.bfloat16) if frozen == "bf16" else []
+        # Before the first step: the memory it will need, whether to checkpoint, and how long.
+        lengths = loader.padded_lengths()
+        plan = plan_training(
+            model.cfg,
+            cfg.method,
+            par.micro_batch_size,
+            max(lengths),
+            precision,
+            steps=tcfg.max_steps,
+            steps_per_epoch=batches_per_epoch,
+            mean_seq=sum(lengths) / len(lengths),
+            checkpointing=tcfg.activation_checkpointing,
+            num_labels=task.num_labels,
+            lora_r=cfg.lora.r,
+            lora_targets=tuple(cfg.lora.target_modules),
+            lora_dropout=cfg.lora.dropout,
+            grad_accum_steps=tcfg.grad_accum_steps,
+            frozen_dtype=frozen,
+            device=str(device),
+        )
+        tcfg.activation_checkpointing = plan["activation_checkpointing"]
+        if par.is_main:
+            print(f"[classify] plan: {format_plan(plan)}")
 
         val_texts, val_labels = [t for t, _ in val_rows], np.array([y for _, y in val_rows])
         known = val_labels >= 0
@@ -293,6 +356,8 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
     if not par.is_main:
         return result  # rank 0 evaluates and writes the artifact
     model = trainer.model.float()
+    if rounded:  # the frozen weights the bf16 cast rounded: the source's, for an exact merge
+        restore_weights(model, load(cfg.init).model.state_dict(), rounded)
 
     # Artifact: LoRA adapters in PEFT's format, then the merged model that inference loads.
     adapter_mb = None
@@ -337,6 +402,8 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
         "params_trainable": params["trainable"],
         "trainable_pct": 100 * params["trainable"] / params["total"],
         "train": result,
+        "plan": plan,
+        "frozen_dtype": frozen,
     }
     if teacher is not None:
         summary["distill"] = cfg.distill.model_dump()

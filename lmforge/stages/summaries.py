@@ -267,6 +267,8 @@ class ClassifySummary(ClassifierSummary):
     distill: dict | None = None
     adapter_mb: Number | None = None
     adapter_hf_names: bool | None = None  # the adapter's keys are transformers' (PEFT loads it)
+    plan: dict | None = None  # the estimate before the first step: memory, checkpointing, time
+    frozen_dtype: str | None = None  # the dtype the frozen backbone was held in (LoRA, probe)
 
 
 class BaselineSummary(ClassifierSummary):

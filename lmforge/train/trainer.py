@@ -15,8 +15,12 @@ Contracts:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import shutil
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,7 +77,8 @@ class TrainerConfig(Section):
     compile: bool = False
     # Recompute each block in backward instead of keeping its activations: less memory for
     # about a third more compute (`lmforge estimate` prints the peak with and without it).
-    activation_checkpointing: bool = False
+    # "auto" (classify): on when the estimate's peak would not fit in the available memory.
+    activation_checkpointing: bool | Literal["auto"] = False
     device: str = "auto"
     # Under torchrun: "ddp" (replicas; "auto" picks it) or "fsdp" (FSDP2: parameters, gradients
     # and optimizer state sharded across ranks). Ignored in a single process.
@@ -163,6 +168,11 @@ class Trainer:
         # the model moves to the device, so the device never holds two)
         self._consolidator = dp.Consolidator(model, self.par)
         self.model = model.to(self.device)
+        if cfg.activation_checkpointing == "auto":
+            raise ConfigError(
+                "trainer.activation_checkpointing=auto is decided from the memory estimate by "
+                "`lmforge classify train`; for this stage set it to true or false"
+            )
         if cfg.activation_checkpointing and not set_activation_checkpointing(self.model, True):
             raise ConfigError(
                 "trainer.activation_checkpointing: this model has no lmforge Transformer blocks"
@@ -254,6 +264,39 @@ class Trainer:
             ckpt.set_rng_state(state["rng"])
         self.spikes.history.clear()
         self.spikes.history.extend(state["spike_history"])
+
+    def _step_boundary(self) -> tuple:
+        """What an interrupted step must be rewound to: the step, the loader's position and the
+        generators' states before its batches were drawn (cheap: no copies of tensors)."""
+        return (
+            self.step,
+            self.loader.state_dict(),
+            (random.getstate(), np.random.get_state(), torch.get_rng_state()),
+        )
+
+    def _save_interrupted(self, boundary: tuple) -> None:
+        """Checkpoint the last completed step after an interrupt. A step cut short left its
+        batches drawn and gradients half made: rewind the loader and generators to the step's
+        start so the resumed run draws the same batches. Under torchrun a rank alone cannot
+        save (saving is collective); the last periodic checkpoint stands."""
+        if self.par.world_size > 1:
+            return
+        step, loader_state, (py, np_state, torch_state) = boundary
+        if self.step == step:  # interrupted inside the step
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loader.load_state_dict(loader_state)
+            random.setstate(py)
+            np.random.set_state(np_state)
+            torch.set_rng_state(torch_state)
+        if self.step == 0:
+            return
+        path = self.save_checkpoint()
+        self.log({"event": "interrupted", "step": self.step})
+        print(
+            f"\n[train] interrupted: step {self.step} saved to {path}; the same command "
+            "resumes from it",
+            flush=True,
+        )
 
     def maybe_resume(self) -> bool:
         if self.cfg.resume == "never":
@@ -441,82 +484,99 @@ class Trainer:
         start_seconds = self.train_seconds
         t_run = time.perf_counter()
         stopped_early = False
-        while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
-            info = self.train_step()
-            if info["spike"]:
-                self._handle_spike(info)
-                bar.n = self.step
-                bar.refresh()
-                continue
-            self.train_seconds = start_seconds + (time.perf_counter() - t_run)
-            window_tokens += info["tokens"]
-            recent_losses.append(info["loss"])
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                dt = time.perf_counter() - window_start - paused
-                tps = window_tokens / max(dt, 1e-9)
-                mfu = tps * self.flops_per_token / peak if self.flops_per_token else None
-                if mfu is not None and mfu > 1 and not cfg.peak_flops and not remeasured:
-                    remeasured = True
-                    # The peak was measured while something else held the cores: measure again.
-                    peak = max(
-                        peak,
-                        self.par.world_size
-                        * matmul_peak_flops(
-                            self.device.type, "bfloat16" if self.precision == "bf16" else "float32"
-                        ),
+        # Ctrl-C (or SIGTERM from a scheduler) between or inside steps: keep the last whole step
+        # as a checkpoint, so the same command resumes exactly where the run stood.
+        boundary = self._step_boundary()
+        try:
+            with _sigterm_as_interrupt(self.par):
+                while self.step < cfg.max_steps:
+                    boundary = self._step_boundary()
+                    t0 = time.perf_counter()
+                    info = self.train_step()
+                    if info["spike"]:
+                        self._handle_spike(info)
+                        bar.n = self.step
+                        bar.refresh()
+                        continue
+                    self.train_seconds = start_seconds + (time.perf_counter() - t_run)
+                    window_tokens += info["tokens"]
+                    recent_losses.append(info["loss"])
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        dt = time.perf_counter() - window_start - paused
+                        tps = window_tokens / max(dt, 1e-9)
+                        mfu = tps * self.flops_per_token / peak if self.flops_per_token else None
+                        if mfu is not None and mfu > 1 and not cfg.peak_flops and not remeasured:
+                            remeasured = True
+                            # The peak was measured while something else held the cores: measure again.
+                            peak = max(
+                                peak,
+                                self.par.world_size
+                                * matmul_peak_flops(
+                                    self.device.type,
+                                    "bfloat16" if self.precision == "bf16" else "float32",
+                                ),
+                            )
+                            mfu = tps * self.flops_per_token / peak
+                        record = {
+                            "step": self.step,
+                            "loss": info["loss"],
+                            "lr": info["lr"],
+                            "grad_norm": info["grad_norm"],
+                            "tokens_seen": self.tokens_seen,
+                            "tokens_per_s": tps,
+                            "step_ms": 1000 * (time.perf_counter() - t0),
+                            "elapsed_s": self.train_seconds,
+                        }
+                        if mfu is not None:
+                            record["mfu"] = mfu
+                        if hasattr(
+                            self.loader, "realised"
+                        ):  # a data mixture: the shares drawn so far
+                            record["mix"] = {
+                                k: v["share"] for k, v in self.loader.realised().items()
+                            }
+                        self.log(record)
+                        bar.set_postfix(
+                            loss=f"{info['loss']:.3f}",
+                            tok_s=f"{tps:,.0f}",
+                            **({"mfu": f"{mfu:.1%}"} if mfu else {}),
+                        )
+                        window_tokens, window_start, paused = 0, time.perf_counter(), 0.0
+                    # rank 0's clock decides, so that every rank stops at the same step
+                    time_up = bool(cfg.time_limit_s) and dp.agree(
+                        self.train_seconds >= cfg.time_limit_s, self.par
                     )
-                    mfu = tps * self.flops_per_token / peak
-                record = {
-                    "step": self.step,
-                    "loss": info["loss"],
-                    "lr": info["lr"],
-                    "grad_norm": info["grad_norm"],
-                    "tokens_seen": self.tokens_seen,
-                    "tokens_per_s": tps,
-                    "step_ms": 1000 * (time.perf_counter() - t0),
-                    "elapsed_s": self.train_seconds,
-                }
-                if mfu is not None:
-                    record["mfu"] = mfu
-                if hasattr(self.loader, "realised"):  # a data mixture: the shares drawn so far
-                    record["mix"] = {k: v["share"] for k, v in self.loader.realised().items()}
-                self.log(record)
-                bar.set_postfix(
-                    loss=f"{info['loss']:.3f}",
-                    tok_s=f"{tps:,.0f}",
-                    **({"mfu": f"{mfu:.1%}"} if mfu else {}),
-                )
-                window_tokens, window_start, paused = 0, time.perf_counter(), 0.0
-            # rank 0's clock decides, so that every rank stops at the same step
-            time_up = bool(cfg.time_limit_s) and dp.agree(
-                self.train_seconds >= cfg.time_limit_s, self.par
-            )
-            if self.eval_fn and (
-                (cfg.eval_every and self.step % cfg.eval_every == 0)
-                or self.step == cfg.max_steps
-                or time_up
-            ):
-                t_pause = time.perf_counter()
-                last_eval = self.evaluate()
-                self.log({"step": self.step, **last_eval})
-                paused += time.perf_counter() - t_pause  # eval time is not training throughput
-                if self._early_stop(last_eval):
-                    stopped_early = True
-                    self.log({"event": "early_stop", "step": self.step, **self.best})
-                    break
-            if (
-                cfg.checkpoint_every
-                and self.step % cfg.checkpoint_every == 0
-                and self.step < cfg.max_steps
-            ):
-                t_pause = time.perf_counter()
-                self.save_checkpoint()
-                paused += time.perf_counter() - t_pause
-            if time_up:
-                stopped_early = True
-                break
+                    if self.eval_fn and (
+                        (cfg.eval_every and self.step % cfg.eval_every == 0)
+                        or self.step == cfg.max_steps
+                        or time_up
+                    ):
+                        t_pause = time.perf_counter()
+                        last_eval = self.evaluate()
+                        self.log({"step": self.step, **last_eval})
+                        paused += (
+                            time.perf_counter() - t_pause
+                        )  # eval time is not training throughput
+                        if self._early_stop(last_eval):
+                            stopped_early = True
+                            self.log({"event": "early_stop", "step": self.step, **self.best})
+                            break
+                    if (
+                        cfg.checkpoint_every
+                        and self.step % cfg.checkpoint_every == 0
+                        and self.step < cfg.max_steps
+                    ):
+                        t_pause = time.perf_counter()
+                        self.save_checkpoint()
+                        paused += time.perf_counter() - t_pause
+                    if time_up:
+                        stopped_early = True
+                        break
+        except KeyboardInterrupt:
+            bar.close()
+            self._save_interrupted(boundary)
+            raise
         bar.close()
         if self.eval_fn and not last_eval:
             last_eval = self.evaluate()
@@ -563,3 +623,22 @@ class Trainer:
         if rows and "mfu" in rows[-1]:
             out["mfu"] = float(np.median([r["mfu"] for r in steady]))
         return out
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(par):
+    """SIGTERM (a scheduler's stop, `kill`) raises KeyboardInterrupt in the training loop, as
+    Ctrl-C does, so the run checkpoints before it ends. Only in a single process's main thread:
+    torchrun's agent handles its workers' signals itself."""
+    if par.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

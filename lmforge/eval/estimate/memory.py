@@ -197,13 +197,16 @@ def estimate(
     device: str = "cpu",
     activation_checkpointing: bool | None = None,
     flops_per_s: float | None = None,
+    frozen_dtype: str = "fp32",
 ) -> dict:
     """Parameters, peak memory (MiB) and FLOPs of one step of ``method`` on a (batch, seq)
     micro-batch. ``num_labels``: a sequence classifier (stages/classify.py) instead of the
     language-modelling head; ``probe`` always is one (2 labels unless given). DPO's ``batch`` is
     pairs: chosen and rejected run together (2 x batch rows) and a frozen copy is the reference.
     ``flops_per_s`` (from `calibrate`) adds the time per step. ``activation_checkpointing``
-    only chooses which total `format_estimate` leads with; both are always computed."""
+    only chooses which total `format_estimate` leads with; both are always computed.
+    ``frozen_dtype`` "bf16" (LoRA, probe): the frozen block weights held in bf16
+    (stages/classify.py's frozen_dtype)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     if dtype not in DTYPES:
@@ -247,6 +250,9 @@ def estimate(
 
     # --- memory ------------------------------------------------------------------------------
     weights = params * weight_bytes
+    frozen_low = frozen_dtype == "bf16" and method in ("lora", "probe") and autocast
+    if frozen_low:  # every block matmul weight is frozen (the adapters are apart), in bf16
+        weights -= n_token * (F32 - DTYPES["bf16"])
     reference = params * F32 if method == "dpo" else 0  # a frozen fp32 copy (stages/preference)
     gradients = trainable * F32
     optimizer = trainable * 2 * F32  # AdamW: exp_avg and exp_avg_sq in fp32
@@ -292,7 +298,8 @@ def estimate(
         # at a time in the backward, whose own backward then runs
         checkpointed = L * bt * d * F32 + outside + max(transient, block + layer_transient)
         # autocast keeps a bf16 copy of each matmul weight the backward multiplies by
-        autocast_copies = n_token * 2 if autocast else 0
+        # (a frozen bf16 weight is multiplied as it is: no copy)
+        autocast_copies = n_token * 2 if autocast and not frozen_low else 0
     # The backward starts with every saved activation (and autocast's weight copies) live and
     # ends with every gradient live; with gradient accumulation the gradients of earlier
     # micro-batches are there from the start. A tied embedding gets its gradient twice (LM head,
@@ -346,6 +353,7 @@ def estimate(
         "flops_per_token": per_token,
         "flops_per_step": flops,
         "activation_checkpointing": bool(activation_checkpointing),
+        "frozen_dtype": "bf16" if frozen_low else "fp32",
     }
     if flops_per_s:
         out["flops_per_s"] = flops_per_s

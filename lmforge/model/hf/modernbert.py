@@ -73,8 +73,10 @@ def config_from_hf(hf: dict, where: str) -> dict:
         attn_out_bias=bias,
         mlp_bias=hf.get("mlp_bias", False),
         tie_embeddings=hf.get("tie_word_embeddings", True),
-        global_every=every if every < n else 0,
-        local_window=hf.get("local_attention", 128) if every < n else 0,
+        # Layers 1.. are local whenever every > 1 (also with fewer layers than `every`: only
+        # layer 0 is global then); 0 says every layer is global.
+        global_every=every if every > 1 and n > 1 else 0,
+        local_window=hf.get("local_attention", 128) if every > 1 and n > 1 else 0,
         dropout=hf.get("mlp_dropout", 0.0),
         # ModernBERT names its BOS and EOS cls and sep
         bos_token_id=hf.get("cls_token_id", first(hf.get("bos_token_id"))),
