@@ -24,7 +24,7 @@ this script from the kaiming-uniform distribution both libraries use, seeded by 
 so both sides start from the same adapters; B is zero on both.
 
 - lmforge: the classifier built as `lmforge classify train` builds it (stages/classify.py's
-  `build_classifier` on the checkpoint directory, its `_frozen_dtype` choice), and a real
+  `build_classifier` on the checkpoint directory, its `frozen_dtype_for` choice), and a real
   `lmforge.train.trainer.Trainer` whose `train_step()` is called ``--steps`` times: its
   optimizer (build_optimizer: fused AdamW), its precision (cpu_precision: fp32 on an AVX2 CPU),
   autocast, clipping and allocator tuning. `fit()`'s extras (evaluation, checkpoints,
@@ -335,7 +335,7 @@ def _lmforge_trainer(spec: dict):
     from lmforge.data.tasks import Task
     from lmforge.model.lora import LoraConfig, hold_frozen_weights
     from lmforge.model.transformer import count_parameters
-    from lmforge.stages.classify import ClassifyConfig, _frozen_dtype, build_classifier
+    from lmforge.stages.classify import ClassifyConfig, build_classifier, frozen_dtype_for
     from lmforge.train import distributed as dp
     from lmforge.train.device import choose_precision
     from lmforge.train.objectives import classification_loss_fn
@@ -381,7 +381,7 @@ def _lmforge_trainer(spec: dict):
     tcfg = cfg.trainer.model_copy(update={"micro_batch_size": cfg.batch_size})
     par = dp.plan_for(tcfg)
     precision = choose_precision(tcfg.precision, dp.device_for(tcfg.device))
-    frozen = _frozen_dtype(cfg, precision.precision, par)
+    frozen = frozen_dtype_for(cfg, precision.precision, par)
     if frozen == "bf16":
         hold_frozen_weights(model, torch.bfloat16)
     trainer = Trainer(

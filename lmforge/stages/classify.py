@@ -192,7 +192,7 @@ def build_classifier(cfg: ClassifyConfig, task: Task):
     return model, base.tokenizer, head_modules
 
 
-def _frozen_dtype(cfg: ClassifyConfig, precision: str, par) -> str:
+def frozen_dtype_for(cfg: ClassifyConfig, precision: str, par) -> str:
     """frozen_dtype resolved: bf16 only for a frozen backbone under bf16 autocast in one process
     or DDP (FSDP2 shards parameters of one dtype)."""
     if cfg.method == "full":
@@ -296,7 +296,7 @@ def train(cfg: ClassifyConfig, overwrite: bool = False) -> dict:
         )
         device = dp.device_for(tcfg.device)
         precision = choose_precision(tcfg.precision, device).precision
-        frozen = _frozen_dtype(cfg, precision, par)
+        frozen = frozen_dtype_for(cfg, precision, par)
         rounded = hold_frozen_weights(model, torch.bfloat16) if frozen == "bf16" else []
         # Before the first step: the memory it will need, whether to checkpoint, and how long.
         lengths = loader.padded_lengths()

@@ -4,6 +4,8 @@ per epoch and in all from the FLOP rate a 2-layer slice of the model reaches her
 
 from __future__ import annotations
 
+import torch
+
 from lmforge.eval.estimate.calibration import slice_rate
 from lmforge.eval.estimate.memory import estimate
 from lmforge.machine import available_memory_mb
@@ -40,8 +42,7 @@ def plan_training(
     if available_mb is not None:
         available = available_mb
     elif device.startswith("cuda"):
-        import torch  # the GPU's free memory, not the host's
-
+        # the GPU's free memory, not the host's
         available = torch.cuda.mem_get_info(torch.device(device))[0] / 2**20
     else:
         available = available_memory_mb()
