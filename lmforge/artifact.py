@@ -131,6 +131,13 @@ def load(
         return Loaded(model=model, tokenizer=tokenizer, config=cfg, kind=kind, path=path, meta=meta)
     kind, cfg = read_model_config(path)
     meta = read_model_meta(path)
+    if (path / "model.onnx").is_file() and not (path / "model.safetensors").is_file():
+        # a classifier copy for ONNX Runtime (`quantize --method onnx`): eval, predict and
+        # serve call it as they call ours. Imported here: onnxruntime is the deploy extra.
+        from lmforge.model.onnx_export import OnnxClassifier
+
+        model = OnnxClassifier.from_dir(path)
+        return Loaded(model=model, tokenizer=tokenizer, config=cfg, kind=kind, path=path, meta=meta)
     model = build_model(kind, cfg, meta)
     if "quantization" in meta:  # quantized layers (or a cast) first, then their weights
         q = meta["quantization"]

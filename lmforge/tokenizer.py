@@ -45,6 +45,37 @@ EOS, BOS, PAD, IM_START, IM_END, MASK, SEP, UNK = (
 SPECIAL_TOKENS = [EOS, BOS, PAD, IM_START, IM_END, MASK, SEP, UNK]
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
 
+# data/chat.py's ChatML as a Jinja template, in transformers' convention (`messages`,
+# `add_generation_prompt`, `bos_token`), for the runtimes that format chats themselves:
+# transformers' apply_chat_template, llama.cpp and llama-cpp-python (read from the GGUF file).
+# It renders exactly the text chat.py encodes, and that text tokenizes to chat.py's ids
+# (tests/test_export_gguf.py). The BOS token leads only for tokenizers that have one
+# (lmforge's), never for those without (Qwen's): llama.cpp then names some other token its BOS,
+# and a template reading `bos_token` would print it.
+#
+# The one intended difference: chat.py encodes each content as plain text, so a message
+# holding "<|im_start|>" stays the 12 characters it is; a runtime that renders this template
+# to a string and tokenizes the string reads it back as the control token. The template cannot
+# prevent that (it makes text, not ids): serve untrusted input with lmforge, or strip the
+# control strings from messages before they reach another runtime.
+#
+# A known, unintended one (chat.py's to settle): chat.py encodes the role header ("user\n") and
+# the content apart, a runtime the whole string, so content that starts with two or more
+# whitespace characters (with Qwen2's pre-tokenizer: with a newline) can share a token with the
+# header's newline there, e.g. "\n   " before indented code.
+_CHATML_BOS = "{{- bos_token }}"
+_CHATML = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def chat_template(with_bos: bool) -> str:
+    """The ChatML Jinja template (see above), with the BOS token first when `with_bos`."""
+    return (_CHATML_BOS if with_bos else "") + _CHATML
+
 
 # Roles every stage asks for by name, and lmforge's own token for each. A tokenizer from
 # elsewhere (Qwen2.5, BERT, ...) names its own in tokenizer_config.json / special_tokens_map.json.
@@ -158,6 +189,13 @@ class Tokenizer:
         return self._ids.get("im_end")
 
     @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template other runtimes format chats with (None without ChatML)."""
+        if self.im_start_id is None or self.im_end_id is None:
+            return None
+        return chat_template(with_bos=self.bos_id is not None)
+
+    @property
     def special_ids(self) -> set[int]:
         return {i for i in self._ids.values() if i is not None}
 
@@ -250,7 +288,8 @@ class Tokenizer:
         return hashlib.sha256(self.hf.to_str().encode()).hexdigest()[:16]
 
     def save(self, out_dir: str | os.PathLike) -> None:
-        """tokenizer.json plus the two small files transformers' AutoTokenizer reads."""
+        """tokenizer.json plus the two small files transformers' AutoTokenizer reads (with the
+        ChatML chat template when the tokenizer has the ChatML tokens)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "tokenizer.json", self.hf.to_str())
@@ -267,6 +306,8 @@ class Tokenizer:
         }
         if self.is_lmforge:
             config["add_prefix_space"] = False
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         write_json(out_dir / "tokenizer_config.json", config)
         write_json(out_dir / "special_tokens_map.json", special)
 

@@ -2,7 +2,6 @@
 
 import json
 import re
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,12 +126,10 @@ def render_page(html: Path, png: Path) -> dict:
 
 @contextmanager
 def running(server):
-    """A bound lmforge server serving on a thread; yields its URL, shuts it down after."""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    """A bound lmforge server (infer/serve.make_server) serving on a thread; yields its URL,
+    shuts it down after."""
+    url = server.start()
     try:
-        yield server.url
+        yield url
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+        server.stop()

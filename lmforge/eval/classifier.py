@@ -61,7 +61,8 @@ def predict_logits(
     ids, truncated = encode_examples(tokenizer, texts, max_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), model.head_cfg.num_labels), dtype=np.float32)
-    device = next(model.parameters()).device  # the trainer's evals run on its GPU
+    # the trainer's evals run on its GPU; a model without torch weights (ONNX Runtime) on the CPU
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         batch = pad_batch([ids[i] for i in idx], tokenizer.pad_id, padding_side)

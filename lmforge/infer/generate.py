@@ -145,6 +145,51 @@ def stream_text(
     return stream_ids(model, tokenizer, prompt_ids, cfg, stats)
 
 
+class TextStream:
+    """Token ids in, text pieces out, cut at the first stop string.
+
+    Byte-level tokens can end mid-character, so text is released only once it decodes cleanly,
+    and held back while it could still be the start of a stop string. `push` returns the text
+    a new token releases (maybe "") and whether a stop string ended the answer; `flush` the
+    rest at the end.
+    """
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.hold = max((len(s) - 1 for s in stop), default=0)
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, token: int) -> tuple[str, bool]:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return "", False  # an incomplete UTF-8 sequence: wait for its other bytes
+        cut = min((i for s in self.stop if (i := text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            piece = text[self.emitted : cut] if cut > self.emitted else ""
+            self.emitted = len(text)
+            return piece, True
+        safe = len(text) - self.hold  # keep back a tail that might grow into a stop string
+        if safe <= self.emitted:
+            return "", False
+        piece, self.emitted = text[self.emitted : safe], safe
+        return piece, False
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        piece, self.emitted = text[self.emitted :], max(self.emitted, len(text))
+        return piece
+
+
+def end_token_ids(tokenizer, cfg: SamplingConfig) -> SamplingConfig:
+    """cfg with EOS and <|im_end|> (the end of a chat turn) among its stop tokens."""
+    ends = [t for t in (tokenizer.eos_id, tokenizer.im_end_id) if t is not None]
+    if all(t in cfg.stop_token_ids for t in ends):
+        return cfg
+    return SamplingConfig(**{**cfg.__dict__, "stop_token_ids": [*cfg.stop_token_ids, *ends]})
+
+
 def stream_ids(
     model: nn.Module,
     tokenizer,
@@ -153,32 +198,18 @@ def stream_ids(
     stats: GenerationStats | None = None,
 ) -> Iterator[str]:
     """`stream_text` from token ids; stops at EOS and at <|im_end|> (the end of a chat turn)."""
-    ends = [t for t in (tokenizer.eos_id, tokenizer.im_end_id) if t is not None]
-    if any(t not in cfg.stop_token_ids for t in ends):
-        cfg = SamplingConfig(**{**cfg.__dict__, "stop_token_ids": [*cfg.stop_token_ids, *ends]})
-    new: list[int] = []
-    emitted = 0
+    cfg = end_token_ids(tokenizer, cfg)
     stats = stats if stats is not None else GenerationStats()
+    text = TextStream(tokenizer, cfg.stop)
     for tok in generate_tokens(model, prompt_ids, cfg, stats=stats):
-        new.append(tok)
-        text = tokenizer.decode(new)
-        if text.endswith("\ufffd"):
-            continue  # an incomplete UTF-8 sequence: wait for its other bytes
-        cut = min((i for s in cfg.stop if (i := text.find(s)) >= 0), default=-1)
-        if cut >= 0:
+        piece, stopped = text.push(tok)
+        if piece:
+            yield piece
+        if stopped:
             stats.finish_reason = "stop"
-            if cut > emitted:
-                yield text[emitted:cut]
             return
-        # keep back a tail that might grow into a stop string
-        hold = max((len(s) - 1 for s in cfg.stop), default=0)
-        safe = len(text) - hold
-        if safe > emitted:
-            yield text[emitted:safe]
-            emitted = safe
-    text = tokenizer.decode(new)
-    if len(text) > emitted:
-        yield text[emitted:]
+    if tail := text.flush():
+        yield tail
 
 
 def stream_chat(

@@ -1,15 +1,21 @@
-"""OpenAI's wire format for infer/serve.py: errors in OpenAI's shape, a request's JSON checked
-and turned into messages or a prompt and a SamplingConfig, and one generation with the token
-counts and finish reason its answer reports. No HTTP here: the server reads and writes it."""
+"""OpenAI's wire format as pydantic models, for infer/serve.py (no HTTP here).
+
+The request models check what a client sends (types strictly: `"temperature": "hot"` or
+`true` is a client bug worth reporting, not something to coerce), and say what was wrong in
+words a person can act on; FastAPI answers their failures with 422 (serve.py) and publishes
+them, with the response models, in the OpenAPI schema at /docs.
+
+Fields OpenAI defines that change nothing here (penalties, logprobs, user, ...) are accepted
+and ignored, as OpenAI-compatible servers do, so that any client library works unchanged.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any, Literal
 
-import torch
-from torch import nn
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from lmforge.infer.generate import GenerationStats, SamplingConfig, stream_chat, stream_text
+from lmforge.infer.generate import SamplingConfig
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 
@@ -27,14 +33,8 @@ class ApiError(Exception):
         headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status,
-            message,
-            type,
-            param,
-            code,
-        )
-        self.headers = headers or {}
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers or {}
 
     def body(self) -> dict:
         return {
@@ -47,182 +47,235 @@ class ApiError(Exception):
         }
 
 
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param, code=code)
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
 
 
 # --------------------------------------------------------------------------------------------
-# Requests: JSON -> validated messages / prompt and a SamplingConfig
+# Requests
 # --------------------------------------------------------------------------------------------
 
 
-def _number(body: dict, key: str, default: float, low: float, high: float) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    # bool is an int in Python, but `"temperature": true` is a client bug worth reporting
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise bad_request(f"'{key}' must be a number from {low} to {high}, got {value!r:.40}", key)
-    return float(value)
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
 
 
-def _integer(body: dict, key: str, low: int, high: int) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise bad_request(
-            f"'{key}' must be an integer from {low} to {high}, got {value!r:.40}", key
-        )
-    return value
-
-
-def parse_sampling(body: dict, max_tokens_cap: int) -> SamplingConfig:
-    """The sampling fields of a request, checked, as a SamplingConfig (400 ApiError if not)."""
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = body.get(key)
-    if isinstance(max_tokens, int) and max_tokens > max_tokens_cap:
-        raise bad_request(
-            f"'{key}' is {max_tokens}, above this server's cap of {max_tokens_cap}; ask for "
-            f"at most {max_tokens_cap} (or restart the server with a larger cap)",
-            key,
-            "max_tokens_too_large",
-        )
-    max_tokens = _integer(body, key, 1, max_tokens_cap)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    if top_p == 0:
-        raise bad_request(
-            "'top_p' must be above 0 (use temperature 0 for greedy decoding)", "top_p"
-        )
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is None:
-        stop = []
-    if (
-        not isinstance(stop, list)
-        or len(stop) > MAX_STOP_STRINGS
-        or not all(isinstance(s, str) and s for s in stop)
-    ):
-        raise bad_request(
-            f"'stop' must be a string or a list of up to {MAX_STOP_STRINGS} non-empty strings",
-            "stop",
-        )
-    n = body.get("n", 1)
-    if n != 1 or isinstance(n, bool):
-        raise bad_request("'n' must be 1: this server returns one choice per request", "n")
-    return SamplingConfig(
-        max_new_tokens=max_tokens or max_tokens_cap,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_k=_integer(body, "top_k", 0, 2**31) or None,
-        top_p=None if top_p >= 1 else top_p,
-        seed=_integer(body, "seed", 0, 2**63 - 1),
-        stop=stop,
-    )
-
-
-def _content_text(content, where: str) -> str:
+def _text_content(value: Any) -> str:
     """A message's content: a string, or OpenAI's list of text parts (joined)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(
         isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        for p in content
+        for p in value
     ):
-        return "".join(p["text"] for p in content)
-    raise bad_request(
-        f"{where}.content must be a string (or a list of text parts)", f"{where}.content"
-    )
+        return "".join(p["text"] for p in value)
+    raise ValueError("must be a string (or a list of {type: text, text} parts)")
 
 
-def parse_messages(value) -> list[dict]:
-    """OpenAI chat messages as [{"role", "content"}] for the ChatML template (400 if not).
+class ChatMessage(_Request):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: Any = Field(None, validate_default=True, description="a string, or text parts")
 
-    Unlike training data (data/chat.check_messages), an empty assistant turn is allowed: it
-    is what a model that stopped at once said, and clients send the history back as it was.
-    """
-    if not isinstance(value, list) or not value:
-        raise bad_request(
-            "'messages' must be a non-empty list of {role, content} objects", "messages"
-        )
-    out = []
-    for i, m in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict) or "role" not in m:
-            raise bad_request(f"{where} must be an object with 'role' and 'content'", where)
-        role = m["role"]
-        if role == "developer":  # OpenAI's newer name for the system turn
-            role = "system"
-        if role not in ("system", "user", "assistant"):
-            raise bad_request(
-                f"{where}.role is {role!r:.40}; this model knows system, user and assistant",
-                f"{where}.role",
-            )
-        content = m.get("content")
+    @field_validator("role")
+    @classmethod
+    def _role(cls, role: str) -> str:
+        return "system" if role == "developer" else role  # OpenAI's newer name for system
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, content: Any, info: ValidationInfo) -> str:
+        role = info.data.get("role")
         if content is None and role == "assistant":  # OpenAI allows it (tool calls)
-            content = ""
-        out.append({"role": role, "content": _content_text(content, where)})
-    return out
+            return ""
+        if content is None:
+            raise ValueError(f"is required in a {role or ''} message".replace("  ", " "))
+        return _text_content(content)
 
 
-def parse_prompt(value) -> str:
-    """A completion prompt: a string, or a list holding exactly one string."""
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if not isinstance(value, str):
-        raise bad_request("'prompt' must be a string (one prompt per request)", "prompt")
-    return value
+class StreamOptions(_Request):
+    include_usage: bool = False
 
 
-# --------------------------------------------------------------------------------------------
-# One generation: text pieces as they come, then the token counts and why it ended
-# --------------------------------------------------------------------------------------------
+class _Sampling(_Request):
+    model: str | None = Field(None, description="the served model's id (GET /v1/models)")
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2, description="0: greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, description="an extension; off unless given")
+    n: int = Field(1, description="must be 1")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: Any = Field(
+        None, validate_default=True, description=f"a string or up to {MAX_STOP_STRINGS} strings"
+    )
+    stream: bool = False
+    stream_options: StreamOptions | None = None
 
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("must be 1: this server returns one choice per request")
+        return n
 
-class Generation:
-    """One request's answer. Iterate it for text pieces; afterwards `completion_tokens` and
-    `finish_reason` ("stop": a stop token or string; "length": max_tokens or the context end)
-    are set. `prompt_tokens` is known before it starts."""
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, stop: Any) -> list[str]:
+        if stop is None:
+            return []
+        stop = [stop] if isinstance(stop, str) else stop
+        if (
+            not isinstance(stop, list)
+            or len(stop) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and s for s in stop)
+        ):
+            raise ValueError(
+                f"must be a string or a list of up to {MAX_STOP_STRINGS} non-empty strings"
+            )
+        return stop
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer,
-        cfg: SamplingConfig,
-        messages: list[dict] | None = None,
-        prompt: str | None = None,
-    ):
-        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        self.stats = GenerationStats()
-        if messages is not None:
-            self._pieces = stream_chat(model, tokenizer, messages, cfg, self.stats)
-        else:
-            ids = tokenizer.encode(prompt, add_bos=tokenizer.bos_id is not None)
-            if not ids:
-                raise bad_request(
-                    "'prompt' is empty and this tokenizer has no BOS token to start from", "prompt"
-                )
-            if len(ids) > model.cfg.max_seq_len:
-                raise bad_request(
-                    f"the prompt is {len(ids)} tokens; this model's context is "
-                    f"{model.cfg.max_seq_len}. Shorten the prompt",
-                    "prompt",
-                    "context_length_exceeded",
-                )
-            self._pieces = stream_text(model, tokenizer, prompt, cfg, stats=self.stats)
-
-    def __iter__(self) -> Iterator[str]:
-        with torch.no_grad():
-            yield from self._pieces
+    def sampling(self, max_tokens_cap: int) -> SamplingConfig:
+        """The request's SamplingConfig; max_tokens above the server's cap is a 422, not a
+        silent clamp, so a client never mistakes a cut answer for the length it asked for."""
+        key = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+        asked = getattr(self, key)
+        if asked is not None and asked > max_tokens_cap:
+            raise ApiError(
+                422,
+                f"'{key}' is {asked}, above this server's cap of {max_tokens_cap}; ask for at "
+                f"most {max_tokens_cap} (or restart the server with a larger --max-tokens-cap)",
+                param=key,
+                code="max_tokens_too_large",
+            )
+        return SamplingConfig(
+            max_new_tokens=asked or max_tokens_cap,
+            temperature=self.temperature,
+            top_k=self.top_k or None,
+            top_p=None if self.top_p >= 1 else self.top_p,
+            seed=self.seed,
+            stop=list(self.stop),
+        )
 
     @property
-    def finish_reason(self) -> str:
-        return self.stats.finish_reason
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
-    def usage(self) -> dict:
-        s = self.stats
-        return {
-            "prompt_tokens": s.prompt_tokens,
-            "completion_tokens": s.completion_tokens,
-            "total_tokens": s.prompt_tokens + s.completion_tokens,
-        }
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: Any = Field(description="a string, or a list holding one string")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> str:
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if not isinstance(value, str):
+            raise ValueError("must be a string (one prompt per request)")
+        return value
+
+
+class ClassifyRequest(_Request):
+    model: str | None = Field(None, description="the served model's id (GET /v1/models)")
+    input: Any = Field(description="a text, or a list of texts")
+    top_k: int = Field(5, ge=1, description="how many labels to return per text")
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, value: Any) -> list[str]:
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+            raise ValueError("must be a string or a non-empty list of strings")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# Responses (what the OpenAPI schema at /docs shows; the server fills them in)
+# --------------------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    lmforge: dict | None = Field(None, description="extensions (prompt_truncated)")
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "lmforge"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class LabelScore(BaseModel):
+    label: str
+    probability: float
+
+
+class Classification(BaseModel):
+    index: int
+    label: str
+    probability: float
+    top: list[LabelScore]
+    truncated: bool = Field(description="the text was longer than the model's max_length")
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Classification]
+    temperature: float = Field(description="the calibrated temperature the logits were divided by")
+    usage: dict

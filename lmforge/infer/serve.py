@@ -1,450 +1,507 @@
-"""An OpenAI-compatible HTTP server and a one-page web chat for an lmforge causal LM.
+"""An OpenAI-compatible server (FastAPI on uvicorn) for a causal LM or a classifier.
 
-Any OpenAI client (the `openai` package, curl, chat front-ends) can talk to a model trained
-here, and a person can talk to it from a browser. It is built on the standard library's
-`ThreadingHTTPServer`: a teaching and local-use server, not a production one, so it adds no
-dependency and every limit is visible below.
-
-    POST /v1/chat/completions   the assistant's next turn (`stream_chat`: the training template)
-    POST /v1/completions        a continuation of a raw prompt (`stream_text`)
+    POST /v1/chat/completions   the assistant's next turn, in the training template
+    POST /v1/completions        a continuation of a raw prompt
+    POST /v1/classify           labels and calibrated probabilities of texts (a classifier run)
     GET  /v1/models             the one model served (also /v1/models/{id})
-    GET  /health                status, slots in use and the limits
-    GET  /                      the web chat (chat.html beside this file)
+    GET  /health                status, requests running and waiting, the limits
+    GET  /docs                  the OpenAPI documentation (schemas: infer/openai_api.py)
+    GET  /                      the web chat (chat.html beside this file; LMs)
 
-Requests and answers follow OpenAI's wire format: `stream: true` answers with server-sent
-events (`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`). Sampling honours temperature, top_p,
-max_tokens (or max_completion_tokens), stop (up to 4 strings), seed, and top_k (an extension,
-off by default as in OpenAI). The `model` field may name anything: one model is served, and
-answers carry its name. Other fields (penalties, logprobs, user, ...) are ignored.
+Generations share forward passes (infer/engine.py): concurrent requests decode together,
+each in its own KV-cache slot, joining and leaving between steps. Classification requests
+that arrive together are run as one padded batch (`ClassifyBatcher`).
 
-Limits, each answered with JSON in OpenAI's error shape
-`{"error": {"message", "type", "param", "code"}}`:
+`stream: true` answers with server-sent events (`data: {chunk}` ... `data: [DONE]`).
+Sampling honours temperature, top_p, max_tokens (or max_completion_tokens), stop (up to 4
+strings), seed, and top_k (an extension, off unless given). Other OpenAI fields (penalties,
+logprobs, user, ...) are accepted and ignored.
+
+Limits, each answered with JSON in OpenAI's error shape {"error": {message, type, param,
+code}}, never a traceback and never a hang:
 - it binds 127.0.0.1 unless told otherwise: there is no authentication;
-- a body over `max_body_bytes` (Content-Length) is 413, a POST without
-  `Content-Type: application/json` is 415 (which also keeps other web sites' pages from
-  posting to it: their JSON needs a CORS preflight, and this server answers none);
-- a body shorter than its Content-Length is 400 as soon as the client stops sending (end of
-  input, or `body_timeout_s` without a byte), not a 30 s hang;
-- max_tokens above `max_tokens_cap` is 400, not silently clamped, so a client never mistakes
-  a cut answer for the length it asked for; without max_tokens the cap is the limit;
-- at most `max_concurrent` generations run at once (they share the cores); a request that
-  finds no free slot within `queue_timeout_s` gets 429 with `Retry-After` (OpenAI's clients
-  wait that long and retry);
+- a body over `max_body_bytes` is 413 (by Content-Length before reading, or while reading a
+  chunked one); a POST that is not `Content-Type: application/json` is 415 (which also keeps
+  other web sites' pages from posting to it: their JSON needs a CORS preflight, answered by
+  none here); a body that stops arriving before its Content-Length is 400 after
+  `body_timeout_s`; a body that is not JSON is 400;
+- a request of the wrong shape is 422, naming the field (`messages[0].content`), and so is
+  max_tokens above `max_tokens_cap` (not silently clamped);
+- a model name other than the served one is 404 (leaving `model` out means the served one);
+- at most `max_queue` requests are held (running + waiting); the next gets 429 at once, with
+  Retry-After;
 - message content is text: "<|im_start|>" typed in a message is those characters, never the
   control token, so a request cannot forge a system or assistant turn (data/chat.py);
-- a bad request is 4xx, an unknown path 404, a wrong method 405; an error inside generation
-  is 500 (or, once an event stream has begun, an `error` event), logged, and the server
-  keeps serving.
+- a client that leaves mid-stream frees its slot before the next decode step;
+- an error inside the model is 500 (or, once an event stream has begun, an `error` event),
+  logged, and the server keeps serving;
+- on Ctrl-C or SIGTERM it stops accepting, lets in-flight answers finish for up to
+  `shutdown_timeout_s`, then cancels the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
 import time
 import traceback
 import uuid
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
+import numpy as np
+import torch
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
-from lmforge.artifact import load_causal_lm
-from lmforge.errors import ConfigError, LmforgeError
+from lmforge.data.chat import encode_prompt
+from lmforge.data.tasks import encode_examples, pad_batch
+from lmforge.errors import ConfigError
+from lmforge.infer.engine import ClassifyBatcher, DecodeEngine, QueueFull
+from lmforge.infer.engine import Request as EngineRequest
+from lmforge.infer.generate import TextStream, end_token_ids
 from lmforge.infer.openai_api import (
     ApiError,
-    Generation,
-    bad_request,
-    parse_messages,
-    parse_prompt,
-    parse_sampling,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ClassifyRequest,
+    ClassifyResponse,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    _Sampling,
 )
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")
 RETRY_AFTER_S = 1
-SOCKET_TIMEOUT_S = 30  # a client that stops sending or reading frees its thread after this
-BODY_TIMEOUT_S = 2.0  # a body that stops arriving this long before its Content-Length is a 400
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+}
+
+
+@dataclass
+class Limits:
+    """What one server holds at once, and how long it waits; `lmforge serve` flags."""
+
+    max_batch: int = 8  # sequences decoded together (classify: texts per forward pass)
+    max_queue: int = 16  # requests running + waiting; beyond it, 429 at once
+    max_tokens_cap: int = 512
+    max_body_bytes: int = 1_000_000
+    context: int = 2048  # KV-cache positions per slot (capped by the model's max_seq_len)
+    body_timeout_s: float = 2.0
+    batch_wait_ms: float = 0.0  # classify: 0 = no wait; what arrives during a pass joins the next
+    shutdown_timeout_s: float = 10.0
+
+    def check(self) -> None:
+        """ConfigError naming the `lmforge serve` flag of a limit out of range."""
+        for name in ("max_batch", "max_queue", "max_tokens_cap", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} is {getattr(self, name)}; it must be at least 1")
+        if self.context < 2:
+            raise ConfigError(f"--context is {self.context}; it must be at least 2")
+        for name in ("body_timeout_s", "batch_wait_ms", "shutdown_timeout_s"):
+            if getattr(self, name) < 0:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} is {getattr(self, name)}; it must be 0 or more")
 
 
 # --------------------------------------------------------------------------------------------
-# The server
+# What is served: a causal LM (generation) or a classifier
 # --------------------------------------------------------------------------------------------
 
 
-class LmforgeServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer holding the model, its limits and the generation slots."""
+class ServedLM:
+    """A causal LM and its tokenizer behind the decode engine."""
 
-    daemon_threads = True  # a stuck client never blocks shutdown
+    kind = "causal_lm"
+
+    def __init__(self, model: nn.Module, tokenizer, limits: Limits):
+        self.model, self.tokenizer = model, tokenizer
+        self.context = min(limits.context, model.cfg.max_seq_len)
+        self.engine = DecodeEngine(model, limits.max_batch, self.context, limits.max_queue)
+
+    def close(self) -> None:
+        self.engine.shutdown()
+
+    def health(self) -> dict:
+        e = self.engine
+        return {"active": e.active, "waiting": len(e.waiting), "decode_steps": e.steps}
+
+
+class ServedClassifier:
+    """A sequence classifier: texts -> probabilities after the calibrated temperature."""
+
+    kind = "sequence_classifier"
 
     def __init__(
         self,
-        address,
         model: nn.Module,
         tokenizer,
-        model_name: str,
-        max_concurrent: int,
-        max_tokens_cap: int,
-        max_body_bytes: int,
-        queue_timeout_s: float,
-        body_timeout_s: float = BODY_TIMEOUT_S,
+        max_length: int,
+        padding_side: str,
+        temperature: float,
+        limits: Limits,
     ):
-        super().__init__(address, Handler)
-        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
-        self.max_concurrent, self.max_tokens_cap = max_concurrent, max_tokens_cap
-        self.max_body_bytes, self.queue_timeout_s = max_body_bytes, queue_timeout_s
-        self.body_timeout_s = body_timeout_s
-        self.slots = threading.BoundedSemaphore(max_concurrent)
-        self.busy = 0  # generations running (for /health)
-        self.busy_lock = threading.Lock()
-        self.created = int(time.time())
-        self.page = CHAT_PAGE.read_bytes()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: LmforgeServer
-    protocol_version = "HTTP/1.1"  # keep-alive for JSON answers; event streams close
-    timeout = SOCKET_TIMEOUT_S
-    server_version = "lmforge"
-    # headers, body and each event are separate small writes: with Nagle's algorithm and the
-    # client's delayed ACK, every answer would wait 40 ms
-    disable_nagle_algorithm = True
-
-    # --- routing ------------------------------------------------------------------------
-    def do_GET(self) -> None:
-        path = unquote(urlsplit(self.path).path)
-        try:
-            if path in ("/", "/index.html"):
-                self._send(
-                    200,
-                    self.server.page,
-                    "text/html; charset=utf-8",
-                    {
-                        "Cache-Control": "no-store",
-                        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                        "script-src 'unsafe-inline'; connect-src 'self'; img-src data:",
-                    },
-                )
-            elif path == "/health":
-                self._send_json(
-                    200,
-                    {
-                        "status": "ok",
-                        "model": self.server.model_name,
-                        "busy": self.server.busy,
-                        "max_concurrent": self.server.max_concurrent,
-                        "max_tokens_cap": self.server.max_tokens_cap,
-                        "max_body_bytes": self.server.max_body_bytes,
-                    },
-                )
-            elif path == "/v1/models":
-                self._send_json(200, {"object": "list", "data": [self._model_card()]})
-            elif path.startswith("/v1/models/"):
-                name = path.removeprefix("/v1/models/")
-                if name != self.server.model_name:
-                    raise ApiError(
-                        404,
-                        f"no model {name!r:.80}; this server serves {self.server.model_name!r}",
-                        param="model",
-                        code="model_not_found",
-                    )
-                self._send_json(200, self._model_card())
-            elif path in POST_PATHS:
-                raise ApiError(405, f"{path} takes POST, not GET", code="method_not_allowed")
-            else:
-                raise ApiError(
-                    404,
-                    f"no such path {path!r:.80}; see GET /v1/models, POST "
-                    "/v1/chat/completions, POST /v1/completions",
-                    code="not_found",
-                )
-        except ApiError as e:
-            self._send_json(e.status, e.body(), e.headers)
-
-    def do_POST(self) -> None:
-        path = unquote(urlsplit(self.path).path)
-        self.responded = False
-        try:
-            if path not in POST_PATHS:
-                self.close_connection = True  # the body is left unread
-                if path in ("/", "/health", "/v1/models"):
-                    raise ApiError(405, f"{path} takes GET, not POST", code="method_not_allowed")
-                raise ApiError(404, f"no such path {path!r:.80}", code="not_found")
-            body = self._read_json()
-            sampling = parse_sampling(body, self.server.max_tokens_cap)
-            if not isinstance(body.get("stream", False), bool):
-                raise bad_request("'stream' must be true or false", "stream")
-            chat = path == "/v1/chat/completions"
-            try:
-                if chat:
-                    messages = parse_messages(body.get("messages"))
-                    gen = Generation(
-                        self.server.model, self.server.tokenizer, sampling, messages=messages
-                    )
-                else:
-                    gen = Generation(
-                        self.server.model,
-                        self.server.tokenizer,
-                        sampling,
-                        prompt=parse_prompt(body.get("prompt")),
-                    )
-            except LmforgeError as e:  # e.g. a tokenizer without the ChatML tokens
-                raise bad_request(str(e)) from None
-            options = body.get("stream_options") or {}
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            self._run(gen, chat, bool(body.get("stream")), include_usage)
-        except ApiError as e:
-            self._send_json(e.status, e.body(), e.headers)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client left before its answer was written
-        except Exception:  # a bug or a model failure: answer it, log it, keep serving
-            traceback.print_exc(file=sys.stderr)
-            if not self.responded:
-                self._send_json(500, GENERATION_FAILED.body())
-
-    def _method_not_allowed(self) -> None:
-        self.close_connection = True  # a body may follow, unread
-        e = ApiError(
-            405, f"{self.command} is not supported here; use GET or POST", code="method_not_allowed"
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_length, self.padding_side, self.temperature = max_length, padding_side, temperature
+        self.labels: list[str] = list(model.head_cfg.label_names)
+        self.batcher = ClassifyBatcher(
+            self.probabilities, limits.max_batch, limits.batch_wait_ms / 1000, limits.max_queue
         )
-        self._send_json(405, e.body())
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _method_not_allowed
+    def probabilities(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        """(len(texts), n_labels) probabilities of one padded batch, and which were cut."""
+        ids, truncated = encode_examples(self.tokenizer, texts, self.max_length)
+        batch = pad_batch(ids, self.tokenizer.pad_id, self.padding_side)
+        with torch.inference_mode():
+            logits = self.model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        return probs.numpy(), truncated
 
-    # --- generation ---------------------------------------------------------------------
-    def _run(self, gen: Generation, chat: bool, stream: bool, include_usage: bool) -> None:
-        server = self.server
-        if not server.slots.acquire(timeout=server.queue_timeout_s):
+    def close(self) -> None:
+        self.batcher.shutdown()
+
+    def health(self) -> dict:
+        b = self.batcher
+        return {"waiting": b.pending, "batches": b.batches, "temperature": self.temperature}
+
+
+# --------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------
+
+
+def make_app(served: ServedLM | ServedClassifier, name: str, limits: Limits) -> FastAPI:
+    created = int(time.time())
+    page = CHAT_PAGE.read_text()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        served.close()  # requests still in the engine end as "cancelled"
+
+    app = FastAPI(
+        title="lmforge",
+        summary=f"OpenAI-compatible API serving {name}",
+        lifespan=lifespan,
+        responses={k: {"model": ErrorResponse} for k in (400, 404, 413, 415, 422, 429, 500)},
+    )
+    app.add_middleware(BodyLimits, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+
+    # --- errors, all in OpenAI's shape ----------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        return JSONResponse(e.body(), e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        return JSONResponse(*_validation_error(e.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        if isinstance(e, _Refused):  # BodyLimits, while FastAPI read the body
+            return JSONResponse(e.error.body(), e.status_code, headers={"Connection": "close"})
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        message = {
+            404: f"no such path {request.url.path!r:.80}; see GET /docs",
+            405: f"{request.url.path} does not take {request.method}; see GET /docs",
+        }.get(e.status_code, str(e.detail))
+        return JSONResponse(ApiError(e.status_code, message, code=code).body(), e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        traceback.print_exc(file=sys.stderr)
+        return JSONResponse(GENERATION_FAILED.body(), 500)
+
+    def check_model(asked: str | None) -> None:
+        if asked is not None and asked != name:
+            raise ApiError(
+                404,
+                f"no model {asked!r:.80}; this server serves {name!r} (GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
+
+    # --- what every server answers ---------------------------------------------------------
+    @app.get("/v1/models", response_model=ModelList)
+    async def models():
+        return ModelList(data=[ModelCard(id=name, created=created)])
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
+    async def model_card(model_id: str):
+        check_model(model_id)
+        return ModelCard(id=name, created=created)
+
+    @app.get("/health")
+    async def health():
+        return {
+            "status": "ok",
+            "model": name,
+            "kind": served.kind,
+            **served.health(),
+            **asdict(limits),
+        }
+
+    if isinstance(served, ServedClassifier):
+        _classify_routes(app, served, name, check_model)
+    else:
+        _generation_routes(app, served, name, limits, check_model, page)
+    return app
+
+
+def _generation_routes(app, lm: ServedLM, name: str, limits: Limits, check_model, page: str):
+    tok = lm.tokenizer
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def chat_page():
+        return HTMLResponse(page, headers=PAGE_HEADERS)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion)
+    async def chat_completions(body: ChatCompletionRequest):
+        check_model(body.model)
+        if tok.im_start_id is None or tok.im_end_id is None:
+            raise ApiError(
+                400,
+                "this model's tokenizer has no <|im_start|>/<|im_end|> tokens, so it cannot "
+                "hold a conversation; use /v1/completions",
+                code="not_a_chat_model",
+            )
+        cfg = body.sampling(limits.max_tokens_cap)
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        # leave room for the answer; a longer conversation loses its oldest turns
+        room = lm.context - min(cfg.max_new_tokens, lm.context // 2)
+        ids, cut = encode_prompt(tok, messages, max(1, room))
+        return await _answer(lm, ids, cfg, body, name, chat=True, truncated=cut)
+
+    @app.post("/v1/completions", response_model=Completion)
+    async def completions(body: CompletionRequest):
+        check_model(body.model)
+        cfg = body.sampling(limits.max_tokens_cap)
+        ids = tok.encode(body.prompt, add_bos=tok.bos_id is not None)
+        if not ids:
+            raise ApiError(
+                422,
+                "'prompt' is empty and this tokenizer has no BOS token to start from",
+                param="prompt",
+            )
+        if len(ids) >= lm.context:  # cut, it would be a different text continued
+            raise ApiError(
+                422,
+                f"the prompt is {len(ids)} tokens; this server's context is {lm.context}. "
+                "Shorten the prompt",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+        return await _answer(lm, ids, cfg, body, name, chat=False, truncated=False)
+
+
+async def _answer(lm: ServedLM, ids, cfg, body: _Sampling, name: str, chat: bool, truncated: bool):
+    gen = Generation(lm, ids, cfg)  # 429 here, before any answer starts
+    head = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": name,
+    }
+    if body.stream:
+        return StreamingResponse(
+            _events(gen, head, chat, body.include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    try:
+        text = "".join([piece async for piece in gen])
+    except GenerationError:  # the engine printed the traceback
+        raise GENERATION_FAILED from None
+    finally:
+        gen.close()
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+    else:
+        choice = {"index": 0, "text": text}
+    out = head | {
+        "choices": [choice | {"logprobs": None, "finish_reason": gen.finish_reason}],
+        "usage": gen.usage(),
+    }
+    if truncated:  # an extension field; OpenAI clients ignore it
+        out["lmforge"] = {
+            "prompt_truncated": True,
+            "note": "the conversation is longer than the context: its oldest turns were left out",
+        }
+    return JSONResponse(out)
+
+
+async def _events(gen: Generation, head: dict, chat: bool, include_usage: bool):
+    """Server-sent events of one answer. If the client leaves, Starlette cancels this
+    generator at its next await, and `finally` takes the request out of the engine."""
+    chunk = head | {"object": "chat.completion.chunk" if chat else "text_completion"}
+
+    def choice(piece: str | None, finish_reason: str | None = None) -> dict:
+        if chat:
+            delta = {} if piece is None else {"content": piece}
+            c = {"index": 0, "delta": delta}
+        else:
+            c = {"index": 0, "text": piece or ""}
+        return c | {"logprobs": None, "finish_reason": finish_reason}
+
+    try:
+        if chat:
+            role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+            yield _sse(chunk | {"choices": [role | {"logprobs": None, "finish_reason": None}]})
+        try:
+            async for piece in gen:
+                yield _sse(chunk | {"choices": [choice(piece)]})
+        except GenerationError:
+            yield _sse(GENERATION_FAILED.body())
+            yield _sse("[DONE]")
+            return
+        yield _sse(chunk | {"choices": [choice(None, gen.finish_reason)]})
+        if include_usage:
+            yield _sse(chunk | {"choices": [], "usage": gen.usage()})
+        yield _sse("[DONE]")
+    finally:
+        gen.close()
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+class GenerationError(Exception):
+    """The model failed inside the engine while this request was running."""
+
+
+class Generation:
+    """One request in the engine, as an async iterator of text pieces. The engine's thread
+    hands its tokens to the event loop's queue; text is made here (TextStream), and a stop
+    string ends the request in the engine at once."""
+
+    def __init__(self, lm: ServedLM, prompt_ids: list[int], cfg):
+        self.lm, self.prompt_tokens = lm, len(prompt_ids)
+        cfg = end_token_ids(lm.tokenizer, cfg)
+        self.text = TextStream(lm.tokenizer, cfg.stop)
+        self.finish_reason = "length"
+        self.completion_tokens = 0
+        self.queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def emit(kind: str, value) -> None:  # on the engine's thread
+            try:
+                loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+            except RuntimeError:  # the loop has closed (shutdown): nobody is listening
+                pass
+
+        self.request = EngineRequest(prompt_ids, cfg, emit)
+        try:
+            lm.engine.submit(self.request)
+        except QueueFull as e:
             raise ApiError(
                 429,
-                f"all {server.max_concurrent} generation slots are busy (this server runs at "
-                f"most {server.max_concurrent} at once); retry after {RETRY_AFTER_S} s",
+                f"the server is full ({e}); retry after {RETRY_AFTER_S} s",
                 type="rate_limit_error",
                 code="server_busy",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        with server.busy_lock:
-            server.busy += 1
-        try:
-            if stream:
-                self._stream(gen, chat, include_usage)
-            else:
-                self._complete(gen, chat)
-        finally:
-            with server.busy_lock:
-                server.busy -= 1
-            server.slots.release()
-
-    def _complete(self, gen: Generation, chat: bool) -> None:
-        text = "".join(gen)
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
-        else:
-            choice = {"index": 0, "text": text}
-        choice |= {"logprobs": None, "finish_reason": gen.finish_reason}
-        body = {
-            "id": _new_id(chat),
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.server.model_name,
-            "choices": [choice],
-            "usage": gen.usage(),
-        }
-        if gen.stats.prompt_truncated:  # an extension field; OpenAI clients ignore it
-            body["lmforge"] = {
-                "prompt_truncated": True,
-                "note": "the conversation is longer "
-                "than the context: its oldest tokens were left out",
-            }
-        self._send_json(200, body)
-
-    def _stream(self, gen: Generation, chat: bool, include_usage: bool) -> None:
-        # The stream's end is the connection's end, so no length or chunked encoding is needed.
-        self.close_connection = True
-        self.responded = True
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        head = {
-            "id": _new_id(chat),
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.server.model_name,
-        }
-
-        def choice(piece: str | None, finish_reason: str | None = None) -> dict:
-            if chat:
-                delta = {} if piece is None else {"content": piece}
-                return {
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
-            return {
-                "index": 0,
-                "text": piece or "",
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-
-        try:
-            if chat:
-                first = {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-                self._event(head | {"choices": [first]})
-            pieces = iter(gen)
-            while True:
-                try:
-                    piece = next(pieces)
-                except StopIteration:
-                    break
-                except Exception:  # inside generation: tell the client in the stream, go on
-                    traceback.print_exc(file=sys.stderr)
-                    self._event(GENERATION_FAILED.body())
-                    self._event("[DONE]")
-                    return
-                try:
-                    self._event(head | {"choices": [choice(piece)]})
-                except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                    pieces.close()  # the client went away: stop spending the cores on it
-                    return
-            self._event(head | {"choices": [choice(None, gen.finish_reason)]})
-            if include_usage:
-                self._event(head | {"choices": [], "usage": gen.usage()})
-            self._event("[DONE]")
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass  # the client went away after its answer
-
-    def _event(self, data: dict | str) -> None:
-        text = data if isinstance(data, str) else json.dumps(data)
-        self.wfile.write(f"data: {text}\n\n".encode())
-
-    # --- requests and responses ---------------------------------------------------------
-    def _read_json(self) -> dict:
-        if self.headers.get_content_type() != "application/json":
-            self.close_connection = True
-            raise ApiError(
-                415,
-                "send the body as JSON with 'Content-Type: application/json'",
-                code="unsupported_media_type",
-            )
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise ApiError(
-                411, "chunked bodies are not supported; send Content-Length", code="length_required"
-            )
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise ApiError(411, "a POST needs a Content-Length header", code="length_required")
-        try:
-            length = int(length)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            raise bad_request(f"Content-Length {length!r:.20} is not a byte count") from None
-        if length > self.server.max_body_bytes:
-            self.close_connection = True  # the body is left unread, so this connection is done
-            raise ApiError(
-                413,
-                f"the body is {length:,} bytes; this server takes at most "
-                f"{self.server.max_body_bytes:,}",
-                code="request_too_large",
-            )
-        raw = self._read_body(length)
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
-            raise bad_request(
-                f"the body is not valid JSON ({str(e)[:80]})", code="invalid_json"
             ) from None
-        if not isinstance(body, dict):
-            raise bad_request("the body must be a JSON object", code="invalid_json")
-        return body
+        self.done = False
 
-    def _read_body(self, length: int) -> bytes:
-        """The body's `length` bytes, or 400 as soon as the client stops short of them: at the
-        end of its input, or after `body_timeout_s` without a byte (a client that sent a short
-        body and waits for the answer would otherwise hold the read for the 30 s socket
-        timeout, and get a 500)."""
-        self.connection.settimeout(self.server.body_timeout_s)
-        chunks, got = [], 0
-        try:
-            while got < length:
-                chunk = self.rfile.read1(min(length - got, 1 << 16))
-                if not chunk:  # the client closed its side
-                    break
-                chunks.append(chunk)
-                got += len(chunk)
-        except TimeoutError:
-            pass
-        finally:
-            self.connection.settimeout(self.timeout)
-        if got < length:
-            self.close_connection = True  # the rest, if it ever comes, is not a request
-            raise bad_request(
-                f"the body ended after {got:,} of the {length:,} bytes its Content-Length "
-                "announced; send the whole body with a Content-Length that matches it",
-                code="incomplete_body",
-            )
-        return b"".join(chunks)
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while not self.done:
+            kind, value = await self.queue.get()
+            if kind == "token":
+                self.completion_tokens += 1
+                piece, stopped = self.text.push(value)
+                if piece:
+                    yield piece
+                if stopped:
+                    self.finish_reason = "stop"
+                    self.close()
+            elif kind == "end":
+                self.done = True
+                if value != "cancelled":
+                    self.finish_reason = value
+                if tail := self.text.flush():
+                    yield tail
+            else:
+                self.done = True
+                raise GenerationError() from value
 
-    def _model_card(self) -> dict:
+    def close(self) -> None:
+        """Leave the engine (a stop string, a client gone, an answer complete)."""
+        self.done = True
+        self.lm.engine.cancel(self.request)
+
+    def usage(self) -> dict:
         return {
-            "id": self.server.model_name,
-            "object": "model",
-            "created": self.server.created,
-            "owned_by": "lmforge",
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
 
-    def _send(
-        self, status: int, data: bytes, content_type: str, headers: dict | None = None
-    ) -> None:
-        self.responded = True
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
 
-    def _send_json(self, status: int, obj: dict, headers: dict | None = None) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json", headers)
+def _classify_routes(app, cls: ServedClassifier, name: str, check_model):
+    @app.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(body: ClassifyRequest):
+        check_model(body.model)
+        if len(body.input) > cls.batcher.max_batch * 8:
+            raise ApiError(
+                422,
+                f"{len(body.input)} texts in one request; send at most "
+                f"{cls.batcher.max_batch * 8} (or several requests)",
+                param="input",
+            )
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # http.server's own refusals (a malformed request line, oversized headers) in the
-        # API's error shape too
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":  # an unparsable request line leaves http.server's
-            self.request_version = "HTTP/1.0"  # default, which would drop the status line
+        def done(result) -> None:  # on the batcher's thread
+            def settle():
+                if not future.done():
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+
+            loop.call_soon_threadsafe(settle)
+
         try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        kind = "invalid_request_error" if code < 500 else "server_error"
-        self._send_json(code, ApiError(code, message or phrase, type=kind).body())
+            cls.batcher.submit(body.input, done)
+        except QueueFull as e:
+            raise ApiError(
+                429,
+                f"the server is full ({e}); retry after {RETRY_AFTER_S} s",
+                type="rate_limit_error",
+                code="server_busy",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        probs, truncated = await future
+        k = min(body.top_k, len(cls.labels))
+        data = []
+        for i, p in enumerate(probs):
+            order = np.argsort(-p)[:k]
+            top = [{"label": cls.labels[j], "probability": float(p[j])} for j in order]
+            data.append({"index": i, **top[0], "top": top, "truncated": bool(truncated[i])})
+        return {
+            "object": "list",
+            "model": name,
+            "data": data,
+            "temperature": cls.temperature,
+            "usage": {"texts": len(body.input)},
+        }
 
 
-POST_PATHS = ("/v1/chat/completions", "/v1/completions")
 GENERATION_FAILED = ApiError(
     500,
     "generation failed inside the server (the traceback is in its log); the server goes on serving",
@@ -453,34 +510,160 @@ GENERATION_FAILED = ApiError(
 )
 
 
-def _new_id(chat: bool) -> str:
-    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+def _validation_error(errors: list[dict]) -> tuple[dict, int]:
+    """FastAPI's validation errors as one OpenAI error: 400 for a body that is not JSON, 422
+    for JSON of the wrong shape, naming the first field at fault."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        message = f"the body is not valid JSON ({first.get('ctx', {}).get('error', '')})"
+        return ApiError(400, message, code="invalid_json").body(), 400
+    loc = [p for p in first.get("loc", ()) if p != "body"]
+    param = None
+    for p in loc:
+        param = f"{param}[{p}]" if isinstance(p, int) else (f"{param}.{p}" if param else str(p))
+    message = first.get("msg", "invalid").removeprefix("Value error, ")
+    if param:
+        message = f"'{param}' {message[0].lower()}{message[1:]}" if message else param
+    return ApiError(422, message, param=param, code="invalid_request").body(), 422
+
+
+class BodyLimits:
+    """ASGI middleware: 415 for a POST that is not JSON, 413 for a body over the cap (by its
+    Content-Length, or counted as it arrives), 400 for a body that stops arriving short of
+    its Content-Length. Before FastAPI reads anything, so nothing large is ever held."""
+
+    def __init__(self, app, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if kind != b"application/json":
+            e = ApiError(
+                415,
+                "send the body as JSON with 'Content-Type: application/json'",
+                code="unsupported_media_type",
+            )
+            return await _send_error(send, e)
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _send_error(send, self._too_large(int(length)))
+        expected = int(length) if length is not None and length.isdigit() else None
+        got, started = 0, False
+
+        body_done = False
+
+        async def limited_receive():
+            nonlocal got, body_done
+            if body_done:  # after the body, receive() waits for a disconnect: no time limit
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s or None)
+            except TimeoutError:
+                raise _Refused(
+                    ApiError(
+                        400,
+                        f"the body stopped after {got:,} of the {expected or 0:,} bytes its "
+                        "Content-Length announced; send the whole body",
+                        code="incomplete_body",
+                    )
+                ) from None
+            if message["type"] == "http.request":
+                got += len(message.get("body", b""))
+                if got > self.max_bytes:
+                    raise _Refused(self._too_large(got))
+                body_done = not message.get("more_body", False)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _Refused as r:
+            if not started:
+                await _send_error(send, r.error)
+
+    def _too_large(self, n: int) -> ApiError:
+        return ApiError(
+            413,
+            f"the body is {n:,}+ bytes; this server takes at most {self.max_bytes:,}",
+            code="request_too_large",
+        )
+
+
+class _Refused(HTTPException):
+    """A body refused while it is read. An HTTPException, so that FastAPI lets it through
+    (any other error while reading a body becomes its generic 400)."""
+
+    def __init__(self, error: ApiError):
+        super().__init__(error.status, error.message)
+        self.error = error
+
+
+async def _send_error(send, e: ApiError) -> None:
+    data = json.dumps(e.body()).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": e.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
 
 
 # --------------------------------------------------------------------------------------------
-# Public entry points
+# Running it
 # --------------------------------------------------------------------------------------------
 
 
-def check_limits(
-    max_concurrent: int,
-    max_tokens_cap: int,
-    max_body_bytes: int,
-    queue_timeout_s: float,
-    body_timeout_s: float = BODY_TIMEOUT_S,
-) -> None:
-    """ConfigError naming the `lmforge serve` flag of a limit out of range."""
-    for flag, value in [
-        ("--max-concurrent", max_concurrent),
-        ("--max-tokens-cap", max_tokens_cap),
-        ("--max-body-bytes", max_body_bytes),
-    ]:
-        if value < 1:
-            raise ConfigError(f"{flag} is {value}; it must be at least 1")
-    if queue_timeout_s < 0:
-        raise ConfigError(f"--queue-timeout-s is {queue_timeout_s}; it must be 0 or more")
-    if body_timeout_s <= 0:
-        raise ConfigError(f"the body timeout is {body_timeout_s} s; it must be above 0")
+class Server:
+    """uvicorn serving an app: in the foreground until Ctrl-C (`run`), or on a thread
+    (`start` / `stop`, for tests and benchmarks). Port 0 picks a free port; `.url` tells."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limits=None):
+        limits = limits or Limits()
+        self.config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=limits.shutdown_timeout_s,
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def run(self) -> None:
+        self.server.run()
+
+    def start(self) -> str:
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start (is the port free?)")
+            time.sleep(0.01)
+        return self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(self.config.timeout_graceful_shutdown + 10)
 
 
 def make_server(
@@ -489,76 +672,44 @@ def make_server(
     model_name: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    max_concurrent: int = 2,
-    max_tokens_cap: int = 512,
-    max_body_bytes: int = 1_000_000,
-    queue_timeout_s: float = 5.0,
-    body_timeout_s: float = BODY_TIMEOUT_S,
-) -> LmforgeServer:
-    """A bound, not yet running server (call `.serve_forever()`; port 0 picks a free port,
-    read it from `.server_address[1]` or `.url`). The model is shared by all requests: each
-    generation makes its own KV cache, and the weights are only read."""
-    check_limits(max_concurrent, max_tokens_cap, max_body_bytes, queue_timeout_s, body_timeout_s)
+    limits: Limits | None = None,
+    classifier: dict | None = None,
+) -> Server:
+    """A server for a causal LM, or for a classifier when `classifier` gives its
+    max_length, padding_side and temperature. Call `.run()` or `.start()`."""
+    limits = limits or Limits()
+    limits.check()
     model.eval()
-    return LmforgeServer(
-        (host, port),
-        model,
-        tokenizer,
-        model_name,
-        max_concurrent,
-        max_tokens_cap,
-        max_body_bytes,
-        queue_timeout_s,
-        body_timeout_s,
-    )
+    if classifier is not None:
+        served = ServedClassifier(model, tokenizer, limits=limits, **classifier)
+    else:
+        served = ServedLM(model, tokenizer, limits)
+    return Server(make_app(served, model_name, limits), host, port, limits)
 
 
 def serve(
-    run_dir: str,
+    loaded,
+    name: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    max_concurrent: int = 2,
-    max_tokens_cap: int = 512,
-    max_body_bytes: int = 1_000_000,
-    queue_timeout_s: float = 5.0,
-    device: str = "cpu",
+    limits: Limits | None = None,
+    classifier: dict | None = None,
+    say: Callable[[str], None] = lambda m: print(m, flush=True),
 ) -> None:
-    """Load an artifact and serve it until Ctrl-C; prints the URLs first."""
-    check_limits(max_concurrent, max_tokens_cap, max_body_bytes, queue_timeout_s)
-    loaded = load_causal_lm(run_dir, device)
-    name = str(run_dir).rstrip("/")
-    server = make_server(
-        loaded.model,
-        loaded.tokenizer,
-        name,
-        host,
-        port,
-        max_concurrent,
-        max_tokens_cap,
-        max_body_bytes,
-        queue_timeout_s,
-    )
+    """Serve a loaded artifact until Ctrl-C or SIGTERM; prints the URLs first."""
+    server = make_server(loaded.model, loaded.tokenizer, name, host, port, limits, classifier)
     tok = loaded.tokenizer
-    if tok.im_start_id is None or tok.im_end_id is None:
-        print(
-            "note: this tokenizer has no <|im_start|>/<|im_end|>, so chat requests are "
-            "refused; /v1/completions works",
-            flush=True,
+    if classifier is None and (tok.im_start_id is None or tok.im_end_id is None):
+        say(
+            "note: this tokenizer has no <|im_start|>/<|im_end|>, so chat requests are refused; "
+            "/v1/completions works"
         )
     if host not in ("127.0.0.1", "localhost"):
-        print(
-            f"warning: listening on {host} without authentication: anyone who can reach "
-            "this address can use the model",
-            flush=True,
+        say(
+            f"warning: listening on {host} without authentication: anyone who can reach this "
+            "address can use the model"
         )
-    print(
-        f"serving {name} at {server.url}/ (web chat) and {server.url}/v1 (OpenAI API); "
-        "Ctrl-C stops",
-        flush=True,
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped", flush=True)
-    finally:
-        server.server_close()
+    where = f"http://{host}:{port}"
+    what = "POST /v1/classify" if classifier is not None else "/ (web chat) and /v1 (OpenAI API)"
+    say(f"serving {name} at {where}: {what}; docs at {where}/docs. Ctrl-C stops")
+    server.run()  # uvicorn stops gracefully on Ctrl-C / SIGTERM, then re-raises the signal

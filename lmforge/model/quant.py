@@ -22,15 +22,26 @@ Methods (what runs at inference on the CPU):
   fbgemm's dynamic linear, the one ``torch.ao``'s dynamic quantization uses, which quantizes
   the activations per tensor, asymmetric, to 7 bits (``reduce_range``, so that AVX2's 16-bit
   pair sums cannot saturate).
+  Decoding (at most `DECODE_ROWS` rows: every weight read for a handful of products, so reading
+  them is the cost) uses whichever of fbgemm's dynamic linear and ATen's weight-only
+  ``_weight_int8pack_mm`` (bf16 activations, bf16 scales) this machine runs faster at one row
+  (`int8_decode_kernel`; AVX2, 2 threads, a 0.5B model's layers: fbgemm 20 ms vs 29 ms).
 - ``int8-weight``: int8 weights, dequantized for an fp32 matmul. Smaller, not faster.
-- ``int4``: asymmetric 4-bit weights per group, two per byte, dequantized for the matmul.
-  Smaller (about 1/7 of fp32), not faster.
+- ``int4``: asymmetric 4-bit weights per group, two per byte. The matmul is ATen's
+  ``_weight_int4pack_mm_for_cpu`` (torchao's int4 CPU layout, repacked once in memory; bf16
+  activations, scales and zero points: ``(q - z) * s = (q - 8) * s + (8 - z) * s``), where the
+  layer fits it (out_features a multiple of 16, group size 32, 64, 128 or 256); elsewhere the
+  weight is dequantized for an fp32 matmul. Smaller (about 1/7 of fp32); faster than
+  dequantizing by 1.4x (256 rows) to 10x (one row) on AVX2, still slower than int8 there
+  (AVX2 has no instruction that multiplies 4-bit codes: they are unpacked one by one).
 - ``bf16`` / ``fp16``: the whole model cast; bf16 runs on the CPU's bf16 kernels where it has
   them (AVX-512 bf16 / AMX).
 
 The token embedding is stored as int8 rows (absmax per row) unless an LM head shares it;
 norms and the task head stay in full precision (they are small, and the head's errors land
-directly on the logits).
+directly on the logits). An LM head (``int8``, ``int4``) is kept in full precision on disk, tied
+or not, and multiplied as int8 rows (`Int8Head`, quantized on first use): in a small LM it is
+the largest matrix (Qwen2.5-0.5B: 136M of 494M parameters), read in full for every token.
 """
 
 from __future__ import annotations
@@ -206,20 +217,40 @@ def int8_kernel() -> str:
     Measured: AVX2 (EPYC, 2 threads) _int_mm 270 ms vs fbgemm 6.5 ms vs fp32 11 ms at
     2048 x 384 x 1024; with VNNI/AMX _int_mm is the faster one and keeps per-row scales."""
     forced = os.environ.get("LMFORGE_INT8_KERNEL", "")
+    has_fbgemm = "fbgemm" in torch.backends.quantized.supported_engines
     if forced:
         if forced not in INT8_KERNELS:
             raise ConfigError(
                 f"LMFORGE_INT8_KERNEL={forced} is not a kernel; use one of {', '.join(INT8_KERNELS)}"
             )
+        if forced == "onednn" and has_fbgemm and not int_mm_is_exact():
+            raise ConfigError(
+                "LMFORGE_INT8_KERNEL=onednn: torch._int_mm gives wrong sums on this machine "
+                "(oneDNN capped below VNNI by ONEDNN_MAX_CPU_ISA?); use fbgemm"
+            )
         return forced
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
+    if not has_fbgemm:
         return "onednn"
+    if not int_mm_is_exact():
+        return "fbgemm"
 
     def measure() -> str:
         times = _time_int8_kernels()
         return min(times, key=times.get)
 
     return measured_once("int8", measure, lambda raw: raw in INT8_KERNELS)
+
+
+@functools.cache
+def int_mm_is_exact() -> bool:
+    """Whether ``torch._int_mm`` returns exact int32 sums here. Not where oneDNN is capped below
+    VNNI on a CPU that has it (ONEDNN_MAX_CPU_ISA=AVX2 or AVX512_CORE): PyTorch still hands it
+    to oneDNN, whose path for that ISA returns sums off by thousands (measured on an AVX-512
+    EPYC with the cap). A 32 x 64 x 32 product against int64 arithmetic decides."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (32, 64), dtype=torch.int8, generator=g)
+    b = torch.randint(-127, 128, (64, 32), dtype=torch.int8, generator=g)
+    return torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
 
 
 def _time_int8_kernels(m: int = 256, k: int = 384, n: int = 1024) -> dict[str, float]:
@@ -237,6 +268,83 @@ def _time_int8_kernels(m: int = 256, k: int = 384, n: int = 1024) -> dict[str, f
             best = min(best, time.perf_counter() - t)
         out[kernel] = best
     return out
+
+
+# At most this many rows (tokens in flight) count as decoding: each weight then serves a handful
+# of products, and reading the weights is the cost, not the arithmetic.
+DECODE_ROWS = 4
+INT8_DECODE_KERNELS = ("fbgemm", "int8pack")
+
+
+@functools.cache
+def int8_decode_kernel() -> str:
+    """The int8 kernel this machine runs fastest at one row: "fbgemm" (W8A8, activations per
+    tensor) or "int8pack" (``_weight_int8pack_mm``: int8 weights, bf16 activations).
+
+    ``LMFORGE_INT8_DECODE_KERNEL`` forces one. Otherwise a one-off measurement (under a second,
+    cached like `int8_kernel`'s) on 70 MB of weights, twice the L3 cache of most CPUs, so that
+    the weights come from memory as a model's do. Where fbgemm does not exist (ARM): int8pack."""
+    forced = os.environ.get("LMFORGE_INT8_DECODE_KERNEL", "")
+    if forced:
+        if forced not in INT8_DECODE_KERNELS:
+            raise ConfigError(
+                f"LMFORGE_INT8_DECODE_KERNEL={forced} is not a kernel; use one of "
+                f"{', '.join(INT8_DECODE_KERNELS)}"
+            )
+        return forced
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return "int8pack"
+
+    def measure() -> str:
+        times = _time_int8_decode_kernels()
+        return min(times, key=times.get)
+
+    return measured_once("int8-decode", measure, lambda raw: raw in INT8_DECODE_KERNELS)
+
+
+def _version(t: torch.Tensor) -> int:
+    # a model loaded under inference_mode holds inference tensors, which keep no version
+    # counter; they cannot be changed in place outside inference_mode, so the pointer suffices
+    return -1 if t.is_inference() else t._version
+
+
+def _time_int8_decode_kernels(layers: int = 16, k: int = 896, n: int = 4864) -> dict:
+    """Best of five passes of one row through ``layers`` (n x k) int8 layers, in seconds."""
+    lins = []
+    for _ in range(layers):
+        lin = QuantLinear(k, n, False, "int8", 0)
+        lin.qweight.copy_(torch.randint(-127, 128, (n, k), dtype=torch.int8))
+        lin.scale.uniform_(1e-3, 2e-3)
+        lins.append(lin)
+    x = torch.randn(1, k)
+    out = dict.fromkeys(INT8_DECODE_KERNELS, float("inf"))
+    with torch.inference_mode():
+        for kernel in INT8_DECODE_KERNELS:
+            for lin in lins:  # packs each weight for this kernel
+                lin.forward_with(kernel, x)
+        for _ in range(5):  # passes interleaved, so a burst of other load falls on both
+            for kernel in INT8_DECODE_KERNELS:
+                t = time.perf_counter()
+                for lin in lins:
+                    lin.forward_with(kernel, x)
+                out[kernel] = min(out[kernel], time.perf_counter() - t)
+    for lin in lins:
+        lin._packed.clear()
+    return out
+
+
+def int4pack_fits(out_features: int, group_size: int) -> bool:
+    """Whether ATen's int4 CPU kernel takes this layer (its layout's constraints)."""
+    return out_features % 16 == 0 and group_size in (32, 64, 128, 256)
+
+
+def int4pack(qweight, scale, zero) -> tuple[torch.Tensor, torch.Tensor]:
+    """Our packed int4 codes as ATen's int4 CPU layout, and its (groups, rows, 2) bf16 scales
+    and zero points. Its kernel dequantizes ``(q - 8) * s + zf``; ours is ``(q - z) * s``, the
+    same with ``zf = (8 - z) * s``."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(qweight).int(), 1)
+    zf = (8 - zero) * scale
+    return packed, torch.stack([scale, zf], -1).transpose(0, 1).contiguous().bfloat16()
 
 
 def fbgemm_pack(qweight: torch.Tensor, scale: torch.Tensor, bias) -> torch.Tensor:
@@ -318,20 +426,43 @@ class QuantLinear(nn.Module):
             )
         return self.qweight.float() * self.scale[:, None]
 
+    def _prepared(self, kind: str, build):
+        """A kernel's own copy of the weight, made once (a buffer loaded or copied later bumps
+        its version, and the copy is made again)."""
+        key = (self.qweight.data_ptr(), _version(self.qweight), _version(self.scale))
+        cache = self.__dict__.setdefault("_packed", {})
+        if cache.get(kind, (None,))[0] != key:
+            cache[kind] = (key, build())
+        return cache[kind][1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.method != "int8":  # weight-only: smaller on disk and in memory, not faster
-            return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
-        return self.forward_with(int8_kernel(), x)
+        if self.method == "int8":
+            rows = x.numel() // self.in_features
+            kernel = int8_decode_kernel() if rows <= DECODE_ROWS else int8_kernel()
+            return self.forward_with(kernel, x)
+        if self.method == "int4" and int4pack_fits(self.out_features, self.group_size):
+            return self.forward_with("int4pack", x)
+        # weight-only: smaller on disk and in memory, not faster
+        return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
 
     def forward_with(self, kernel: str, x: torch.Tensor) -> torch.Tensor:
         shape, x2 = x.shape, x.reshape(-1, self.in_features)
         if kernel == "fbgemm":
-            # Packed once per weight (a buffer loaded or copied later bumps its version).
-            key = (self.qweight.data_ptr(), self.qweight._version, self.scale._version)
-            if getattr(self, "_packed_key", None) != key:
-                self._packed = fbgemm_pack(self.qweight, self.scale, self.bias)
-                self._packed_key = key
-            y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed, True)
+            packed = self._prepared(
+                "fbgemm", lambda: fbgemm_pack(self.qweight, self.scale, self.bias)
+            )
+            y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), packed, True)
+        elif kernel == "int8pack":  # its fp32-activation path is ~7x slower: bf16 in and out
+            scale = self._prepared("int8pack", lambda: self.scale.bfloat16())
+            y = torch.ops.aten._weight_int8pack_mm(x2.bfloat16().contiguous(), self.qweight, scale)
+            y = y.float() if self.bias is None else y.float() + self.bias
+        elif kernel == "int4pack":  # bf16 only: with fp32 activations it is ~15x slower
+            packed, sz = self._prepared(
+                "int4pack", lambda: int4pack(self.qweight, self.scale, self.zero)
+            )
+            xb = x2.bfloat16().contiguous()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, self.group_size, sz)
+            y = y.float() if self.bias is None else y.float() + self.bias
         else:
             y = w8a8_linear(x2, self.qweight, self.scale, self.bias)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
@@ -361,6 +492,33 @@ class QuantEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.qweight).float() * self.scale[ids][..., None]
+
+
+class Int8Head(nn.Linear):
+    """An LM head whose weight stays a full-precision parameter (tied to the embedding or not:
+    the same state-dict keys, the same artifact) and is multiplied as int8 rows, symmetric per
+    output channel, quantized on first use and again whenever the weight changes."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Head:
+        head = cls(linear.in_features, linear.out_features, bias=False, device="meta")
+        head.weight = linear.weight  # the same Parameter: a tie to the embedding still holds
+        head.bias = linear.bias
+        return head
+
+    def _int8(self) -> QuantLinear:
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self.__dict__.get("_key") != key:
+            with torch.no_grad():
+                self.__dict__["_q"] = QuantLinear.from_linear(self, "int8", 0)
+            self.__dict__["_key"] = key
+        return self.__dict__["_q"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._int8()(x)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, method=int8 (weight kept in full precision)"
 
 
 def quantizable(model: nn.Module) -> list[str]:
@@ -404,6 +562,11 @@ def quantize_model(
         else:
             q = QuantLinear.from_linear(linear, method, group_size)
         setattr(parent, child, q)
+    # The LM head is read in full for every token generated: int8, as the layers (int4 too:
+    # its errors land directly on the logits).
+    head = getattr(model, "lm_head", None)
+    if method in ("int8", "int4") and type(head) is nn.Linear:
+        model.lm_head = Int8Head.from_linear(head)
     # The token embedding is often the largest tensor of a small model. Not when an LM head
     # shares it: the head needs the full-precision matrix, and the tie must hold.
     emb = getattr(getattr(model, "model", None), "embed_tokens", None)

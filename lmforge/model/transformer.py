@@ -58,8 +58,9 @@ def _llama3_scaling(cfg: ModelConfig, inv_freq: torch.Tensor) -> torch.Tensor:
 def rope_cos_sin(
     inv_freq: torch.Tensor, positions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape (T, head_dim), halves duplicated (HF's rotate_half layout)."""
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
+    """cos/sin of shape (*positions.shape, head_dim), halves duplicated (HF's rotate_half
+    layout): (T, head_dim) for one sequence, (B, 1, head_dim) for one position per row."""
+    angles = positions.float()[..., None] * inv_freq  # (..., head_dim/2)
     emb = torch.cat([angles, angles], dim=-1)
     return emb.cos(), emb.sin()
 
@@ -146,11 +147,19 @@ def _math_attention(q, k, v, mask, dropout_p: float) -> torch.Tensor:
 
 @dataclass
 class KVCache:
-    """Pre-allocated keys and values for every layer: (n_layer, B, n_kv_head, max_len, head_dim)."""
+    """Pre-allocated keys and values for every layer: (n_layer, B, n_kv_head, max_len, head_dim).
+
+    Two ways to fill it. `length`: every row holds the same number of tokens (one generation,
+    or a batch padded alike). `lengths`, a (B,) tensor: each row is a different sequence at its
+    own position (the server's batched decoding, infer/engine.py); a forward pass then takes
+    one new token per row, writes it at that row's position, attends to that row's tokens
+    only, and advances `lengths` by one.
+    """
 
     k: torch.Tensor
     v: torch.Tensor
     length: int = 0
+    lengths: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
@@ -190,7 +199,15 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if (
+            cache is not None and cache.lengths is not None
+        ):  # one token per row, each at its own place
+            rows, at = torch.arange(B, device=x.device), cache.lengths
+            cache.k[self.layer_idx][rows, :, at] = k[:, :, 0]
+            cache.v[self.layer_idx][rows, :, at] = v[:, :, 0]
+            end = int(at.max()) + 1  # the mask hides each row's keys beyond its own position
+            k, v = cache.k[self.layer_idx, :, :, :end], cache.v[self.layer_idx, :, :, :end]
+        elif cache is not None:
             start = cache.length
             cache.k[self.layer_idx, :, :, start : start + T] = k
             cache.v[self.layer_idx, :, :, start : start + T] = v
@@ -280,6 +297,17 @@ class Transformer(nn.Module):
             local = self.cfg.rope_theta_local or self.cfg.rope_theta
             self.inv_freq_local = rope_frequencies(self.cfg, local).to(dev)
 
+    def _row_masks(self, lengths: torch.Tensor):
+        """The masks of a per-row decode step: row b's one query sits at position lengths[b]
+        and sees keys 0..lengths[b] (within the local window on local layers)."""
+        k_pos = torch.arange(int(lengths.max()) + 1, device=lengths.device)[None, :]
+        q_pos = lengths[:, None]
+        base = k_pos <= q_pos  # (B, S)
+        local = None
+        if self.cfg.global_every and self.cfg.local_window:
+            local = (base & (q_pos - k_pos <= self.cfg.local_window // 2))[:, None, None]
+        return base[:, None, None], local
+
     def _masks(self, T: int, start: int, total: int, attention_mask, device):
         """Boolean SDPA masks (True = attend), one for global and one for local layers.
 
@@ -313,16 +341,24 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, T = input_ids.shape
-        start = cache.length if cache is not None else 0
-        total = start + T
+        per_row = cache is not None and cache.lengths is not None
+        if per_row:
+            if T != 1 or attention_mask is not None:
+                raise ValueError("a per-row cache (lengths) decodes one token per row, unmasked")
+            positions = cache.lengths[:, None]  # (B, 1): each row at its own place
+            total = int(cache.lengths.max()) + 1
+        else:
+            start = cache.length if cache is not None else 0
+            total = start + T
+            positions = torch.arange(start, total, device=input_ids.device)
         if total > self.cfg.max_seq_len and self.cfg.pos_embedding == "learned":
             raise ValueError(
                 f"sequence of {total} tokens exceeds the model's max_seq_len {self.cfg.max_seq_len}"
             )
         x = self.embed_tokens(input_ids)
-        positions = torch.arange(start, total, device=input_ids.device)
         if self.cfg.pos_embedding == "learned":
-            x = x + self.embed_positions(positions)[None]
+            pos = self.embed_positions(positions)
+            x = x + (pos if per_row else pos[None])
         if self.cfg.type_vocab_size:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
@@ -333,15 +369,20 @@ class Transformer(nn.Module):
 
         rope_global = rope_local = None
         if self.cfg.pos_embedding == "rope":
+            # per row: (B, 1, D) -> (B, 1, 1, D), to broadcast over the heads
+            shape = (B, 1, 1, -1) if per_row else (T, -1)
             cos, sin = rope_cos_sin(self.inv_freq, positions)
-            rope_global = (cos.to(x.dtype), sin.to(x.dtype))
+            rope_global = (cos.to(x.dtype).view(shape), sin.to(x.dtype).view(shape))
             rope_local = rope_global
             if self.cfg.rope_theta_local and self.cfg.global_every:
                 cos_l, sin_l = rope_cos_sin(self.inv_freq_local, positions)
-                rope_local = (cos_l.to(x.dtype), sin_l.to(x.dtype))
+                rope_local = (cos_l.to(x.dtype).view(shape), sin_l.to(x.dtype).view(shape))
         if attention_mask is not None and cache is not None and attention_mask.shape[1] < total:
             raise ValueError("attention_mask must cover cached and new tokens")
-        mask_global, mask_local = self._masks(T, start, total, attention_mask, input_ids.device)
+        if per_row:
+            mask_global, mask_local = self._row_masks(cache.lengths)
+        else:
+            mask_global, mask_local = self._masks(T, start, total, attention_mask, input_ids.device)
 
         for i, layer in enumerate(self.layers):
             is_global = self.cfg.is_global_layer(i)
@@ -353,7 +394,9 @@ class Transformer(nn.Module):
                 x = checkpoint(layer, x, rope, mask, cache, use_reentrant=False)
             else:
                 x = layer(x, rope, mask, cache)
-        if cache is not None:
+        if per_row:
+            cache.lengths = cache.lengths + 1
+        elif cache is not None:
             cache.length = total
         if self.cfg.final_norm:
             x = self.norm(x)

@@ -2,6 +2,7 @@
 
     lmforge convert --from-hf /path/to/Qwen2.5-0.5B --out runs/qwen     # or hf:Qwen/Qwen2.5-0.5B
     lmforge convert --to-hf runs/demo/pretrain --out export/pretrain    # AutoModelForCausalLM loads it
+    lmforge convert --to-gguf runs/demo/sft --out sft.gguf --gguf-type q8_0   # llama.cpp loads it
 
 --to-hf on a LoRA classification run also writes the adapter in PEFT's format and the base
 model it was trained on, so both ways of loading it work:
@@ -23,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.artifact import Loaded, load, save_model_artifact
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.model import hf
+from lmforge.model import gguf_export, hf
 from lmforge.model.transformer import count_parameters
 from lmforge.stages.summaries import ClassifySummary, ConvertSummary
 from lmforge.utils import read_json, staging_dir, write_json
@@ -75,6 +76,21 @@ def to_hf(src: str | os.PathLike, out: str | os.PathLike, dtype: str | None = No
         if (adapter / "adapter_config.json").is_file():
             result.update(_export_adapter(loaded, adapter, tmp, Path(out), _dtype(dtype)))
     return result
+
+
+def to_gguf(src: str | os.PathLike, out: str | os.PathLike, gguf_type: str = "f16") -> dict:
+    """A decoder (an lmforge artifact or a transformers checkpoint) -> one GGUF file with its
+    tokenizer and chat template, for llama.cpp and the runtimes built on it."""
+    loaded = load(src)
+    return gguf_export.write_gguf(
+        loaded.model,
+        loaded.kind,
+        loaded.meta,
+        loaded.tokenizer,
+        out,
+        gguf_type,
+        name=loaded.config.name or Path(src).name,
+    )
 
 
 def _export_adapter(

@@ -2,11 +2,18 @@
 
     lmforge quantize runs/demo/cls-decoder-lora --method int8 --out runs/demo/cls-decoder-int8
     lmforge quantize runs/demo/cls-decoder-lora --method int4 --group-size 128 --out runs/demo/cls-decoder-int4
+    lmforge quantize runs/demo/cls-decoder-lora --method onnx-int8 --out runs/demo/cls-decoder-onnx-int8
 
 A quantized classifier is a classify run directory like its source (config, task, labels,
 tokenizer), so `lmforge classify eval` and `lmforge compare` work on it; its summary.json
 holds the same metrics, speed (eval/bench.py's protocol) and size on disk, plus what it was
 quantized from.
+
+`onnx` and `onnx-int8` (classifiers only) write model.onnx instead of model.safetensors: the
+model exported to ONNX (model/onnx_export.py), as is or with ONNX Runtime's int8 weights. The
+copy is scored by the same eval, its logits computed by an ONNX Runtime session, so
+`lmforge tradeoff` lists it beside int8 and int4 and `compare` reads its predictions
+(`classify eval` and `predict` load torch weights, and do not open it).
 """
 
 from __future__ import annotations
@@ -25,6 +32,14 @@ from lmforge.data.shards import LMData, ShardDataset, iter_eval_batches
 from lmforge.errors import CheckpointError
 from lmforge.eval.bench import dir_size_mb
 from lmforge.eval.classifier import read_settings, run_task, score
+from lmforge.model import ONNX_METHODS
+from lmforge.model.onnx_export import (
+    ONNX_FILE,
+    OnnxClassifier,
+    check_exportable,
+    export_classifier,
+    quantize_int8,
+)
 from lmforge.model.quant import (
     METHODS,
     check_group_size,
@@ -33,7 +48,7 @@ from lmforge.model.quant import (
     resolve_group_size,
 )
 from lmforge.stages.summaries import ClassifierSummary, QuantizeSummary
-from lmforge.tokenizer import token_byte_lengths
+from lmforge.tokenizer import Tokenizer, token_byte_lengths
 from lmforge.train.objectives import lm_eval
 from lmforge.train.trainer import TrainerConfig
 from lmforge.utils import staging_dir, write_json
@@ -45,10 +60,14 @@ SPEED_NOTE = {
     "int4": "4-bit weights dequantized for the matmul: smaller, not faster",
     "bf16": "bf16 matmuls: faster where the CPU has bf16 units (AVX-512 bf16, AMX)",
     "fp16": "fp16 storage: smaller; CPUs compute it slowly",
+    "onnx": "ONNX Runtime, fp32: the same maths in ORT's kernels, its graph optimised",
+    "onnx-int8": "ONNX Runtime, int8 weights (per channel, 7-bit) and activations quantized per "
+    "call (MatMulInteger): smaller; faster where ORT's int8 GEMM beats its fp32 one",
 }
 # Files of a classify run that a quantized copy keeps (so eval, predict and compare work).
 RUN_FILES = ("config.yaml", "labels.json", "task")
 MODEL_FILES = ("model.safetensors", "model.json")  # what checkpoint_mb counts, as classify does
+ONNX_MODEL_FILES = (ONNX_FILE, ONNX_FILE + ".data", "model.json")  # .data: weights over 1 GB
 
 
 def quantize(
@@ -56,16 +75,25 @@ def quantize(
 ) -> dict:
     """A quantized copy of a trained artifact at ``out`` (atomic), evaluated like its source.
 
+    ``onnx`` / ``onnx-int8``: an ONNX copy of a classifier (model.onnx), checked against the
+    model's logits before it is kept and scored through ONNX Runtime.
+
     int4's ``group_size`` must divide the width of every layer it quantizes; given, a size
     that does not is refused (with the sizes that fit); None picks the largest size up to 128
     that fits, and the summary says so. Other methods ignore it."""
     src = Path(src)
-    if method not in METHODS:
-        raise CheckpointError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
+    if method not in METHODS + ONNX_METHODS:
+        raise CheckpointError(
+            f"unknown method '{method}'; use one of {', '.join(METHODS + ONNX_METHODS)}"
+        )
     if group_size is not None:
         check_group_size(group_size)
     if method == "int8":
         int8_kernel()  # a bad LMFORGE_INT8_KERNEL is refused, and a first measurement made, first
+    if (src / ONNX_FILE).is_file():
+        raise CheckpointError(
+            f"{src} is an ONNX copy ({ONNX_FILE}); quantize the full-precision run it came from"
+        )
     loaded = load(src)
     if "quantization" in loaded.meta:
         raise CheckpointError(
@@ -80,9 +108,16 @@ def quantize(
         if note:
             print(f"[quantize] note: {note}", file=sys.stderr)
             info["group_size_note"] = note
-    model = quantize_model(loaded.model, method, group_size)
+    onnx = method in ONNX_METHODS
+    if onnx:  # quant.py knows nothing of these: model/onnx_export.py makes the copy
+        check_exportable(loaded.kind, src)
+    else:
+        model = quantize_model(loaded.model, method, group_size)
     with staging_dir(out) as tmp:
-        save_model_artifact(tmp, model, loaded.kind, extra_meta={"quantization": info})
+        if onnx:
+            info["onnx"] = _write_onnx(tmp, loaded, method)
+        else:
+            save_model_artifact(tmp, model, loaded.kind, extra_meta={"quantization": info})
         if loaded.tokenizer is not None:
             loaded.tokenizer.save(tmp)
         for name in RUN_FILES:
@@ -94,7 +129,7 @@ def quantize(
             "stage": "quantize",
             **info,
             "speed_note": SPEED_NOTE[method],
-            "checkpoint_mb": dir_size_mb(tmp, MODEL_FILES),
+            "checkpoint_mb": dir_size_mb(tmp, ONNX_MODEL_FILES if onnx else MODEL_FILES),
             "source_checkpoint_mb": dir_size_mb(src, MODEL_FILES),
         }
         write_json(tmp / "summary.json", QuantizeSummary(**summary).dump())
@@ -107,12 +142,33 @@ def quantize(
     return summary
 
 
+def _write_onnx(tmp: Path, loaded, method: str) -> dict:
+    """model.onnx (fp32, or ORT's int8 made from the fp32 graph) and a model.json saying what
+    the graph is: OnnxClassifier reads the head from it. Returns how the copy was made."""
+    if method == "onnx":
+        info = export_classifier(loaded.model, tmp / ONNX_FILE)
+    else:
+        fp32 = tmp / "fp32" / ONNX_FILE  # its own directory: its weights file must not clash
+        fp32.parent.mkdir()
+        info = export_classifier(loaded.model, fp32)  # max_abs_logit_diff: the fp32 graph's
+        info["int8"] = quantize_int8(fp32, tmp / ONNX_FILE)
+        shutil.rmtree(fp32.parent)
+    meta = {"kind": loaded.kind, "model": loaded.config.model_dump(mode="json")}
+    write_json(tmp / "model.json", {**meta, **loaded.model.artifact_meta(), "onnx": info})
+    return info
+
+
 def _evaluate_classifier(run: Path, src: Path) -> dict:
-    """The source run's splits and speed protocol, on the quantized model."""
+    """The source run's splits and speed protocol, on the quantized model (or the ONNX copy's
+    ONNX Runtime session)."""
     cfg = read_settings(run)
     cfg.speed = True
-    loaded = load(run)
-    out = score(loaded.model, loaded.tokenizer, run_task(run, cfg), cfg, run)
+    if (run / ONNX_FILE).is_file():
+        model, tokenizer = OnnxClassifier.from_dir(run), Tokenizer.load(run)
+    else:
+        loaded = load(run)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    out = score(model, tokenizer, run_task(run, cfg), cfg, run)
     if (src / "summary.json").is_file():  # the parameters are the source's (not re-counted)
         source = ClassifierSummary.read(src)
         counts = {"params_total": source.params_total, "params_trainable": source.params_trainable}

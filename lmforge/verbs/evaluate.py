@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from lmforge.errors import ConfigError
-from lmforge.model import QUANT_METHODS
+from lmforge.model import ONNX_METHODS, QUANT_METHODS
 from lmforge.stages.summaries import QuantizeSummary
 from lmforge.utils import LazyModule, write_json
 from lmforge.verbs.options import Call, Options, Verb, opt
@@ -75,15 +75,26 @@ def compare(call: Call) -> dict:
 class ConvertOptions(Options):
     from_hf: str | None = opt(None, "a transformers checkpoint to import", metavar="DIR|hf:REPO")
     to_hf: str | None = opt(None, "an lmforge artifact to export", metavar="ARTIFACT")
-    out: str = opt(help="the directory to write")
+    to_gguf: str | None = opt(
+        None, "a decoder to write as one GGUF file (llama.cpp)", metavar="ARTIFACT|DIR|hf:REPO"
+    )
+    out: str = opt(help="the directory to write (the .gguf file with --to-gguf)")
     dtype: Literal["fp32", "bf16", "fp16"] | None = opt(None, "cast the weights (default: keep)")
+    gguf_type: Literal["f16", "q8_0"] | None = opt(
+        None, "the GGUF weights: f16 (default) or q8_0 (8-bit blocks of 32, half the size)"
+    )
 
     @model_validator(mode="after")
     def _one_way(self):
-        if (self.from_hf is None) == (self.to_hf is None):
+        if [self.from_hf, self.to_hf, self.to_gguf].count(None) != 2:
             raise ValueError(
-                "give one of --from-hf DIR|hf:REPO (import) or --to-hf ARTIFACT (export)"
+                "give one of --from-hf DIR|hf:REPO (import), --to-hf ARTIFACT (export for "
+                "transformers) or --to-gguf ARTIFACT (export for llama.cpp)"
             )
+        if self.to_gguf is not None and self.dtype is not None:
+            raise ValueError("--dtype casts --from-hf/--to-hf weights; for GGUF use --gguf-type")
+        if self.to_gguf is None and self.gguf_type is not None:
+            raise ValueError("--gguf-type goes with --to-gguf")
         return self
 
 
@@ -91,12 +102,14 @@ def run_convert(call: Call) -> dict:
     o = call.opts
     if o.from_hf:
         return convert.from_hf(o.from_hf, o.out, o.dtype)
+    if o.to_gguf:
+        return convert.to_gguf(o.to_gguf, o.out, o.gguf_type or "f16")
     return convert.to_hf(o.to_hf, o.out, o.dtype)
 
 
 class QuantizeOptions(Options):
     run: str = opt(help="a trained artifact (classify run, pretrain output, ...)", positional=True)
-    method: Literal[QUANT_METHODS] = opt()
+    method: Literal[QUANT_METHODS + ONNX_METHODS] = opt()
     group_size: int | None = opt(
         None,
         "input columns per int4 group; must divide every layer's width (default: the "
@@ -245,6 +258,9 @@ VERBS = [
               lmforge convert --from-hf hf:Qwen/Qwen2.5-0.5B --out runs/qwen   (hub or its cache)
               lmforge convert --to-hf runs/demo/pretrain --out export/pretrain
               lmforge convert --to-hf runs/demo/cls-decoder-lora --out export/cls  (+ base/, adapter/)
+              lmforge convert --to-gguf runs/demo/sft --out export/sft.gguf --gguf-type q8_0
+            --to-gguf writes a Llama or Qwen2 decoder, its tokenizer and its chat template as one
+            file for llama.cpp, llama-cpp-python, Ollama and LM Studio (f16 or q8_0 weights).
             Every verb that takes a model also takes a Hugging Face directory or hf:<repo> directly;
             converting first only saves the import on every run.
             Supported: LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel, ModernBertModel /
@@ -253,11 +269,11 @@ VERBS = [
             """),
         options=ConvertOptions,
         output="out",
-        inputs=("from_hf", "to_hf"),
+        inputs=("from_hf", "to_hf", "to_gguf"),
     ),
     Verb(
         "quantize",
-        "int8 / int4 / bf16 / fp16 copy of a trained model, evaluated and timed",
+        "int8 / int4 / bf16 / fp16 / ONNX copy of a trained model, evaluated and timed",
         run_quantize,
         dedent("""\
             Quantize the attention and MLP projections of a trained model (embeddings, norms
@@ -267,6 +283,8 @@ VERBS = [
               int8-weight  int8 weights, fp32 matmul (smaller, not faster)
               int4         4-bit weights per group of --group-size columns (smaller, not faster)
               bf16, fp16   the whole model cast
+              onnx         a classifier exported to ONNX, run with ONNX Runtime (fp32)
+              onnx-int8    the same with ONNX Runtime's int8 weights (dynamic quantization)
               lmforge quantize runs/demo/cls-decoder-lora --method int8 --out runs/demo/cls-decoder-int8
             """),
         options=QuantizeOptions,

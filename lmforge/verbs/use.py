@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from textwrap import dedent
 
-from lmforge.utils import LazyModule
+from lmforge.errors import CheckpointError
+from lmforge.utils import LazyModule, read_json
 from lmforge.verbs.options import Call, Options, Verb, opt
 
 # Imported when a verb runs (utils.LazyModule): the registry alone imports no model code.
@@ -13,6 +14,7 @@ artifact = LazyModule("lmforge.artifact")
 chat_cli = LazyModule("lmforge.infer.chat_cli")
 generation = LazyModule("lmforge.infer.generate")
 server = LazyModule("lmforge.infer.serve")
+classifier_eval = LazyModule("lmforge.eval.classifier")
 
 MODEL = "an artifact directory (e.g. runs/demo/pretrain), an HF directory or hf:<repo>"
 
@@ -82,19 +84,69 @@ def chat(call: Call) -> int:
 
 
 class ServeOptions(Options):
-    model: str = opt(help="a run directory, an HF directory or hf:<repo>", positional=True)
+    model: str = opt(
+        help="a run directory (causal LM or classifier), an HF directory or hf:<repo>",
+        positional=True,
+    )
     host: str = opt("127.0.0.1")
     port: int = opt(8000)
-    max_concurrent: int = opt(2, "generations at once")
-    max_tokens_cap: int = opt(512, "max_tokens above it: 400")
+    max_batch: int = opt(8, "sequences decoded together (classify: texts per forward pass)")
+    max_queue: int = opt(16, "requests running + waiting; beyond it: 429 at once")
+    max_tokens_cap: int = opt(512, "max_tokens above it: 422")
     max_body_bytes: int = opt(1_000_000, "larger bodies: 413")
-    queue_timeout_s: float = opt(5.0, "slot wait, then 429")
+    context: int = opt(2048, "KV-cache positions per sequence (at most the model's)")
+    batch_wait_ms: float = opt(
+        0.0,
+        "classify: how long a batch waits for more texts (0: texts that arrive during a pass go in the next)",
+    )
+    shutdown_timeout_s: float = opt(10.0, "on Ctrl-C, in-flight answers get this long to finish")
 
 
 def run_serve(call: Call) -> int:
-    options = call.opts.model_dump()
-    server.serve(options.pop("model"), **options)
+    o = call.opts
+    limits = server.Limits(
+        max_batch=o.max_batch,
+        max_queue=o.max_queue,
+        max_tokens_cap=o.max_tokens_cap,
+        max_body_bytes=o.max_body_bytes,
+        context=o.context,
+        batch_wait_ms=o.batch_wait_ms,
+        shutdown_timeout_s=o.shutdown_timeout_s,
+    )
+    limits.check()  # before loading a model: a bad flag is a usage error at once
+    loaded = artifact.load(o.model)
+    if loaded.tokenizer is None:
+        raise CheckpointError(
+            f"{o.model} has no tokenizer.json; serving needs one beside the model"
+        )
+    classifier = None
+    if loaded.kind == "sequence_classifier":
+        classifier = served_classifier(loaded)
+    elif loaded.kind != "causal_lm":
+        raise CheckpointError(
+            f"{o.model} is a {loaded.kind} artifact; serve takes a causal LM (pretrain, sft, "
+            "dpo) or a classifier (classify train)"
+        )
+    name = str(o.model).rstrip("/")
+    server.serve(loaded, name, o.host, o.port, limits, classifier)
     return 0
+
+
+def served_classifier(loaded) -> dict:
+    """How a classifier run reads its texts (max_length, padding side) and the temperature
+    fitted on its val split (1.0, said, when the run has none)."""
+    path = loaded.path
+    if (path / "config.yaml").is_file():
+        settings = classifier_eval.read_settings(path)
+        max_length, side = settings.task.max_length, settings.padding_side
+    else:  # an HF classifier directory: its head says how it pools
+        max_length = loaded.model.cfg.max_seq_len
+        side = "left" if loaded.model.cfg.causal else "right"
+    metrics = path / "eval" / "val" / "metrics.json"
+    temperature = read_json(metrics).get("temperature", 1.0) if metrics.is_file() else 1.0
+    if not metrics.is_file():
+        print(f"note: {metrics} not found: probabilities are not calibrated (temperature 1)")
+    return {"max_length": max_length, "padding_side": side, "temperature": float(temperature)}
 
 
 VERBS = [
@@ -119,10 +171,16 @@ VERBS = [
         "an OpenAI-compatible HTTP API and a web chat page",
         run_serve,
         dedent("""\
-            Serve a model: POST /v1/chat/completions and /v1/completions (OpenAI wire format,
-            stream=true for server-sent events), GET /v1/models, and a web chat at /.
-            Binds 127.0.0.1 unless --host says otherwise.
+            Serve a model on FastAPI + uvicorn, OpenAI's wire format (docs at /docs).
+            A causal LM: POST /v1/chat/completions and /v1/completions (stream=true for
+            server-sent events), GET /v1/models, and a web chat at /. Concurrent requests
+            decode together (--max-batch), each in its own KV-cache slot.
+            A classifier run: POST /v1/classify {"input": [texts]} -> labels and probabilities
+            after the temperature calibrated on its val split; texts that arrive while a
+            forward pass runs share the next one.
+            Binds 127.0.0.1 unless --host says otherwise; no authentication.
               lmforge serve runs/demo/dpo --port 8000
+              lmforge serve runs/demo/cls-encoder-full --port 8001
               python -c "from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-'); ..."
             """),
         options=ServeOptions,
