@@ -320,10 +320,32 @@ def test_documents_over_max_chars_are_truncated_or_skipped(tmp_path):
     assert summary["normalize"]["documents_truncated"] == 1
     assert len(texts) == 2 and big[:1000].rstrip() in texts
     cfg = CurateConfig(input={"max_chars": 1000, "too_long": "skip"})
-    summary = curate(tmp_path / "in", tmp_path / "out", cfg, progress=False, workers=1)
+    summary = curate(tmp_path / "in", tmp_path / "out", cfg, progress=False, overwrite=True)
     assert summary["steps"][0]["documents_removed"] == 1
     assert summary["steps"][0]["characters_removed"] == len(big)
     assert len(list(iter_texts(tmp_path / "out"))) == 1
+
+
+def test_an_out_holding_another_run_is_replaced_only_with_overwrite(tmp_path):
+    build_corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    curate(tmp_path / "in", out, CurateConfig(), progress=False, workers=1)
+    before = (out / "corpus-00000.parquet").read_bytes()
+    curate(tmp_path / "in", out, CurateConfig(), progress=False, workers=1)  # the same run: fine
+    other = CurateConfig(near_dedup={"threshold": 0.5})
+    with pytest.raises(ConfigError, match="already holds something else.*--overwrite"):
+        curate(tmp_path / "in", out, other, progress=False, workers=1)
+    assert (out / "corpus-00000.parquet").read_bytes() == before  # nothing lost
+    curate(tmp_path / "in", out, other, progress=False, workers=1, overwrite=True)
+    assert (
+        json.loads((out / "stats.json").read_text())["curation"]["near_dedup"]["threshold"] == 0.5
+    )
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("not a corpus")
+    with pytest.raises(ConfigError, match="already holds something else"):
+        curate(tmp_path / "in", notes, CurateConfig(), progress=False, workers=1)
+    assert (notes / "mine.txt").read_text() == "not a corpus"
 
 
 def test_empty_input_is_a_data_error(tmp_path):

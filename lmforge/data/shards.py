@@ -45,8 +45,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class _SplitWriter:
-    def __init__(self, root: Path, dtype: np.dtype, shard_tokens: int):
-        self.root, self.dtype, self.shard_tokens = root, dtype, shard_tokens
+    def __init__(self, root: Path, dtype: np.dtype, shard_tokens: int, prefix: str = ""):
+        # prefix: one writer per input file on Ray names its shards tokens-FFFFF-SSSSS.bin
+        self.root, self.dtype, self.shard_tokens, self.prefix = root, dtype, shard_tokens, prefix
         root.mkdir(parents=True, exist_ok=True)
         self.shard = -1
         self.documents = self.tokens = self.bytes = 0
@@ -58,7 +59,7 @@ class _SplitWriter:
     def _roll(self) -> None:
         self._close_shard()
         self.shard += 1
-        name = f"tokens-{self.shard:05d}.bin"
+        name = f"tokens-{self.prefix}{self.shard:05d}.bin"
         self.files.append(name)
         self._file = open(self.root / name, "wb")
         self._offsets, self._pos = [0], 0
@@ -67,7 +68,8 @@ class _SplitWriter:
         if self._file is not None:
             self._file.close()
             np.save(
-                self.root / f"docs-{self.shard:05d}.npy", np.asarray(self._offsets, dtype=np.int64)
+                self.root / f"docs-{self.prefix}{self.shard:05d}.npy",
+                np.asarray(self._offsets, dtype=np.int64),
             )
             self._file = None
 
@@ -92,6 +94,13 @@ class _SplitWriter:
         }
 
 
+def check_tokenizer(tokenizer: Tokenizer) -> None:
+    if tokenizer.bos_id is None or tokenizer.eos_id is None:
+        raise DataError(
+            "the tokenizer needs BOS and EOS tokens to build shards; train it with `lmforge tokenizer train`"
+        )
+
+
 def build_shards(
     data_path: str | os.PathLike,
     tokenizer: Tokenizer,
@@ -111,10 +120,7 @@ def build_shards(
     of a corpus (one source of a mixture) is split exactly as the whole corpus was.
     """
 
-    if tokenizer.bos_id is None or tokenizer.eos_id is None:
-        raise DataError(
-            "the tokenizer needs BOS and EOS tokens to build shards; train it with `lmforge tokenizer train`"
-        )
+    check_tokenizer(tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
     out_dir = Path(out_dir)
     with staging_dir(out_dir) as tmp:
@@ -142,30 +148,37 @@ def build_shards(
         if pending:
             flush()
         bar.close()
-        if index == 0:
-            raise DataError(
-                f"{data_path} holds no text: every document is empty. Point data.path at a corpus with text."
-            )
-        if writers["val"].documents == 0 or writers["train"].documents == 0:
-            raise DataError(
-                f"{data_path} has {index} document(s), too few for a train/val split at val_fraction "
-                f"{val_fraction}: add documents or raise data.val_fraction"
-            )
-        meta = {
-            "format": FORMAT_VERSION,
-            "dtype": dtype.name,
-            "vocab_size": tokenizer.vocab_size,
-            "tokenizer_fingerprint": tokenizer.fingerprint(),
-            "bos_id": tokenizer.bos_id,
-            "eos_id": tokenizer.eos_id,
-            "source": str(data_path),
-            "text_column": text_column,
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "splits": {s: w.close() for s, w in writers.items()},
-        }
+        splits = {s: w.close() for s, w in writers.items()}
+        meta = shards_meta(data_path, tokenizer, text_column, val_fraction, seed, splits)
         write_json(tmp / "meta.json", meta)
     return meta
+
+
+def shards_meta(data_path, tokenizer: Tokenizer, text_column, val_fraction, seed, splits) -> dict:
+    """meta.json of a shards directory, once both splits hold documents (else a DataError)."""
+    documents = sum(split["documents"] for split in splits.values())
+    if documents == 0:
+        raise DataError(
+            f"{data_path} holds no text: every document is empty. Point data.path at a corpus with text."
+        )
+    if splits["val"]["documents"] == 0 or splits["train"]["documents"] == 0:
+        raise DataError(
+            f"{data_path} has {documents} document(s), too few for a train/val split at val_fraction "
+            f"{val_fraction}: add documents or raise data.val_fraction"
+        )
+    return {
+        "format": FORMAT_VERSION,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
+        "vocab_size": tokenizer.vocab_size,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "bos_id": tokenizer.bos_id,
+        "eos_id": tokenizer.eos_id,
+        "source": str(data_path),
+        "text_column": text_column,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "splits": splits,
+    }
 
 
 def shards_match(path: str | os.PathLike, tokenizer: Tokenizer) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from textwrap import dedent
+from typing import Literal
 
 from lmforge.utils import LazyModule
 from lmforge.verbs.options import Call, Options, Verb, opt
@@ -17,8 +19,12 @@ sources = LazyModule("lmforge.data.sources")
 tasks = LazyModule("lmforge.data.tasks")
 vocab = LazyModule("lmforge.data.vocab")
 tokenizer = LazyModule("lmforge.tokenizer")
+token_shards = LazyModule("lmforge.data.shards")
+shards_ray = LazyModule("lmforge.data.shards_ray")
 
 CORPUS = "a file or directory of txt / jsonl / parquet / csv"
+ENGINE_HELP = ("local", "local: processes on this machine; ray: Ray Data, here or at --address")
+ADDRESS_HELP = "--engine ray: the cluster (auto, host:port or ray://host:port; default: a Ray here)"
 
 
 def _task_stats(t) -> dict:
@@ -100,14 +106,25 @@ class CurateOptions(Options):
     out: str = opt(help="curated corpus directory (replaced atomically)")
     near_dup: float | None = opt(None, "Jaccard threshold (0, 1]", sets="near_dedup.threshold")
     report: str | None = opt(None, "directory for curation.json/.md/png")
-    workers: int | None = opt(None, "processes (default: all cores)")
+    workers: int | None = opt(None, "processes, or Ray tasks at once (default: all cores)")
+    engine: Literal["local", "ray"] = opt(ENGINE_HELP[0], ENGINE_HELP[1])
+    address: str | None = opt(None, ADDRESS_HELP)
+    overwrite: bool = opt(False, "replace an --out that holds another curation")
     no_progress: bool = opt(False)
 
 
 def run_curate(call: Call) -> dict:
     o = call.opts
     result = curation.curate(
-        o.input, o.out, call.cfg, report=o.report, progress=not o.no_progress, workers=o.workers
+        o.input,
+        o.out,
+        call.cfg,
+        report=o.report,
+        progress=not o.no_progress,
+        workers=o.workers,
+        engine=o.engine,
+        address=o.address,
+        overwrite=o.overwrite,
     )
     keys = ("documents_in", "documents_out", "characters_in", "characters_out", "seconds")
     return {k: result[k] for k in keys if k in result}
@@ -116,6 +133,39 @@ def run_curate(call: Call) -> dict:
 def mix(call: Call) -> dict:
     manifest = mixture.build_mixture(call.cfg, call.opts.out)
     return {k: v for k, v in manifest.items() if k != "config"}
+
+
+class ShardsOptions(Options):
+    data: str = opt(help=CORPUS, positional=True)
+    tokenizer: str = opt(help="tokenizer directory or tokenizer.json")
+    out: str = opt(help="shards directory (replaced atomically)")
+    text_column: str = opt("text", "text column for jsonl/parquet/csv (default: text)")
+    val_fraction: float = opt(0.01, "share of documents held out (default 0.01)", gt=0, lt=1)
+    seed: int = opt(0, "the held-out choice's seed (a run's data.seed)")
+    engine: Literal["local", "ray"] = opt(ENGINE_HELP[0], ENGINE_HELP[1])
+    address: str | None = opt(None, ADDRESS_HELP)
+    workers: int | None = opt(None, "--engine ray: tasks at once (default: all cores)")
+    no_progress: bool = opt(False)
+
+
+def shards(call: Call) -> dict:
+    o = call.opts
+    tok = tokenizer.Tokenizer.load(o.tokenizer)
+    how = {"text_column": o.text_column, "val_fraction": o.val_fraction, "seed": o.seed}
+    if o.engine == "ray":
+        workers = o.workers or len(os.sched_getaffinity(0))
+        meta = shards_ray.build_shards_on_ray(
+            o.data,
+            tok,
+            o.out,
+            progress=not o.no_progress,
+            workers=workers,
+            address=o.address,
+            **how,
+        )
+    else:
+        meta = token_shards.build_shards(o.data, tok, o.out, progress=not o.no_progress, **how)
+    return {s: {k: v[k] for k in ("documents", "tokens")} for s, v in meta["splits"].items()}
 
 
 class StatsOptions(Options):
@@ -222,6 +272,10 @@ VERBS = [
             report: what each step and rule removed, per source, with examples.
               lmforge data curate data/default --out data/curated --near-dup 0.8 --report runs/demo/curation
               lmforge data curate data/default --out data/curated quality.stop_words.enabled=false
+            The same steps on Ray Data, on this machine or a cluster (pip install 'lmforge[ray]';
+            the kept documents are the same):
+              lmforge data curate data/default --out data/curated --engine ray
+              lmforge data curate /shared/crawl --out /shared/curated --engine ray --address auto
             """),
         options=CurateOptions,
         config=curation.ref("CurateConfig"),
@@ -243,6 +297,23 @@ VERBS = [
         config=mixture.ref("MixtureConfig"),
         default_config="configs/demo/mixture.yaml",
         output="out",
+    ),
+    Verb(
+        "data shards",
+        "tokenize a corpus into the token shards training reads",
+        shards,
+        dedent("""\
+            Tokenize every non-empty document (<|bos|> text <|endoftext|>) into train/val token
+            shards: the directory a recipe's data.shards names, as pretrain builds it under
+            its run (a document is held out by its index and --seed). --engine ray tokenizes
+            each file in its own Ray task (here, or on the cluster at --address): the same
+            tokens, documents and split, in one shard set per input file.
+              lmforge data shards data/curated --tokenizer runs/demo/tokenizer --out data/shards
+              lmforge data shards /shared/curated --tokenizer tok --out /shared/shards --engine ray --address auto
+            """),
+        options=ShardsOptions,
+        output="out",
+        inputs=("data", "tokenizer"),
     ),
     Verb(
         "data stats",

@@ -50,26 +50,33 @@ def read_documents(
     """(source, text, original length, note) of every document, in a stable order. note is ""
     or "truncated" / "skipped" for a document over max_chars (its text cut to max_chars)."""
     for file in list_files(inputs):
-        n = 0
-        try:
-            for source, text, total in _file_documents(file, cfg):
-                n += 1
-                note = ""
-                if total > cfg.max_chars:
-                    # A skipped document keeps its head too, for the report's examples.
-                    note = "truncated" if cfg.too_long == "truncate" else "skipped"
-                    text = text[: cfg.max_chars]
-                yield source, text, total, note
-        except Exception as e:
-            # pyarrow raises OSError / ArrowInvalid mid-file for a damaged row group; sources
-            # raises DataError for what it can see when opening. Either way: name the file.
-            reason = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
-            if not isinstance(e, (DataError, OSError, ValueError)):
-                raise
-            if cfg.on_error == "stop":
-                raise DataError(
-                    f"cannot read {file} (after {n} documents): {reason}. Fix or remove the "
-                    "file, or set input.on_error=skip to skip unreadable files"
-                ) from None
-            if skipped_files is not None:
-                skipped_files.append({"file": str(file), "documents_read": n, "error": reason})
+        yield from read_file(file, cfg, skipped_files)
+
+
+def read_file(
+    file: Path, cfg: InputConfig, skipped_files: list[dict] | None = None
+) -> Iterator[tuple[str, str, int, str]]:
+    """``read_documents`` for one file (the Ray engine reads each file in its own task)."""
+    n = 0
+    try:
+        for source, text, total in _file_documents(file, cfg):
+            n += 1
+            note = ""
+            if total > cfg.max_chars:
+                # A skipped document keeps its head too, for the report's examples.
+                note = "truncated" if cfg.too_long == "truncate" else "skipped"
+                text = text[: cfg.max_chars]
+            yield source, text, total, note
+    except Exception as e:
+        # pyarrow raises OSError / ArrowInvalid mid-file for a damaged row group; sources
+        # raises DataError for what it can see when opening. Either way: name the file.
+        reason = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, (DataError, OSError, ValueError)):
+            raise
+        if cfg.on_error == "stop":
+            raise DataError(
+                f"cannot read {file} (after {n} documents): {reason}. Fix or remove the "
+                "file, or set input.on_error=skip to skip unreadable files"
+            ) from None
+        if skipped_files is not None:
+            skipped_files.append({"file": str(file), "documents_read": n, "error": reason})

@@ -17,6 +17,11 @@ KEPT, TOO_LONG, EXACT, QUALITY, NEAR = 0, 1, 2, 3, 4
 STEPS = ("too_long", "exact_dedup", "quality", "near_dedup")
 
 
+def truncate(text: str, n: int) -> str:
+    """An example's text as the report shows it: at most n characters, and how many more."""
+    return text if len(text) <= n else text[:n] + f"... [{len(text) - n} more chars]"
+
+
 def summarize(
     *,
     inputs,
@@ -37,11 +42,15 @@ def summarize(
     cpu_seconds,
     workers,
     kept_stats,
+    documents=None,
 ) -> dict:
     """curation.json: documents and characters through every step, overall and per source.
 
-    Characters are counted after normalisation, except that a document skipped for its length
-    counts at its full length."""
+    One row per document, or (the Ray engine) one row per group of documents alike in source,
+    status and rules failed: ``documents`` then counts each row's documents, and the character
+    arrays hold the group's sums. Characters are counted after normalisation, except that a
+    document skipped for its length counts at its full length."""
+    docs = np.ones(len(status), dtype=np.int64) if documents is None else np.asarray(documents)
     chars = np.where(status == TOO_LONG, chars_in, chars_norm)
     codes = dict(zip(STEPS, (TOO_LONG, EXACT, QUALITY, NEAR)))
     enabled_rules = [
@@ -54,9 +63,9 @@ def summarize(
             gone = alive & (status == codes[step])
             row = {
                 "step": step,
-                "documents_in": int(alive.sum()),
-                "documents_removed": int(gone.sum()),
-                "documents_out": int(alive.sum() - gone.sum()),
+                "documents_in": int(docs[alive].sum()),
+                "documents_removed": int(docs[gone].sum()),
+                "documents_out": int(docs[alive].sum() - docs[gone].sum()),
                 "characters_in": int(chars[alive].sum()),
                 "characters_removed": int(chars[gone].sum()),
                 "characters_out": int(chars[alive].sum() - chars[gone].sum()),
@@ -65,9 +74,9 @@ def summarize(
                 # removed: the first rule a document fails; failing: every rule it fails.
                 row["filters"] = {
                     name: {
-                        "documents_removed": int((gone & (first_failure == f)).sum()),
+                        "documents_removed": int(docs[gone & (first_failure == f)].sum()),
                         "characters_removed": int(chars[gone & (first_failure == f)].sum()),
-                        "documents_failing": int((alive & failing[:, f]).sum()),
+                        "documents_failing": int(docs[alive & failing[:, f]].sum()),
                     }
                     for f, name in enabled_rules
                 }

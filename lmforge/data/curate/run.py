@@ -16,14 +16,13 @@ max_chars bounds what is processed, not what the reader allocates.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from lmforge.data.curate.config import CurateConfig
@@ -36,13 +35,23 @@ from lmforge.data.curate.dedup import (
     verify_pairs,
 )
 from lmforge.data.curate.normalize import normalize_text
+from lmforge.data.curate.output import CorpusWriter, write_stats
 from lmforge.data.curate.quality import RULES
 from lmforge.data.curate.read import read_documents
-from lmforge.data.curate.report import EXACT, KEPT, NEAR, QUALITY, TOO_LONG, summarize, write_report
+from lmforge.data.curate.report import (
+    EXACT,
+    KEPT,
+    NEAR,
+    QUALITY,
+    TOO_LONG,
+    summarize,
+    truncate,
+    write_report,
+)
 from lmforge.data.curate.score import batched, scored
 from lmforge.data.sources import list_files
 from lmforge.errors import ConfigError, DataError
-from lmforge.utils import staging_dir, write_json
+from lmforge.utils import staging_dir
 
 
 def _default_workers() -> int:
@@ -59,9 +68,15 @@ def curate(
     report: str | Path | None = None,
     progress: bool = True,
     workers: int | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Curate the documents under ``inputs`` into parquet shards at ``out`` (atomically), write
-    the report directory if ``report`` is given, and return the report's numbers."""
+    the report directory if ``report`` is given, and return the report's numbers.
+
+    ``engine="ray"`` runs the same steps on Ray Data (``ray_engine``): on this machine, or on
+    the cluster at ``address``; the documents kept are the same."""
     t_start = time.perf_counter()
     inputs, out = Path(inputs), Path(out)
     # Re-validate: a config built with model_construct or mutated without validation.
@@ -71,8 +86,57 @@ def curate(
             f"--out {out} is inside the input {inputs}; a rerun would read its own output. "
             "Write it next to the input instead"
         )
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine {engine} is not an engine; use local or ray")
+    _refuse_another_run(out, inputs, cfg, overwrite)
     workers = _default_workers() if workers is None else max(1, int(workers))
     list_files(inputs)  # a missing or empty input fails here, before any work
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if engine == "ray":
+        from lmforge.data.curate import ray_engine  # Ray is an optional extra
+
+        parts, examples = ray_engine.curate(inputs, out, cfg, workers, address, progress)
+    else:
+        parts, examples = _curate_here(inputs, out, cfg, workers, progress)
+    parts["seconds"]["total"] = time.perf_counter() - t_start
+    summary = summarize(inputs=inputs, out=out, cfg=cfg, workers=workers, **parts)
+    summary["engine"] = engine
+    if report is not None:
+        write_report(Path(report), summary, examples)
+    if summary["documents_out"] == 0:
+        steps = ", ".join(f"{s['step']} {s['documents_removed']}" for s in summary["steps"])
+        raise DataError(
+            f"curation removed all {summary['documents_in']} documents of {inputs} ({steps}); "
+            "nothing was written to --out. Loosen or disable the filters that removed them "
+            "(see the report)"
+        )
+    return summary
+
+
+def _refuse_another_run(out: Path, inputs: Path, cfg: CurateConfig, overwrite: bool) -> None:
+    """A directory that holds something other than this curation (another input or config,
+    or not a curated corpus at all) is replaced only with ``overwrite``: a typo in --out must
+    not delete a corpus."""
+    if overwrite or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    stats = out / "stats.json"
+    try:
+        held = json.loads(stats.read_text())
+        same = held.get("curated_from") == str(inputs) and held.get("curation") == cfg.model_dump(
+            mode="json"
+        )
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        raise ConfigError(
+            f"--out {out} already holds something else (another curation, or not a curated "
+            "corpus); pass --overwrite to replace it, or choose another --out"
+        )
+
+
+def _curate_here(inputs: Path, out: Path, cfg: CurateConfig, workers: int, progress: bool):
+    """The local engine: processes on this machine. Returns summarize's arrays and the
+    removed examples."""
     nd = cfg.near_dedup
     bands, rows = optimal_bands(
         nd.threshold, nd.num_perm, nd.false_positive_weight, nd.false_negative_weight
@@ -89,7 +153,6 @@ def curate(
     examples: dict[str, list] = collections.defaultdict(list)
     truncated = normalized_changed = 0
     cpu_seconds: collections.Counter = collections.Counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.curate-", dir=out.parent) as tmp:
         sig_path = Path(tmp) / "signatures.u32"
         t_pass1 = time.perf_counter()
@@ -128,7 +191,7 @@ def curate(
                             sig_file.write(row.tobytes())
                             cand_list.append(len(status) - 1)
                 failing_parts.append(score["failing"])
-                normalized_changed += score["changed"]
+                normalized_changed += sum(score["changed"])
                 cpu_seconds.update(score["seconds"])
                 bar.update(len(batch))
         bar.close()
@@ -172,14 +235,9 @@ def curate(
     for ex in near_examples:
         for side in ("kept", "removed"):
             source, text = wanted[ex[side]]
-            ex[side] = {"source": source, "text": _truncate(text, cfg.example_chars)}
+            ex[side] = {"source": source, "text": truncate(text, cfg.example_chars)}
     examples["near_dedup"] = near_examples
-    seconds["total"] = time.perf_counter() - t_start
-
-    summary = summarize(
-        inputs=inputs,
-        out=out,
-        cfg=cfg,
+    parts = dict(
         status=status_arr,
         source_of=np.array(source_of),
         source_ids=source_ids,
@@ -193,27 +251,14 @@ def curate(
         skipped_files=skipped_files,
         seconds=seconds,
         cpu_seconds=dict(cpu_seconds),
-        workers=workers,
         kept_stats=kept_stats,
     )
-    if report is not None:
-        write_report(Path(report), summary, examples)
-    if summary["documents_out"] == 0:
-        steps = ", ".join(f"{s['step']} {s['documents_removed']}" for s in summary["steps"])
-        raise DataError(
-            f"curation removed all {n_docs} documents of {inputs} ({steps}); nothing was written"
-            " to --out. Loosen or disable the filters that removed them (see the report)"
-        )
-    return summary
-
-
-def _truncate(text: str, n: int) -> str:
-    return text if len(text) <= n else text[:n] + f"... [{len(text) - n} more chars]"
+    return parts, examples
 
 
 def _add_example(examples: dict, step: str, cfg: CurateConfig, source, text, why) -> None:
     if len(examples[step]) < cfg.examples:
-        entry = {"source": source, "text": _truncate(text, cfg.example_chars)}
+        entry = {"source": source, "text": truncate(text, cfg.example_chars)}
         if why:
             entry["why"] = why
         examples[step].append(entry)
@@ -241,21 +286,11 @@ def _write_output(inputs, out, cfg, status, near_examples, progress):
     (text, source) plus stats.json -- the layout of data/default."""
     want = {ex[s] for ex in near_examples for s in ("kept", "removed")}
     wanted: dict[int, tuple[str, str]] = {}
-    per_source: dict[str, dict] = {}
     if not (status == KEPT).any():
-        return per_source, wanted
-    shard: list[tuple[str, str]] = []
-    n_shards = 0
+        return {}, wanted
     bar = tqdm(desc="curate: write", unit=" docs", disable=not progress, dynamic_ncols=True)
     with staging_dir(out) as tmp:
-
-        def flush():
-            nonlocal n_shards
-            table = pa.table({"text": [t for t, _ in shard], "source": [s for _, s in shard]})
-            pq.write_table(table, tmp / f"corpus-{n_shards:05d}.parquet", compression="zstd")
-            n_shards += 1
-            shard.clear()
-
+        writer = CorpusWriter(tmp, cfg.shard_docs, lambda k: f"corpus-{k:05d}.parquet")
         # The same reader as pass 1, so document k is the same document; skipped files are
         # skipped again (their errors are already recorded).
         docs = read_documents(inputs, cfg.input, skipped_files=None)
@@ -268,27 +303,9 @@ def _write_output(inputs, out, cfg, status, near_examples, progress):
             text = normalize_text(text, cfg.normalize)
             if k in want:
                 wanted[k] = (source, text)
-            if status[k] != KEPT:
-                continue
-            s = per_source.setdefault(source, {"documents": 0, "characters": 0, "words": 0})
-            s["documents"] += 1
-            s["characters"] += len(text)
-            s["words"] += len(text.split())
-            shard.append((text, source))
-            if len(shard) == cfg.shard_docs:
-                flush()
-        if shard:
-            flush()
+            if status[k] == KEPT:
+                writer.add(text, source)
+        writer.flush()
         bar.close()
-        stats = {
-            "sources": per_source,
-            "total": {
-                key: sum(s[key] for s in per_source.values())
-                for key in ("documents", "characters", "words")
-            },
-            "shards": n_shards,
-            "curated_from": str(inputs),
-            "curation": cfg.model_dump(mode="json"),
-        }
-        write_json(tmp / "stats.json", stats)
-    return per_source, wanted
+        write_stats(tmp, writer.per_source, writer.shards, inputs, cfg)
+    return writer.per_source, wanted

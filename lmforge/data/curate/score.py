@@ -59,7 +59,7 @@ def _score_batch(texts: list[str]) -> dict:
     seconds["minhash"] = time.perf_counter() - t
     return {
         "chars": [len(x) for x in normed],
-        "changed": sum(a != b for a, b in zip(texts, normed)),
+        "changed": [a != b for a, b in zip(texts, normed)],
         "keys": keys,
         "failing": failing.reshape(len(texts), len(RULES)),  # (docs, rules)
         "first_failure": first,  # (rule, reason) or None
