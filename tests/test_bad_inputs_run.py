@@ -320,6 +320,26 @@ def test_a_pipeline_remakes_a_changed_stage_over_its_finished_run(
     assert config["model"]["n_layer"] == 3
 
 
+def test_a_pipeline_remakes_a_changed_curation_over_its_corpus(tmp_path, tiny_corpus):
+    """`data curate` refuses an --out holding another curation; a pipeline stage whose
+    curation options changed asks for the replacement."""
+    import json
+
+    from lmforge import pipeline
+
+    out = tmp_path / "curated"
+    line = f"data curate {tiny_corpus} --out {out} --workers 1 --no-progress"
+    spec = {"name": "p", "stages": {"curate": {"run": line, "out": str(out)}}}
+    path = tmp_path / "p.yaml"
+    for extra in ("", " --near-dup 0.5"):
+        spec["stages"]["curate"]["run"] = line + extra
+        path.write_text(yaml.safe_dump(spec))
+        state = pipeline.run(pipeline.load(str(path)), main, echo=lambda *_: None)
+        assert state["stages"]["curate"]["status"] == "done"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["curation"]["near_dedup"]["threshold"] == 0.5
+
+
 def test_resume_never_clears_an_earlier_runs_checkpoints(tmp_path, tiny_cfg):
     """trainer.resume=never starts over in any stage: a later resume must not pick up the
     earlier run's newer checkpoint."""

@@ -241,9 +241,13 @@ def run(
         write_json(p.state_path, state)
         t = time.perf_counter()
         argv = list(s.argv)
-        if st not in ("interrupted", "failed") and s.call.verb.trains:
-            # Re-made by the pipeline: a verb that refuses to replace a finished run made under
-            # another config is told to replace the stage's old run.
+        options = s.call.verb.options
+        refuses = s.call.verb.trains or (
+            options is not None and "overwrite" in options.model_fields
+        )
+        if st not in ("interrupted", "failed") and refuses:
+            # Re-made by the pipeline: a verb that refuses to replace a finished run (or a
+            # curated corpus) made under another config is told to replace the stage's old one.
             argv.append("--overwrite")
         try:
             code = runner(argv)
