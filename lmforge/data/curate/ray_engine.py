@@ -8,17 +8,17 @@ MinHash) -- with what crosses documents done by Ray's shuffles instead of one pr
    documents are scored where they are. A document's id is its file's index << 40 | its row,
    so input order survives any number of workers and any block size. The text stays behind;
    what travels on is a few numbers, the 8-byte exact key and the signature.
-2. **exact dedup** (a hash shuffle on the key, ``groupby("key")``): in each group the lowest
-   id not skipped for length is the first copy; the others are duplicates.
+2. **exact dedup** (a hash shuffle on the key): in each key the lowest id not skipped for
+   length is the first copy; the others are duplicates.
 3. **near dedup**: every candidate's b bands become b bucket rows (band number + the band's
-   bytes); a shuffle on the bucket brings candidates together; a bucket makes pairs (all pairs
-   up to 64 members, else each with its first) and verifies them there, since its rows carry
-   their signatures. A shuffle on (i, j) makes the pairs unique. The connected components of
-   the verified pairs come from alternating large-star and small-star rounds (Kiveris et al.,
-   "Connected Components in MapReduce and Beyond", SoCC 2014), each a shuffle on a node, until
-   the graph is a forest of stars. Nodes are ordered longest first, then by id, so each star's
-   centre is the document the local engine keeps: no all-pairs, and nothing per document on
-   the driver.
+   values, no signature); a shuffle on the bucket brings candidates together; a bucket makes
+   pairs (all pairs up to 64 members, else each with its first); a hash aggregate makes them
+   unique; two hash joins bring each pair its two signatures, and the pair is kept if its
+   estimated Jaccard reaches the threshold. The connected components of the kept pairs come
+   from alternating large-star and small-star rounds (Kiveris et al., "Connected Components in
+   MapReduce and Beyond", SoCC 2014), each a shuffle on a node, until the graph is a forest of
+   stars. Nodes are ordered longest first, then by id, so each star's centre is the document
+   the local engine keeps: no all-pairs, and nothing per document on the driver.
 4. **write** (a shuffle on the file): each file's task reads it again and writes its kept
    documents, normalised, to ``corpus-FFFFF-PPP.parquet`` (file F, part P of ``shard_docs``):
    the output's name order is the input order.
@@ -154,7 +154,7 @@ def _pipeline(ray, inputs: Path, out: Path, cfg: CurateConfig, workers: int):
     kept_stats, near_removed = _write(statused, stars, inputs, files, out, cfg)
     seconds["write"] = time.perf_counter() - t_write
 
-    examples = _examples(ray, listing, statused, cfg, first_clusters)
+    examples = _examples(listing, statused, cfg, first_clusters)
     parts = _summary_arrays(table, near_removed)
     parts.update(
         near=near,
@@ -673,7 +673,7 @@ def _summary_arrays(table: list[dict], near_removed: dict) -> dict:
     )
 
 
-def _examples(ray, listing, statused, cfg: CurateConfig, first_clusters: list) -> dict:
+def _examples(listing, statused, cfg: CurateConfig, first_clusters: list) -> dict:
     """The report's removed examples, as the local engine picks them: the first k documents
     each step (each quality rule) removed, and the first k near-duplicate clusters."""
     k = cfg.examples
