@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -32,9 +31,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from provenance import git_state  # noqa: E402
+
 from lmforge.data.curate import CurateConfig, optimal_bands  # noqa: E402
 from lmforge.data.curate.dedup import _false_negative_area, _false_positive_area  # noqa: E402
 from lmforge.data.sources import iter_documents  # noqa: E402
+from lmforge.machine import cpu_model  # noqa: E402
 
 CONTENDERS = {
     "local-1": ["--workers", "1"],
@@ -148,11 +150,6 @@ def shuffle_bytes(cfg: CurateConfig, bands: int, rows: int) -> dict:
     }
 
 
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--corpus", type=Path, help="default: build the full default corpus")
@@ -196,12 +193,13 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "corpus": {"path": str(corpus), "documents": docs},
         "machine": {
-            "cpu": cpu_name() or platform.machine(),
+            "cpu": cpu_model(),
             "amx": "amx_tile" in open("/proc/cpuinfo").read(),
             "cores": len(os.sched_getaffinity(0)),
             "torch": torch.__version__,
             "isa": torch.backends.cpu.get_cpu_capability(),
             "ray": __import__("ray").__version__,
+            **git_state(),
         },
         "contenders": table,
         "cpu_seconds_per_document": {k: v / docs for k, v in cpu.items()},

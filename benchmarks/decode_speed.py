@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -105,27 +104,13 @@ def bandwidth(threads: int) -> dict:
 
 def machine_facts() -> dict:
     import transformers
+    from provenance import git_state
 
-    from lmforge.machine import cpu_flags
+    from lmforge.machine import cpu_flags, cpu_model
     from lmforge.model.quant import int8_decode_kernel, int8_kernel
 
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    root = Path(__file__).resolve().parent.parent
-    git = {}
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "lmforge"], cwd=root, capture_output=True, text=True
-        )
-        git = {"commit": head.stdout.strip(), "lmforge_dirty": bool(dirty.stdout.strip())}
-    except OSError:
-        pass
+    cpu = cpu_model()
+    git = git_state()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -700,32 +700,15 @@ def machine_facts() -> dict:
     import peft
     import torch
     import transformers
+    from provenance import git_state
 
-    from lmforge.machine import cpu_flags
+    from lmforge.machine import cpu_flags, cpu_model
     from lmforge.train.device import cpu_precision
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     flags = cpu_flags()
     choice = cpu_precision()
-    root = Path(__file__).resolve().parent.parent
-    git = {}
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "lmforge"], cwd=root, capture_output=True, text=True
-        )
-        git = {"commit": head.stdout.strip(), "lmforge_dirty": bool(dirty.stdout.strip())}
-    except OSError:
-        pass
+    git = git_state()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

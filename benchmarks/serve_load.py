@@ -1202,22 +1202,12 @@ def server_side_facts() -> dict:
 
 
 def machine_facts() -> dict:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    git = {}
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "lmforge"], cwd=ROOT, capture_output=True, text=True
-        )
-        git = {"commit": head.stdout.strip(), "lmforge_dirty": bool(dirty.stdout.strip())}
-    except OSError:
-        pass
+    from provenance import git_state
+
+    from lmforge.machine import cpu_model
+
+    cpu = cpu_model()
+    git = git_state()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

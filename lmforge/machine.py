@@ -34,17 +34,22 @@ def cache_path() -> Path:
     return Path(root) / "lmforge" / "precision.json"
 
 
-def machine_key() -> str:
-    """What decides a kernel's speed here: the CPU, its AVX-512/AMX/VNNI flags, oneDNN's ISA
-    cap, torch and the threads."""
-    model = platform.processor()
+def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it ("AMD EPYC ..."), else what platform knows."""
+    model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
             model = next(
                 (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model
             )
+    return model
+
+
+def machine_key() -> str:
+    """What decides a kernel's speed here: the CPU, its AVX-512/AMX/VNNI flags, oneDNN's ISA
+    cap, torch and the threads."""
     parts = [
-        model,
+        cpu_model(),
         " ".join(sorted(f for f in cpu_flags() if any(k in f for k in ("avx512", "amx", "vnni")))),
         os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
         torch.__version__,

@@ -5,7 +5,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import PRESETS, ModelConfig
 from lmforge.utils import read_jsonl
 
 
@@ -13,6 +13,15 @@ def tiny_config(**overrides) -> ModelConfig:
     """A 2-layer, width-32 model config: fast enough for any test; override what matters."""
     base = dict(vocab_size=50, n_layer=2, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=16)
     return ModelConfig(**{**base, **overrides})
+
+
+# GPT-2's architecture in ModelConfig's terms (its preset without the sizes): learned
+# positions, LayerNorm with bias, a GELU MLP, biases everywhere.
+GPT2_STYLE = {
+    k: PRESETS["gpt2"][k]
+    for k in ("pos_embedding", "norm", "norm_bias", "mlp", "activation")
+    + ("attn_qkv_bias", "attn_out_bias", "mlp_bias")
+}
 
 
 def tiny_qwen2_classifier(cfg: ModelConfig, num_labels: int):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import tiny_config
+from helpers import GPT2_STYLE, tiny_config
 from safetensors.torch import load_file
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
@@ -402,19 +402,7 @@ def _artifact(tmp_path, model, tok, kind="causal_lm"):
         (lambda v: (MaskedLM(tiny_config(vocab_size=v, causal=False)), "masked_lm"), "encoder"),
         (
             lambda v: (
-                LanguageModel(
-                    tiny_config(
-                        vocab_size=v,
-                        pos_embedding="learned",
-                        norm="layernorm",
-                        norm_bias=True,
-                        mlp="gelu",
-                        activation="gelu_tanh",
-                        attn_qkv_bias=True,
-                        attn_out_bias=True,
-                        mlp_bias=True,
-                    )
-                ),
+                LanguageModel(tiny_config(vocab_size=v, **GPT2_STYLE)),
                 "causal_lm",
             ),
             "gpt2 family.*convert_hf_to_gguf",

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import GPT2_STYLE, tiny_config
 
 from lmforge.artifact import load, save_model_artifact
 from lmforge.cli import main
@@ -231,14 +231,7 @@ def test_qkv_bias_decoder_exports_as_qwen2_and_learned_positions_as_gpt2(
     _export_and_compare(model, tok, tmp_path / "q", "AutoModelForCausalLM", "Qwen2ForCausalLM")
     gpt2 = tiny_config(
         vocab_size=tok.vocab_size,
-        pos_embedding="learned",
-        norm="layernorm",
-        norm_bias=True,
-        mlp="gelu",
-        activation="gelu_tanh",
-        attn_qkv_bias=True,
-        attn_out_bias=True,
-        mlp_bias=True,
+        **GPT2_STYLE,
         tie_embeddings=True,
         max_seq_len=64,
     )
@@ -463,14 +456,7 @@ def test_generate_from_an_exported_gpt2_matches_transformers_greedy(tmp_path, ti
     torch.manual_seed(0)
     cfg = tiny_config(
         vocab_size=tok.vocab_size,
-        pos_embedding="learned",
-        norm="layernorm",
-        norm_bias=True,
-        mlp="gelu",
-        activation="gelu_tanh",
-        attn_qkv_bias=True,
-        attn_out_bias=True,
-        mlp_bias=True,
+        **GPT2_STYLE,
         tie_embeddings=True,
         max_seq_len=64,
     )
